@@ -1,0 +1,41 @@
+//! Errors berthd returns over D-Bus, with stable names under `org.berth.Berth1.Error`.
+
+use crate::image::ImageError;
+
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.berth.Berth1.Error")]
+pub enum BusError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// polkit (or the bus) refused the caller.
+    NotAuthorized(String),
+    /// A name, value or argument is malformed.
+    InvalidArgument(String),
+    NoSuchImage(String),
+    ImageExists(String),
+    /// The input could not be imported (not a tar, unsupported compression).
+    BadImageInput(String),
+    /// Anything else; the message says what.
+    Failed(String),
+}
+
+impl From<zbus::fdo::Error> for BusError {
+    fn from(e: zbus::fdo::Error) -> Self {
+        Self::ZBus(e.into())
+    }
+}
+
+impl From<ImageError> for BusError {
+    fn from(e: ImageError) -> Self {
+        let message = e.to_string();
+        match e {
+            ImageError::InvalidName(_) => Self::InvalidArgument(message),
+            ImageError::Exists(_) => Self::ImageExists(message),
+            ImageError::NotFound(_) => Self::NoSuchImage(message),
+            ImageError::NotATar(_) | ImageError::UnsupportedCompression(_) => {
+                Self::BadImageInput(message)
+            }
+            ImageError::Io { .. } => Self::Failed(message),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Structures passed over D-Bus.
+
+use serde::{Deserialize, Serialize};
+use zbus::Type;
+
+use crate::image::{ImageInfo, ImportReport};
+
+/// One image: `(sssttss)` name, path, digest, origin, size in bytes, creation time (µs since
+/// the epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ImageEntry {
+    pub name: String,
+    pub path: String,
+    pub digest: String,
+    pub origin: String,
+    pub size_bytes: u64,
+    pub created_usec: u64,
+}
+
+impl From<ImageInfo> for ImageEntry {
+    fn from(i: ImageInfo) -> Self {
+        Self {
+            name: i.name,
+            path: i.path.display().to_string(),
+            digest: i.digest,
+            origin: i.origin,
+            size_bytes: i.size_bytes,
+            created_usec: i.created_usec,
+        }
+    }
+}
+
+/// What an import did: `(sstbas)` name, digest, storage ("btrfs subvolume" or "directory"),
+/// size in bytes, and one line per refused entry ("PATH: why").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ImportResult {
+    pub name: String,
+    pub digest: String,
+    pub storage: String,
+    pub size_bytes: u64,
+    pub refused: Vec<String>,
+}
+
+impl From<ImportReport> for ImportResult {
+    fn from(r: ImportReport) -> Self {
+        Self {
+            name: r.name,
+            digest: r.record.digest,
+            storage: if r.subvolume {
+                "btrfs subvolume".into()
+            } else {
+                "directory".into()
+            },
+            size_bytes: r.record.size_bytes,
+            refused: r.refused.iter().map(ToString::to_string).collect(),
+        }
+    }
+}

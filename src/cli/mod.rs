@@ -1,0 +1,72 @@
+//! The `berth` command line: clap definitions and output formatting only. Every verb is one
+//! D-Bus call to berthd (see `src/bin/berth.rs`).
+
+pub mod format;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// berth: machines as first-class systemd citizens.
+///
+/// berth runs Linux containers ("machines") as transient systemd scopes registered with
+/// systemd-machined, so systemctl, machinectl and journalctl work on them. This command is a
+/// thin client of the berthd daemon on the system bus; read-only verbs work for every user,
+/// changes need root or the polkit actions org.berth.berth1.*.
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import a tar archive as an image.
+    ///
+    /// Reads a tar archive (plain, gzip, xz or zstd; told by its content) from FILE, or from
+    /// standard input when FILE is '-', and stores it as the image NAME: a plain directory tree
+    /// in /var/lib/machines (a btrfs subvolume when that is btrfs), never a stacked filesystem.
+    /// Entries that would land outside the image (absolute paths, '..', paths through symlinks,
+    /// hard links to files outside it) and device nodes are not written; each is listed as a
+    /// warning. The image appears only once the import is complete.
+    #[command(name = "import-tar")]
+    ImportTar {
+        /// The tar archive, or '-' for standard input.
+        file: PathBuf,
+        /// The image name: 1-64 letters, digits, '.', '_' or '-'; not starting with '.' or '-'.
+        name: String,
+    },
+    /// Import a directory tree as an image.
+    ///
+    /// Copies DIR (owners, modes, times, extended attributes, symlinks and hard links kept) into
+    /// the image NAME, reflinking file data where the filesystem can. Other filesystems mounted
+    /// below DIR are not crossed; device nodes and sockets are skipped with a warning.
+    #[command(name = "import-fs")]
+    ImportFs {
+        /// The directory to copy.
+        dir: PathBuf,
+        /// The image name: 1-64 letters, digits, '.', '_' or '-'; not starting with '.' or '-'.
+        name: String,
+    },
+    /// List images.
+    ///
+    /// Shows every image in /var/lib/machines with its size, creation time, digest and origin
+    /// (images berth did not import show no digest or origin).
+    Images {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images.
+    Rmi {
+        /// The images to remove.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}

@@ -1,0 +1,373 @@
+//! Importing, listing and removing images, atomically.
+//!
+//! An import writes into a hidden staging directory (`.#berth-import-…`, invisible to
+//! `machinectl list-images` and to `berth images`) on the same filesystem and renames it into
+//! place with RENAME_NOREPLACE only when complete and synced. A failed import removes the
+//! staging directory; one interrupted by a crash leaves it for [`Pool::clean_stale`] at the next
+//! berthd start. Removal renames first, then deletes, so a half-deleted image is never visible.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+use super::record::ImageRecord;
+use super::source::{self, HashedSource};
+use super::tree::{Refusal, TreeWriter};
+use super::{ImageError, fs_import, tar_import};
+use crate::{name, sys};
+
+const STAGING_PREFIX: &str = ".#berth-";
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    pub name: String,
+    pub record: ImageRecord,
+    pub refused: Vec<Refusal>,
+    /// Whether the image is a btrfs subvolume (else a plain directory).
+    pub subvolume: bool,
+}
+
+/// One image as `berth images` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    pub created_usec: u64,
+    /// Empty for images berth did not import (made by machinectl, say).
+    pub digest: String,
+    pub origin: String,
+}
+
+/// The image pool and berth's records of it.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    images: PathBuf,
+    records: PathBuf,
+}
+
+impl Pool {
+    pub fn new(image_dir: impl Into<PathBuf>, state_dir: impl AsRef<Path>) -> Self {
+        Self {
+            images: image_dir.into(),
+            records: state_dir.as_ref().join("images"),
+        }
+    }
+
+    pub fn image_dir(&self) -> &Path {
+        &self.images
+    }
+
+    /// Imports a tar stream (plain, gzip, xz or zstd) as image `name`.
+    pub fn import_tar(
+        &self,
+        name: &str,
+        input: File,
+        origin: &str,
+    ) -> Result<ImportReport, ImageError> {
+        let staging = self.begin(name)?;
+        let mut tree = TreeWriter::new(staging.open()?);
+        let mut hashed = HashedSource::spawn(input)?;
+        tar_import::extract(source::decompress(&mut hashed)?, &mut tree)?;
+        let digest = hashed.finish()?;
+        self.complete(name, staging, tree, digest, format!("tar:{origin}"))
+    }
+
+    /// Copies the directory tree `source` as image `name`.
+    pub fn import_fs(
+        &self,
+        name: &str,
+        source: OwnedFd,
+        origin: &str,
+    ) -> Result<ImportReport, ImageError> {
+        let staging = self.begin(name)?;
+        let mut tree = TreeWriter::new(staging.open()?);
+        fs_import::copy_tree(source, &mut tree)?;
+        self.complete(name, staging, tree, String::new(), format!("fs:{origin}"))
+    }
+
+    fn begin(&self, name: &str) -> Result<Staging, ImageError> {
+        name::validate("image", name)?;
+        if self.images.join(name).symlink_metadata().is_ok() {
+            return Err(ImageError::Exists(name.to_owned()));
+        }
+        fs::create_dir_all(&self.images).map_err(ImageError::io(format!(
+            "creating the image directory {}",
+            self.images.display()
+        )))?;
+        Staging::create(&self.images, "import", name)
+    }
+
+    fn complete(
+        &self,
+        name: &str,
+        staging: Staging,
+        tree: TreeWriter,
+        digest: String,
+        origin: String,
+    ) -> Result<ImportReport, ImageError> {
+        let size_bytes = tree.bytes_written();
+        tree.sync().map_err(ImageError::io("syncing the image"))?;
+        let refused = tree
+            .finish()
+            .map_err(ImageError::io("setting directory times"))?;
+        let record = ImageRecord {
+            digest,
+            size_bytes,
+            created_usec: now_usec(),
+            origin,
+        };
+        self.write_record(name, &record)?;
+        let subvolume = staging.subvolume;
+        if let Err(e) = staging.commit(&self.images.join(name)) {
+            let _ = fs::remove_file(self.record_path(name));
+            return Err(e);
+        }
+        Ok(ImportReport {
+            name: name.to_owned(),
+            record,
+            refused,
+            subvolume,
+        })
+    }
+
+    /// All images in the pool, sorted by name.
+    pub fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
+        let entries = match fs::read_dir(&self.images) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ImageError::io(format!("reading {}", self.images.display()))(e)),
+        };
+        let mut images = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(ImageError::io("reading the image directory"))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if !is_dir || name::validate("image", &name).is_err() {
+                continue;
+            }
+            images.push(self.info(&name, &entry.path()));
+        }
+        images.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(images)
+    }
+
+    fn info(&self, name: &str, path: &Path) -> ImageInfo {
+        match self.read_record(name) {
+            Some(record) => ImageInfo {
+                name: name.to_owned(),
+                path: path.to_owned(),
+                size_bytes: record.size_bytes,
+                created_usec: record.created_usec,
+                digest: record.digest,
+                origin: record.origin,
+            },
+            None => ImageInfo {
+                name: name.to_owned(),
+                path: path.to_owned(),
+                size_bytes: disk_usage(path),
+                created_usec: modified_usec(path),
+                digest: String::new(),
+                origin: String::new(),
+            },
+        }
+    }
+
+    /// Removes image `name` and berth's record of it.
+    pub fn remove(&self, name: &str) -> Result<(), ImageError> {
+        name::validate("image", name)?;
+        let path = self.images.join(name);
+        match path.symlink_metadata() {
+            Ok(meta) if meta.is_dir() => {}
+            _ => return Err(ImageError::NotFound(name.to_owned())),
+        }
+        let doomed = self.images.join(staging_name("remove", name));
+        fs::rename(&path, &doomed).map_err(ImageError::io(format!(
+            "moving {} out of the way",
+            path.display()
+        )))?;
+        let _ = fs::remove_file(self.record_path(name));
+        remove_tree(&doomed).map_err(ImageError::io(format!(
+            "deleting {} (already invisible; berthd retries at its next start)",
+            doomed.display()
+        )))
+    }
+
+    /// Deletes staging directories left by an import or removal that a crash interrupted.
+    pub fn clean_stale(&self) -> usize {
+        let Ok(entries) = fs::read_dir(&self.images) else {
+            return 0;
+        };
+        let mut cleaned = 0;
+        for entry in entries.flatten() {
+            let stale = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(STAGING_PREFIX));
+            if stale {
+                match remove_tree(&entry.path()) {
+                    Ok(()) => cleaned += 1,
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove stale staging directory")
+                    }
+                }
+            }
+        }
+        cleaned
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.records.join(format!("{name}.json"))
+    }
+
+    fn read_record(&self, name: &str) -> Option<ImageRecord> {
+        let text = fs::read(self.record_path(name)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn write_record(&self, name: &str, record: &ImageRecord) -> Result<(), ImageError> {
+        let context = || format!("writing the image record in {}", self.records.display());
+        fs::create_dir_all(&self.records).map_err(ImageError::io(context()))?;
+        let tmp = self.records.join(format!(".{name}.json.tmp"));
+        let text = serde_json::to_vec_pretty(record).map_err(io::Error::other);
+        text.and_then(|text| fs::write(&tmp, text))
+            .and_then(|()| fs::rename(&tmp, self.record_path(name)))
+            .map_err(ImageError::io(context()))
+    }
+}
+
+/// A hidden directory an import writes into; deleted on drop unless committed.
+#[derive(Debug)]
+struct Staging {
+    path: PathBuf,
+    subvolume: bool,
+    committed: bool,
+}
+
+impl Staging {
+    fn create(pool: &Path, purpose: &str, name: &str) -> Result<Self, ImageError> {
+        let path = pool.join(staging_name(purpose, name));
+        let context = || format!("creating {}", path.display());
+        let subvolume = sys::btrfs::is_btrfs(pool).map_err(ImageError::io(context()))?;
+        if subvolume {
+            sys::btrfs::create_subvolume(&path).map_err(ImageError::io(context()))?;
+        } else {
+            fs::create_dir(&path).map_err(ImageError::io(context()))?;
+        }
+        Ok(Self {
+            path,
+            subvolume,
+            committed: false,
+        })
+    }
+
+    fn open(&self) -> Result<OwnedFd, ImageError> {
+        let fd = rustix::fs::open(
+            &self.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ImageError::io(format!("opening {}", self.path.display()))(e.into()))?;
+        // The default for a tree without a "./" entry; one with it overrides this.
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
+            .map_err(|e| ImageError::io("setting the image's mode")(e.into()))?;
+        Ok(fd)
+    }
+
+    fn commit(mut self, target: &Path) -> Result<(), ImageError> {
+        let cwd = rustix::fs::CWD;
+        match rustix::fs::renameat_with(cwd, &self.path, cwd, target, RenameFlags::NOREPLACE) {
+            Ok(()) => {
+                self.committed = true;
+                Ok(())
+            }
+            Err(Errno::EXIST) => Err(ImageError::Exists(
+                target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            )),
+            Err(e) => Err(ImageError::io(format!(
+                "renaming into {}",
+                target.display()
+            ))(e.into())),
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Err(e) = remove_tree(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove staging directory");
+        }
+    }
+}
+
+fn staging_name(purpose: &str, name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{STAGING_PREFIX}{purpose}-{name}-{}-{n}",
+        std::process::id()
+    )
+}
+
+/// Deletes a tree without following symlinks (std's remove_dir_all is safe against that);
+/// btrfs subvolumes are directories that root may rmdir once empty.
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Disk usage of a tree (like `du -s`), for images berth has no record of.
+fn disk_usage(path: &Path) -> u64 {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![path.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    total
+}
+
+fn modified_usec(path: &Path) -> u64 {
+    path.metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn now_usec() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,539 @@
+//! Writing a file tree confined to one directory.
+//!
+//! Both importers (tar streams and directory copies) create entries through [`TreeWriter`], which
+//! guarantees that nothing is written outside its root, whatever the entry names say:
+//! - paths are normalized first; absolute paths and `..` components are refused;
+//! - parent directories are opened one component at a time with `O_NOFOLLOW`, so an entry that
+//!   would pass through a symlink (`link/file` after `link -> /tmp`) is refused;
+//! - files are created with `O_CREAT|O_EXCL|O_NOFOLLOW` after removing what was there, so an
+//!   earlier symlink can't redirect a later file;
+//! - hard links may only point at entries already inside the tree;
+//! - device nodes are never created: a machine gets a private `/dev` at start.
+//!
+//! A refused entry is recorded and skipped; an I/O error (disk full, EIO) aborts the import.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+/// Why one entry was not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefuseReason {
+    AbsolutePath,
+    DotDot,
+    ThroughSymlink(String),
+    ParentNotDirectory(String),
+    HardlinkOutside(String),
+    HardlinkTargetMissing(String),
+    DeviceNode,
+    Socket,
+    DirectoryInTheWay,
+    UnsupportedType(String),
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AbsolutePath => write!(f, "absolute path"),
+            Self::DotDot => write!(f, "path contains '..'"),
+            Self::ThroughSymlink(p) => write!(f, "path passes through the symlink '{p}'"),
+            Self::ParentNotDirectory(p) => write!(f, "'{p}' is not a directory"),
+            Self::HardlinkOutside(t) => write!(f, "hard link to '{t}' points outside the image"),
+            Self::HardlinkTargetMissing(t) => {
+                write!(f, "hard link target '{t}' is not in the image")
+            }
+            Self::DeviceNode => write!(f, "device node (machines get a private /dev)"),
+            Self::Socket => write!(f, "socket"),
+            Self::DirectoryInTheWay => write!(f, "a non-empty directory is in the way"),
+            Self::UnsupportedType(t) => write!(f, "unsupported entry type {t}"),
+        }
+    }
+}
+
+/// One refused entry: its path as the source named it, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub path: String,
+    pub reason: RefuseReason,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// An entry failed: refused (skip it and go on) or an I/O error (abort).
+#[derive(Debug)]
+pub enum EntryError {
+    Refused(RefuseReason),
+    Io(io::Error),
+}
+
+impl From<Errno> for EntryError {
+    fn from(e: Errno) -> Self {
+        Self::Io(e.into())
+    }
+}
+
+impl From<io::Error> for EntryError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Ownership, permissions, time and extended attributes of one entry.
+#[derive(Debug, Clone, Default)]
+pub struct Metadata {
+    /// Permission bits including setuid, setgid and sticky (`0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+/// A normalized path inside the tree: no empty, `.` or `..` components; empty means the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreePath(Vec<OsString>);
+
+impl TreePath {
+    /// Normalizes a path as an archive names it. `./a//b/` becomes `a/b`; `/a` and `a/../b` are
+    /// refused rather than rewritten, so what lands in the image is exactly what was named.
+    pub fn parse(raw: &[u8]) -> Result<Self, RefuseReason> {
+        if raw.first() == Some(&b'/') {
+            return Err(RefuseReason::AbsolutePath);
+        }
+        let mut parts = Vec::new();
+        for part in raw.split(|b| *b == b'/') {
+            match part {
+                b"" | b"." => {}
+                b".." => return Err(RefuseReason::DotDot),
+                p => parts.push(OsStr::from_bytes(p).to_owned()),
+            }
+        }
+        Ok(Self(parts))
+    }
+
+    /// The tree's root directory.
+    pub fn root() -> Self {
+        Self(Vec::new())
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The path of a child entry (used when walking a source directory).
+    pub fn join(&self, name: &OsStr) -> Self {
+        let mut parts = self.0.clone();
+        parts.push(name.to_owned());
+        Self(parts)
+    }
+
+    fn split_last(&self) -> Option<(&OsStr, &[OsString])> {
+        self.0
+            .split_last()
+            .map(|(last, parent)| (last.as_os_str(), parent))
+    }
+}
+
+impl fmt::Display for TreePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, ".");
+        }
+        let joined: Vec<_> = self.0.iter().map(|p| p.to_string_lossy()).collect();
+        write!(f, "{}", joined.join("/"))
+    }
+}
+
+/// Where a regular file's content comes from.
+pub enum Content<'a> {
+    /// A stream (a tar entry).
+    Reader(&'a mut dyn Read),
+    /// A file; copied with copy_file_range, which reflinks where the filesystem can.
+    File(&'a mut File),
+}
+
+impl fmt::Debug for Content<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Reader(_) => "Content::Reader",
+            Self::File(_) => "Content::File",
+        })
+    }
+}
+
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// Creates entries below one directory and never outside it.
+#[derive(Debug)]
+pub struct TreeWriter {
+    root: OwnedFd,
+    /// The last parent directory opened, so entries of one directory walk the path once.
+    cached_parent: Option<(Vec<OsString>, OwnedFd)>,
+    /// Directory mtimes are set last: creating entries inside a directory changes its mtime.
+    dir_mtimes: Vec<(TreePath, i64)>,
+    refused: Vec<Refusal>,
+    bytes: u64,
+    buffer: Vec<u8>,
+}
+
+impl TreeWriter {
+    /// Writes below `root`, which must be an open directory (the staging directory).
+    pub fn new(root: OwnedFd) -> Self {
+        Self {
+            root,
+            cached_parent: None,
+            dir_mtimes: Vec::new(),
+            refused: Vec::new(),
+            bytes: 0,
+            buffer: vec![0; COPY_BUFFER],
+        }
+    }
+
+    /// Records a refused entry; callers also use this for entries they refuse themselves.
+    pub fn refuse(&mut self, path: impl Into<String>, reason: RefuseReason) {
+        let path = path.into();
+        tracing::info!(%path, %reason, "refused entry");
+        self.refused.push(Refusal { path, reason });
+    }
+
+    /// Handles an entry's result: refusals are recorded, I/O errors returned.
+    pub fn settle(&mut self, path: &str, result: Result<(), EntryError>) -> io::Result<()> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(EntryError::Refused(reason)) => {
+                self.refuse(path, reason);
+                Ok(())
+            }
+            Err(EntryError::Io(e)) => Err(io::Error::new(e.kind(), format!("{path}: {e}"))),
+        }
+    }
+
+    /// Bytes of regular-file content written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Sets the deferred directory mtimes and returns what was refused.
+    pub fn finish(mut self) -> io::Result<Vec<Refusal>> {
+        self.cached_parent = None;
+        // Deepest first, so setting a child's time doesn't disturb its parent's.
+        let mut dirs = std::mem::take(&mut self.dir_mtimes);
+        dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.0.len()));
+        for (path, mtime) in dirs {
+            let dir = match self.open_dir(&path.0, false) {
+                Ok(dir) => dir,
+                // Replaced by a later entry: nothing to do.
+                Err(_) => continue,
+            };
+            rustix::fs::futimens(&dir, &timestamps(mtime))?;
+        }
+        Ok(self.refused)
+    }
+
+    /// Syncs the filesystem holding the tree, so a finished import survives a crash.
+    pub fn sync(&self) -> io::Result<()> {
+        Ok(rustix::fs::syncfs(&self.root)?)
+    }
+
+    pub fn directory(&mut self, path: &TreePath, meta: &Metadata) -> Result<(), EntryError> {
+        let Some((name, parent)) = path.split_last() else {
+            let root = self.root.try_clone()?;
+            apply_fd_metadata(&root, meta)?;
+            self.dir_mtimes.push((path.clone(), meta.mtime));
+            return Ok(());
+        };
+        let parent = self.parent(parent)?;
+        match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => {
+                let st = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                    rustix::fs::unlinkat(&parent, name, AtFlags::empty())?;
+                    rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700))?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let dir = open_dir_nofollow(&parent, name)?;
+        apply_fd_metadata(&dir, meta)?;
+        self.dir_mtimes.push((path.clone(), meta.mtime));
+        Ok(())
+    }
+
+    pub fn file(
+        &mut self,
+        path: &TreePath,
+        meta: &Metadata,
+        content: Content<'_>,
+    ) -> Result<(), EntryError> {
+        let (name, parent) = self.entry_parent(path)?;
+        self.clear(&parent, name)?;
+        let fd = rustix::fs::openat(
+            &parent,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let mut file = File::from(fd);
+        self.bytes += match content {
+            Content::File(src) => io::copy(src, &mut file)?,
+            Content::Reader(src) => copy_with(&mut self.buffer, src, &mut file)?,
+        };
+        apply_fd_metadata(file.as_fd(), meta)?;
+        rustix::fs::futimens(&file, &timestamps(meta.mtime))?;
+        Ok(())
+    }
+
+    pub fn symlink(
+        &mut self,
+        path: &TreePath,
+        target: &OsStr,
+        meta: &Metadata,
+    ) -> Result<(), EntryError> {
+        let (name, parent) = self.entry_parent(path)?;
+        self.clear(&parent, name)?;
+        rustix::fs::symlinkat(target, &parent, name)?;
+        rustix::fs::chownat(
+            &parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        rustix::fs::utimensat(
+            &parent,
+            name,
+            &timestamps(meta.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    /// A hard link to `target`, an entry already written.
+    pub fn hardlink(&mut self, path: &TreePath, target: &TreePath) -> Result<(), EntryError> {
+        let shown = target.to_string();
+        let Some((target_name, target_parent)) = target.split_last() else {
+            return Err(EntryError::Refused(RefuseReason::HardlinkOutside(shown)));
+        };
+        let target_dir = match self.open_dir(target_parent, false) {
+            Ok(dir) => dir,
+            Err(EntryError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(EntryError::Refused(RefuseReason::HardlinkTargetMissing(
+                    shown,
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if target == path {
+            return Ok(());
+        }
+        let (name, parent) = self.entry_parent(path)?;
+        self.clear(&parent, name)?;
+        // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself, never what it
+        // points at.
+        match rustix::fs::linkat(&target_dir, target_name, &parent, name, AtFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(Errno::NOENT) => Err(EntryError::Refused(RefuseReason::HardlinkTargetMissing(
+                shown,
+            ))),
+            Err(Errno::PERM) => Err(EntryError::Refused(RefuseReason::UnsupportedType(format!(
+                "hard link to the directory '{shown}'"
+            )))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn fifo(&mut self, path: &TreePath, meta: &Metadata) -> Result<(), EntryError> {
+        let (name, parent) = self.entry_parent(path)?;
+        self.clear(&parent, name)?;
+        rustix::fs::mknodat(&parent, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;
+        rustix::fs::chownat(
+            &parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        rustix::fs::chmodat(
+            &parent,
+            name,
+            Mode::from_raw_mode(meta.mode & 0o7777),
+            AtFlags::empty(),
+        )?;
+        rustix::fs::utimensat(
+            &parent,
+            name,
+            &timestamps(meta.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    /// The parent directory of a non-root entry, and the entry's own name.
+    fn entry_parent<'p>(&mut self, path: &'p TreePath) -> Result<(&'p OsStr, OwnedFd), EntryError> {
+        let (name, parent) =
+            path.split_last()
+                .ok_or(EntryError::Refused(RefuseReason::UnsupportedType(
+                    "non-directory at the image root".into(),
+                )))?;
+        Ok((name, self.parent(parent)?))
+    }
+
+    fn parent(&mut self, parts: &[OsString]) -> Result<OwnedFd, EntryError> {
+        if let Some((_, fd)) = self
+            .cached_parent
+            .as_ref()
+            .filter(|(cached, _)| cached.as_slice() == parts)
+        {
+            return Ok(fd.try_clone()?);
+        }
+        let fd = self.open_dir(parts, true)?;
+        self.cached_parent = Some((parts.to_vec(), fd.try_clone()?));
+        Ok(fd)
+    }
+
+    /// Opens a directory of the tree one component at a time, never following a symlink;
+    /// missing directories are created (mode 0755, root) when `create` is set.
+    fn open_dir(&self, parts: &[OsString], create: bool) -> Result<OwnedFd, EntryError> {
+        let mut dir = self.root.try_clone()?;
+        for (i, part) in parts.iter().enumerate() {
+            let next = match open_dir_nofollow(&dir, part) {
+                Err(Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&dir, part.as_os_str(), Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    open_dir_nofollow(&dir, part)
+                }
+                other => other,
+            };
+            dir = match next {
+                Ok(fd) => fd,
+                Err(Errno::LOOP | Errno::NOTDIR) => {
+                    let shown = TreePath(parts[..=i].to_vec()).to_string();
+                    let st = rustix::fs::statat(&dir, part.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+                    return Err(EntryError::Refused(
+                        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                            RefuseReason::ThroughSymlink(shown)
+                        } else {
+                            RefuseReason::ParentNotDirectory(shown)
+                        },
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
+        }
+        Ok(dir)
+    }
+
+    /// Removes whatever non-directory (or empty directory) has `name`, so the new entry
+    /// replaces it as tar does.
+    fn clear(&mut self, parent: &OwnedFd, name: &OsStr) -> Result<(), EntryError> {
+        match rustix::fs::unlinkat(parent, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(Errno::ISDIR) => {
+                // The cached parent may be this directory or below it.
+                self.cached_parent = None;
+                match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+                    Ok(()) => Ok(()),
+                    Err(Errno::NOTEMPTY | Errno::EXIST) => {
+                        Err(EntryError::Refused(RefuseReason::DirectoryInTheWay))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn open_dir_nofollow(dir: impl AsFd, name: &OsStr) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Owner first, then mode: chown clears setuid/setgid bits, so the order matters.
+fn apply_fd_metadata(fd: impl AsFd, meta: &Metadata) -> Result<(), EntryError> {
+    rustix::fs::fchown(
+        &fd,
+        Some(rustix::fs::Uid::from_raw(meta.uid)),
+        Some(rustix::fs::Gid::from_raw(meta.gid)),
+    )?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode & 0o7777))?;
+    for (name, value) in &meta.xattrs {
+        // Extended attributes the filesystem refuses are not worth failing an import for;
+        // security.capability (the one that matters for ping & co.) works on ext4/btrfs/xfs.
+        if let Err(e) = rustix::fs::fsetxattr(
+            &fd,
+            name.as_os_str(),
+            value,
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            tracing::warn!(xattr = %name.to_string_lossy(), error = %e, "extended attribute not set");
+        }
+    }
+    Ok(())
+}
+
+fn timestamps(mtime: i64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+fn copy_with(buffer: &mut [u8], src: &mut dyn Read, dst: &mut File) -> io::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = match src.read(buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all(&buffer[..n])?;
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_normalizes_and_refuses() {
+        assert_eq!(
+            TreePath::parse(b"./a//b/").expect("valid").to_string(),
+            "a/b"
+        );
+        assert!(TreePath::parse(b"./").expect("valid").is_root());
+        assert_eq!(
+            TreePath::parse(b"/etc/passwd"),
+            Err(RefuseReason::AbsolutePath)
+        );
+        assert_eq!(TreePath::parse(b"a/../../x"), Err(RefuseReason::DotDot));
+        assert_eq!(TreePath::parse(b".."), Err(RefuseReason::DotDot));
+        assert_eq!(
+            TreePath::parse(b"a/..b").expect("valid").to_string(),
+            "a/..b"
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! btrfs subvolumes, so images on btrfs can later be snapshotted instead of copied.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+const BTRFS_SUPER_MAGIC: u64 = 0x9123_683e;
+/// BTRFS_PATH_NAME_MAX + 1: the size of `btrfs_ioctl_vol_args.name`.
+const VOL_NAME_LEN: usize = 4088;
+
+/// `struct btrfs_ioctl_vol_args` from linux/btrfs.h (4096 bytes).
+#[repr(C)]
+struct VolArgs {
+    fd: i64,
+    name: [u8; VOL_NAME_LEN],
+}
+
+// BTRFS_IOC_SUBVOL_CREATE = _IOW(BTRFS_IOCTL_MAGIC, 14, struct btrfs_ioctl_vol_args)
+nix::ioctl_write_ptr!(btrfs_ioc_subvol_create, 0x94, 14, VolArgs);
+
+/// Whether `path` lives on btrfs.
+pub fn is_btrfs(path: &Path) -> io::Result<bool> {
+    let st = rustix::fs::statfs(path)?;
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between libcs
+    Ok(st.f_type as u64 == BTRFS_SUPER_MAGIC)
+}
+
+/// Creates `path` as a new, empty subvolume.
+pub fn create_subvolume(path: &Path) -> io::Result<()> {
+    let parent = path
+        .parent()
+        .ok_or_else(|| io::Error::other("no parent directory"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("no file name"))?
+        .as_bytes();
+    if name.len() >= VOL_NAME_LEN {
+        return Err(io::Error::other("subvolume name too long"));
+    }
+    // Checks there is no NUL inside the name, which the kernel would cut at.
+    CString::new(name).map_err(io::Error::other)?;
+    let dir = std::fs::File::open(parent)?;
+    let mut args = VolArgs {
+        fd: 0,
+        name: [0; VOL_NAME_LEN],
+    };
+    args.name[..name.len()].copy_from_slice(name);
+    // SAFETY: `dir` is an open directory for the duration of the call and `args` is a fully
+    // initialized, correctly sized `btrfs_ioctl_vol_args` whose name is NUL-terminated (the
+    // buffer is zeroed and the name is shorter than it); the kernel only reads it.
+    unsafe { btrfs_ioc_subvol_create(dir.as_raw_fd(), &args) }?;
+    Ok(())
+}
