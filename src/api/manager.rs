@@ -39,6 +39,7 @@ impl Manager {
     /// (absolute paths, `..`, paths through symlinks, hard links leaving the tree, device
     /// nodes) are not written and are listed in the result. Needs
     /// org.berth.berth1.manage-images.
+    #[zbus(out_args("result"))]
     async fn import_tar(
         &self,
         file: zbus::OwnedFd,
@@ -58,6 +59,7 @@ impl Manager {
 
     /// Copies the directory tree open as `directory` into image `name`. Needs
     /// org.berth.berth1.manage-images.
+    #[zbus(out_args("result"))]
     async fn import_fs(
         &self,
         directory: zbus::OwnedFd,
@@ -76,6 +78,7 @@ impl Manager {
     }
 
     /// Lists the images in /var/lib/machines. Open to everyone.
+    #[zbus(out_args("images"))]
     async fn list_images(&self) -> Result<Vec<ImageEntry>, BusError> {
         let pool = self.pool.clone();
         let images = blocking(move || pool.list()).await?;

@@ -5,8 +5,8 @@ use zbus::Type;
 
 use crate::image::{ImageInfo, ImportReport};
 
-/// One image: `(sssttss)` name, path, digest, origin, size in bytes, creation time (µs since
-/// the epoch).
+/// One image, `(sssstt)`: name, path, digest (`sha256:…`, empty if unknown), origin, size in
+/// bytes, creation time in µs since the epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ImageEntry {
     pub name: String,
@@ -30,7 +30,7 @@ impl From<ImageInfo> for ImageEntry {
     }
 }
 
-/// What an import did: `(sstbas)` name, digest, storage ("btrfs subvolume" or "directory"),
+/// What an import did, `(ssstas)`: name, digest, storage ("btrfs subvolume" or "directory"),
 /// size in bytes, and one line per refused entry ("PATH: why").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ImportResult {

@@ -1,0 +1,85 @@
+# shellcheck shell=bash
+# Helpers for berth's system tests, which run as root inside the VM test host (real systemd,
+# machined, logind, polkit) against the installed .deb, through the real CLI.
+
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+LOGDIR=$(mktemp -d /var/tmp/berth-tests.XXXXXX)
+
+# Runs every test_* function in a subshell with errexit; a failing one prints its log.
+run_tests() {
+    local t rc start
+    for t in "$@"; do
+        start=$SECONDS
+        ( set -eEo pipefail; trap 'echo "FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR; "$t" ) >"$LOGDIR/$t.log" 2>&1
+        rc=$?
+        if ((rc == 0)); then
+            PASSED=$((PASSED + 1))
+            printf 'ok    %-48s %3ss\n' "$t" $((SECONDS - start))
+        else
+            FAILED=$((FAILED + 1))
+            FAILED_NAMES+=("$t")
+            printf 'FAIL  %-48s %3ss\n' "$t" $((SECONDS - start))
+            sed 's/^/      | /' "$LOGDIR/$t.log"
+        fi
+    done
+}
+
+summary() {
+    echo
+    if ((FAILED > 0)); then
+        echo "failed: ${FAILED_NAMES[*]}"
+    fi
+    echo "system tests: $PASSED passed, $FAILED failed"
+    ((FAILED == 0))
+}
+
+fail() {
+    echo "assertion failed: $*" >&2
+    return 1
+}
+
+# expect_fail PATTERN CMD...: CMD must exit non-zero and print PATTERN (grep -E) on stderr,
+# in one line. Sets $OUT and $ERR.
+expect_fail() {
+    local pattern=$1 rc=0
+    shift
+    OUT=$(mktemp) ERR=$(mktemp)
+    "$@" >"$OUT" 2>"$ERR" || rc=$?
+    echo "\$ $* -> exit $rc"
+    sed 's/^/  stderr: /' "$ERR"
+    ((rc != 0)) || fail "'$*' succeeded but should have failed"
+    grep -Eq -- "$pattern" "$ERR" || fail "stderr of '$*' lacks /$pattern/"
+    # One clear line, no panic or backtrace.
+    ! grep -q "panicked" "$ERR" || fail "'$*' panicked"
+}
+
+# expect_ok CMD...: CMD must succeed. Sets $OUT and $ERR (files).
+expect_ok() {
+    local rc=0
+    OUT=$(mktemp) ERR=$(mktemp)
+    "$@" >"$OUT" 2>"$ERR" || rc=$?
+    echo "\$ $* -> exit $rc"
+    sed 's/^/  stdout: /' "$OUT" | head -40
+    sed 's/^/  stderr: /' "$ERR" | head -40
+    ((rc == 0)) || fail "'$*' failed with exit $rc"
+}
+
+# No staging leftovers and no image of that name: an import that failed left nothing behind.
+assert_no_image() {
+    local name=$1
+    [[ ! -e /var/lib/machines/$name ]] || fail "/var/lib/machines/$name exists"
+    [[ ! -e /var/lib/berth/images/$name.json ]] || fail "record for $name exists"
+    assert_no_staging
+}
+
+assert_no_staging() {
+    local left
+    left=$(find /var/lib/machines -maxdepth 1 -name '.#berth-*' | head -5)
+    [[ -z $left ]] || fail "staging leftovers: $left"
+}
+
+as_tester() {
+    runuser -u tester -- "$@"
+}
