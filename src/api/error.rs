@@ -32,9 +32,10 @@ impl From<ImageError> for BusError {
             ImageError::InvalidName(_) => Self::InvalidArgument(message),
             ImageError::Exists(_) => Self::ImageExists(message),
             ImageError::NotFound(_) => Self::NoSuchImage(message),
-            ImageError::NotATar(_) | ImageError::UnsupportedCompression(_) => {
-                Self::BadImageInput(message)
-            }
+            ImageError::NotATar(_)
+            | ImageError::EmptyInput
+            | ImageError::NoEntries
+            | ImageError::UnsupportedCompression(_) => Self::BadImageInput(message),
             ImageError::Io { .. } => Self::Failed(message),
         }
     }

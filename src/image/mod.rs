@@ -34,8 +34,12 @@ pub enum ImageError {
     Exists(String),
     #[error("no image named '{0}'; 'berth images' lists the images there are")]
     NotFound(String),
-    #[error("the input is not a readable tar archive (or it is truncated): {0}")]
+    #[error("the input is not a readable tar archive (or it is truncated): {}", printable(.0))]
     NotATar(#[source] io::Error),
+    #[error("the input is empty: there is no tar archive to import")]
+    EmptyInput,
+    #[error("the archive contains no entries; an empty image is surely a mistake")]
+    NoEntries,
     #[error(
         "{0}-compressed input is not supported; decompress it first (e.g. 'bunzip2 -c FILE | berth import-tar - NAME')"
     )]
@@ -46,6 +50,28 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+}
+
+/// An error's text as one short printable line: tar's own messages quote raw header bytes,
+/// which are garbage when the input isn't a tar archive at all.
+fn printable(e: &io::Error) -> String {
+    const MAX: usize = 100;
+    let text = e.to_string();
+    let mut line: String = text
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{fffd}' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .take(MAX)
+        .collect();
+    if text.chars().count() > MAX {
+        line.push('…');
+    }
+    line
 }
 
 impl ImageError {

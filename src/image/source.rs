@@ -129,6 +129,9 @@ fn read_and_hash(mut file: File, tx: SyncSender<io::Result<Vec<u8>>>) -> String 
 pub fn decompress<'a, R: Read + 'a>(source: R) -> Result<Box<dyn Read + 'a>, ImageError> {
     let mut buffered = BufReader::with_capacity(CHUNK, source);
     let head = buffered.fill_buf().map_err(ImageError::read)?;
+    if head.is_empty() {
+        return Err(ImageError::EmptyInput);
+    }
     Ok(match Compression::detect(head) {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),

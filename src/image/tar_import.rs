@@ -16,7 +16,9 @@ const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 pub fn extract(source: impl Read, tree: &mut TreeWriter) -> Result<(), ImageError> {
     let mut archive = tar::Archive::new(source);
     let entries = archive.entries().map_err(ImageError::not_a_tar)?;
+    let mut seen = 0usize;
     for entry in entries {
+        seen += 1;
         let mut entry = entry.map_err(ImageError::not_a_tar)?;
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
@@ -57,6 +59,9 @@ pub fn extract(source: impl Read, tree: &mut TreeWriter) -> Result<(), ImageErro
                 context: "writing the image".into(),
                 source,
             })?;
+    }
+    if seen == 0 {
+        return Err(ImageError::NoEntries);
     }
     Ok(())
 }

@@ -250,6 +250,34 @@ fn garbage_is_not_a_tar() {
 }
 
 #[test]
+fn empty_input_and_empty_archives_are_refused() {
+    let f = fixture();
+    let path = f.root.join("empty");
+    fs::write(&path, b"").expect("write");
+    let err = f
+        .pool
+        .import_tar("e", File::open(&path).expect("open"), "empty")
+        .expect_err("empty input");
+    assert!(matches!(err, ImageError::EmptyInput), "{err:?}");
+    let err = f
+        .pool
+        .import_tar("e", tar_file(&f.root, "none.tar", |_| {}), "none.tar")
+        .expect_err("no entries");
+    assert!(matches!(err, ImageError::NoEntries), "{err:?}");
+    assert!(f.pool.list().expect("list").is_empty());
+    assert!(staging_leftovers(&f.root.join("machines")).is_empty());
+}
+
+#[test]
+fn not_a_tar_message_is_printable() {
+    let e = ImageError::NotATar(std::io::Error::other("bad \u{1}\u{fffd} bytes"));
+    assert_eq!(
+        e.to_string(),
+        "the input is not a readable tar archive (or it is truncated): bad ?? bytes"
+    );
+}
+
+#[test]
 fn gzip_input_and_digest_of_the_file_as_given() {
     use sha2::{Digest, Sha256};
     let f = fixture();
@@ -287,7 +315,11 @@ fn gzip_input_and_digest_of_the_file_as_given() {
 #[test]
 fn names_are_validated_and_existing_images_kept() {
     let f = fixture();
-    let empty = || tar_file(&f.root, "e.tar", |_| {});
+    let empty = || {
+        tar_file(&f.root, "e.tar", |b| {
+            raw_entry(b, b"f", EntryType::Regular, b"", b"");
+        })
+    };
     for bad in ["", "../x", "a/b", "-x", ".x", "a b"] {
         let err = f.pool.import_tar(bad, empty(), "e.tar").expect_err(bad);
         assert!(matches!(err, ImageError::InvalidName(_)), "{bad}: {err:?}");
