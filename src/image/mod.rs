@@ -69,7 +69,7 @@ fn printable(e: &io::Error) -> String {
         .take(MAX)
         .collect();
     if text.chars().count() > MAX {
-        line.push('…');
+        line.push_str("...");
     }
     line
 }
