@@ -60,10 +60,10 @@ fn printable(e: &io::Error) -> String {
     let mut line: String = text
         .chars()
         .map(|c| {
-            if c.is_control() || c == '\u{fffd}' {
-                '?'
-            } else {
+            if c == ' ' || c.is_ascii_graphic() {
                 c
+            } else {
+                '?'
             }
         })
         .take(MAX)
