@@ -14,5 +14,6 @@ pub mod api;
 pub mod cli;
 pub mod image;
 pub mod logging;
+pub mod machine;
 pub mod name;
 pub mod sys;

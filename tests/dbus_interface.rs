@@ -27,12 +27,17 @@ fn interface_element(xml: &str, name: &str) -> Option<Vec<String>> {
 async fn live_introspection() -> anyhow::Result<String> {
     let state = tempfile::tempdir()?;
     let pool = Pool::new(state.path().join("machines"), state.path());
+    let machines = berth::machine::Machines::new(
+        state.path().join("defs"),
+        state.path().join("roots"),
+        pool.clone(),
+    );
     let (server_end, client_end) = std::os::unix::net::UnixStream::pair()?;
     let guid = zbus::Guid::generate();
     let server = Builder::unix_stream(server_end)
         .server(guid)
         .p2p()
-        .serve_at(OBJECT_PATH, Manager::new(pool))
+        .serve_at(OBJECT_PATH, Manager::new(pool, machines))
         .build();
     let client = Builder::unix_stream(client_end).p2p().build();
     let (_server, client) = tokio::try_join!(server, client)?;

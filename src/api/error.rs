@@ -1,6 +1,7 @@
 //! Errors berthd returns over D-Bus, with stable names under `org.berth.Berth1.Error`.
 
 use crate::image::ImageError;
+use crate::machine::MachineError;
 
 #[derive(Debug, zbus::DBusError)]
 #[zbus(prefix = "org.berth.Berth1.Error")]
@@ -12,6 +13,8 @@ pub enum BusError {
     /// A name, value or argument is malformed.
     InvalidArgument(String),
     NoSuchImage(String),
+    NoSuchMachine(String),
+    MachineExists(String),
     ImageExists(String),
     /// The input could not be imported (not a tar, unsupported compression).
     BadImageInput(String),
@@ -37,6 +40,23 @@ impl From<ImageError> for BusError {
             | ImageError::NoEntries
             | ImageError::UnsupportedCompression(_) => Self::BadImageInput(message),
             ImageError::Io { .. } => Self::Failed(message),
+        }
+    }
+}
+
+impl From<MachineError> for BusError {
+    fn from(e: MachineError) -> Self {
+        let message = e.to_string();
+        match e {
+            MachineError::InvalidName(_) | MachineError::InvalidArgument(_) => {
+                Self::InvalidArgument(message)
+            }
+            MachineError::Exists(_) => Self::MachineExists(message),
+            MachineError::NotFound(_) => Self::NoSuchMachine(message),
+            MachineError::Image(inner) => Self::from(inner),
+            MachineError::NoFreeUidRange
+            | MachineError::BadDefinition { .. }
+            | MachineError::Io { .. } => Self::Failed(message),
         }
     }
 }

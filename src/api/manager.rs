@@ -7,27 +7,29 @@ use zbus::message::Header;
 use zbus::{Connection, interface};
 
 use super::polkit::{Action, authorize};
-use super::{BusError, ImageEntry, ImportResult};
-use crate::image::{ImageError, Pool};
+use super::{BusError, ImageEntry, ImportResult, MachineEntry};
+use crate::image::Pool;
+use crate::machine::{CreateRequest, Machines, Mode};
 
 /// berthd's manager object, served at `/org/berth/Berth1`.
 #[derive(Debug, Clone)]
 pub struct Manager {
     pool: Pool,
+    machines: Machines,
 }
 
 impl Manager {
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    pub fn new(pool: Pool, machines: Machines) -> Self {
+        Self { pool, machines }
     }
 }
 
 /// Runs filesystem work off the bus threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+async fn blocking<T: Send + 'static, E: Into<BusError> + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, BusError> {
     match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(BusError::from),
+        Ok(result) => result.map_err(Into::into),
         Err(e) => Err(BusError::Failed(format!("internal error: {e}"))),
     }
 }
@@ -96,6 +98,86 @@ impl Manager {
         let pool = self.pool.clone();
         tracing::info!(%name, "removing image");
         blocking(move || pool.remove(&name)).await
+    }
+
+    /// Creates machine `name` from image `image`: copies the image to the machine's root,
+    /// gives it a UID range of its own, a machine-id and hostname (`hostname`, or `name` when
+    /// empty) and stores its definition in /etc/berth/machines/NAME.machine. `boot` runs the
+    /// image's init; otherwise `command` is run. `binds` are `SRC:DST[:ro]`. Needs
+    /// org.berth.berth1.manage-machines.
+    #[zbus(out_args("machine"))]
+    #[allow(clippy::too_many_arguments)] // one argument per option of `berth create`
+    async fn create_machine(
+        &self,
+        name: String,
+        image: String,
+        boot: bool,
+        command: Vec<String>,
+        hostname: String,
+        binds: Vec<String>,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<MachineEntry, BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        let mode = match (boot, command.is_empty()) {
+            (true, true) => Mode::Boot,
+            (false, false) => Mode::App(command),
+            (true, false) => {
+                return Err(BusError::InvalidArgument(
+                    "give either --boot or a command, not both".into(),
+                ));
+            }
+            (false, true) => {
+                return Err(BusError::InvalidArgument(
+                    "no command: give --boot, or the command after '--'".into(),
+                ));
+            }
+        };
+        let request = CreateRequest {
+            name,
+            image,
+            mode,
+            hostname,
+            binds,
+        };
+        let machines = self.machines.clone();
+        tracing::info!(name = %request.name, image = %request.image, "creating machine");
+        let definition = blocking(move || machines.create(&request)).await?;
+        tracing::info!(name = %definition.name, uid_base = definition.uid_range.base, "created machine");
+        let root = self
+            .machines
+            .root_of(&definition.name)
+            .display()
+            .to_string();
+        Ok(MachineEntry::new(definition, root))
+    }
+
+    /// Removes machine `name`: its definition and its root. Needs
+    /// org.berth.berth1.manage-machines.
+    async fn remove_machine(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        let machines = self.machines.clone();
+        tracing::info!(%name, "removing machine");
+        blocking(move || machines.remove(&name)).await
+    }
+
+    /// Lists the machines. Open to everyone.
+    #[zbus(out_args("machines"))]
+    async fn list_machines(&self) -> Result<Vec<MachineEntry>, BusError> {
+        let machines = self.machines.clone();
+        let definitions = blocking(move || machines.list()).await?;
+        Ok(definitions
+            .into_iter()
+            .map(|d| {
+                let root = self.machines.root_of(&d.name).display().to_string();
+                MachineEntry::new(d, root)
+            })
+            .collect())
     }
 
     /// berthd's version.

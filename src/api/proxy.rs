@@ -2,7 +2,7 @@
 
 use zbus::proxy;
 
-use super::{ImageEntry, ImportResult};
+use super::{ImageEntry, ImportResult, MachineEntry};
 
 #[proxy(
     interface = "org.berth.Berth1.Manager",
@@ -27,6 +27,21 @@ pub trait Manager {
     fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
 
     fn remove_image(&self, name: &str) -> zbus::Result<()>;
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_machine(
+        &self,
+        name: &str,
+        image: &str,
+        boot: bool,
+        command: &[String],
+        hostname: &str,
+        binds: &[String],
+    ) -> zbus::Result<MachineEntry>;
+
+    fn remove_machine(&self, name: &str) -> zbus::Result<()>;
+
+    fn list_machines(&self) -> zbus::Result<Vec<MachineEntry>>;
 
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

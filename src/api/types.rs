@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use zbus::Type;
 
 use crate::image::{ImageInfo, ImportReport};
+use crate::machine::{Definition, Mode};
 
 /// One image, `(sssstt)`: name, path, digest (`sha256:…`, empty if unknown), origin, size in
 /// bytes, creation time in µs since the epoch.
@@ -53,6 +54,44 @@ impl From<ImportReport> for ImportResult {
             },
             size_bytes: r.record.size_bytes,
             refused: r.refused.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// One machine, `(sssssasuts)`: name, state ("stopped" until `berth start` exists), image,
+/// mode ("boot" or "app"), hostname, command (app mode), UID base, machine-id, created (µs
+/// since the epoch), root directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct MachineEntry {
+    pub name: String,
+    pub state: String,
+    pub image: String,
+    pub mode: String,
+    pub hostname: String,
+    pub command: Vec<String>,
+    pub uid_base: u32,
+    pub machine_id: String,
+    pub created_usec: u64,
+    pub root: String,
+}
+
+impl MachineEntry {
+    pub fn new(d: Definition, root: String) -> Self {
+        let (mode, command) = match d.mode {
+            Mode::Boot => ("boot".to_owned(), Vec::new()),
+            Mode::App(command) => ("app".to_owned(), command),
+        };
+        Self {
+            name: d.name,
+            state: "stopped".into(),
+            image: d.image,
+            mode,
+            hostname: d.hostname,
+            command,
+            uid_base: d.uid_range.base,
+            machine_id: d.machine_id,
+            created_usec: d.created_usec,
+            root,
         }
     }
 }

@@ -96,6 +96,55 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 println!("Removed image '{name}'.");
             }
         }
+        Command::Create {
+            name,
+            image,
+            boot,
+            hostname,
+            binds,
+            command,
+        } => {
+            if !boot && command.is_empty() {
+                bail!("no command for machine '{name}': give --boot, or the command after '--'");
+            }
+            let machine = manager
+                .create_machine(
+                    &name,
+                    &image,
+                    boot,
+                    &command,
+                    hostname.as_deref().unwrap_or(""),
+                    &binds,
+                )
+                .await?;
+            println!(
+                "Created machine '{}' from image '{}' ({} mode): root {}, UIDs {}-{}, hostname {}, machine-id {}.",
+                machine.name,
+                machine.image,
+                machine.mode,
+                machine.root,
+                machine.uid_base,
+                machine.uid_base + (berth::machine::RANGE_SIZE - 1),
+                machine.hostname,
+                machine.machine_id
+            );
+        }
+        Command::Rm { names } => {
+            for name in names {
+                manager.remove_machine(&name).await?;
+                println!("Removed machine '{name}'.");
+            }
+        }
+        Command::List { json } => {
+            let machines = manager.list_machines().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&machines)?);
+            } else if machines.is_empty() {
+                println!("No machines. Create one with 'berth create NAME --image IMAGE --boot'.");
+            } else {
+                println!("{}", format::machines_table(&machines));
+            }
+        }
     }
     Ok(())
 }

@@ -19,13 +19,14 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let pool = Pool::new(DEFAULT_IMAGE_DIR, DEFAULT_STATE_DIR);
-    let cleaned = pool.clean_stale();
+    let machines = berth::machine::default_store(pool.clone());
+    let cleaned = pool.clean_stale() + machines.clean_stale();
     if cleaned > 0 {
         tracing::info!(cleaned, "removed leftovers of interrupted imports");
     }
     let _connection = zbus::connection::Builder::system()
         .name(BUS_NAME)
-        .serve_at(OBJECT_PATH, Manager::new(pool))
+        .serve_at(OBJECT_PATH, Manager::new(pool, machines))
         .build()
         .await
         .with_context(|| {

@@ -1,6 +1,7 @@
 //! Output formatting for the CLI.
 
-use crate::api::ImageEntry;
+use crate::api::{ImageEntry, MachineEntry};
+use crate::machine::RANGE_SIZE;
 
 /// Bytes in the binary units `ls -h` and systemctl use: `512B`, `1.5K`, `271.3M`.
 pub fn size(bytes: u64) -> String {
@@ -104,6 +105,30 @@ pub fn images_table(images: &[ImageEntry]) -> String {
         })
         .collect();
     table(&["NAME", "SIZE", "CREATED", "DIGEST", "ORIGIN"], &rows)
+}
+
+/// The `berth list` table.
+pub fn machines_table(machines: &[MachineEntry]) -> String {
+    let rows: Vec<Vec<String>> = machines
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.state.clone(),
+                m.image.clone(),
+                m.mode.clone(),
+                m.hostname.clone(),
+                format!("{}-{}", m.uid_base, m.uid_base + (RANGE_SIZE - 1)),
+                timestamp(m.created_usec),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "STATE", "IMAGE", "MODE", "HOSTNAME", "UIDS", "CREATED",
+        ],
+        &rows,
+    )
 }
 
 #[cfg(test)]

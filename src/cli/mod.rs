@@ -69,4 +69,48 @@ pub enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Create a machine from an image.
+    ///
+    /// Copies the image to the machine's root (/var/lib/berth/machines/NAME), gives the machine
+    /// a private range of 65536 UIDs/GIDs from systemd's container range (never shared with
+    /// another machine, the same at every start), a machine-id generated now and kept for
+    /// life, and its hostname (written to the guest's /etc/hostname). The definition is stored
+    /// in /etc/berth/machines/NAME.machine. With --boot the image's own init (systemd) will be
+    /// PID 1; otherwise give the command to run after '--'.
+    #[command(
+        after_help = "Examples:\n  berth create web --image debian --boot\n  berth create job --image debian --bind /srv/data:/data:ro -- /usr/bin/make -C /data"
+    )]
+    Create {
+        /// The machine name: a valid hostname of 1-64 letters, digits, '.', '_' or '-'.
+        name: String,
+        /// The image to copy (see 'berth images').
+        #[arg(long)]
+        image: String,
+        /// Boot the image's init system (systemd) as PID 1.
+        #[arg(long, conflicts_with = "command")]
+        boot: bool,
+        /// The hostname inside (default: the machine name).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Bind-mount a host path into the machine; repeatable.
+        #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
+        binds: Vec<String>,
+        /// The command an app machine runs (after '--').
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Remove machines: their definitions and roots.
+    Rm {
+        /// The machines to remove.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List machines.
+    ///
+    /// Shows every machine with its state, image, mode, hostname and UID range.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::name::NameError;
 
-pub use pool::{ImageInfo, ImportReport, Pool};
+pub use pool::{ImageInfo, ImportReport, Pool, clean_staging, discard};
 pub use record::ImageRecord;
 pub use source::Compression;
 
@@ -86,7 +86,7 @@ impl ImageError {
         Self::NotATar(source)
     }
 
-    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
         let context = context.into();
         move |source| Self::Io { context, source }
     }

@@ -182,6 +182,52 @@ impl Pool {
         }
     }
 
+    /// One image by name.
+    pub fn get(&self, name: &str) -> Result<ImageInfo, ImageError> {
+        name::validate("image", name)?;
+        let path = self.images.join(name);
+        match path.symlink_metadata() {
+            Ok(meta) if meta.is_dir() => Ok(self.info(name, &path)),
+            _ => Err(ImageError::NotFound(name.to_owned())),
+        }
+    }
+
+    /// Copies image `name` to `target` (a new directory, e.g. a machine's root): staged beside
+    /// `target`, adjusted by `prepare` (which gets a writer confined to the copy), then renamed
+    /// into place. Nothing is left behind when any step fails.
+    pub fn copy_image(
+        &self,
+        name: &str,
+        target: &Path,
+        prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
+    ) -> Result<(), ImageError> {
+        let image = self.get(name)?;
+        let (parent, leaf) = match (target.parent(), target.file_name()) {
+            (Some(parent), Some(leaf)) => (parent, leaf.to_string_lossy().into_owned()),
+            _ => {
+                return Err(ImageError::io("copying an image")(io::Error::other(
+                    "bad target",
+                )));
+            }
+        };
+        fs::create_dir_all(parent)
+            .map_err(ImageError::io(format!("creating {}", parent.display())))?;
+        let staging = Staging::create(parent, "copy", &leaf)?;
+        let mut tree = TreeWriter::new(staging.open()?);
+        let source = rustix::fs::open(
+            &image.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ImageError::io(format!("opening {}", image.path.display()))(e.into()))?;
+        fs_import::copy_tree(source, &mut tree)?;
+        prepare(&mut tree)?;
+        tree.sync().map_err(ImageError::io("syncing the copy"))?;
+        tree.finish()
+            .map_err(ImageError::io("setting directory times"))?;
+        staging.commit(target)
+    }
+
     /// Removes image `name` and berth's record of it.
     pub fn remove(&self, name: &str) -> Result<(), ImageError> {
         name::validate("image", name)?;
@@ -190,41 +236,59 @@ impl Pool {
             Ok(meta) if meta.is_dir() => {}
             _ => return Err(ImageError::NotFound(name.to_owned())),
         }
-        let doomed = self.images.join(staging_name("remove", name));
-        fs::rename(&path, &doomed).map_err(ImageError::io(format!(
-            "moving {} out of the way",
-            path.display()
-        )))?;
         let _ = fs::remove_file(self.record_path(name));
-        remove_tree(&doomed).map_err(ImageError::io(format!(
-            "deleting {} (already invisible; berthd retries at its next start)",
-            doomed.display()
-        )))
+        discard(&path)
     }
 
     /// Deletes staging directories left by an import or removal that a crash interrupted.
     pub fn clean_stale(&self) -> usize {
-        let Ok(entries) = fs::read_dir(&self.images) else {
-            return 0;
-        };
-        let mut cleaned = 0;
-        for entry in entries.flatten() {
-            let stale = entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(STAGING_PREFIX));
-            if stale {
-                match remove_tree(&entry.path()) {
-                    Ok(()) => cleaned += 1,
-                    Err(e) => {
-                        tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove stale staging directory")
-                    }
+        clean_staging(&self.images)
+    }
+}
+
+/// Deletes the staging directories (`.#berth-*`) in `dir` that a crash left behind.
+pub fn clean_staging(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut cleaned = 0;
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(STAGING_PREFIX));
+        if stale {
+            match remove_tree(&entry.path()) {
+                Ok(()) => cleaned += 1,
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove stale staging directory")
                 }
             }
         }
-        cleaned
     }
+    cleaned
+}
 
+/// Removes a directory tree so that it is never seen half-deleted: renamed to a hidden name
+/// first, then deleted (a crash in between leaves it for [`clean_staging`]).
+pub fn discard(path: &Path) -> Result<(), ImageError> {
+    let (Some(parent), Some(leaf)) = (path.parent(), path.file_name()) else {
+        return Err(ImageError::io("removing a tree")(io::Error::other(
+            "bad path",
+        )));
+    };
+    let doomed = parent.join(staging_name("remove", &leaf.to_string_lossy()));
+    fs::rename(path, &doomed).map_err(ImageError::io(format!(
+        "moving {} out of the way",
+        path.display()
+    )))?;
+    remove_tree(&doomed).map_err(ImageError::io(format!(
+        "deleting {} (already invisible; berthd retries at its next start)",
+        doomed.display()
+    )))
+}
+
+impl Pool {
     fn record_path(&self, name: &str) -> PathBuf {
         self.records.join(format!("{name}.json"))
     }

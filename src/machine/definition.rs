@@ -1,0 +1,328 @@
+//! The machine definition: `/etc/berth/machines/NAME.machine`, an INI file in systemd's style
+//! that admins may read and edit (documented in the README).
+//!
+//! ```ini
+//! [Machine]
+//! Image=debian
+//! ImageDigest=sha256:…
+//! Mode=boot                 # or: app
+//! Command=/usr/bin/env      # app mode: one line per argument, in order
+//! Hostname=web
+//! MachineID=0123456789abcdef0123456789abcdef
+//! UIDBase=524288
+//! Storage=copy
+//! Created=1795460082000000
+//!
+//! [Files]
+//! Bind=/srv/data:/data:ro
+//! ```
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use super::uid_range::UidRange;
+use crate::name;
+
+/// How a machine runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 is the image's init (systemd).
+    Boot,
+    /// A small init of berth's runs this command.
+    App(Vec<String>),
+}
+
+/// A host directory bind-mounted into the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DefinitionError {
+    #[error(
+        "bind '{0}' is not SRC:DST[:ro|rw] with absolute paths (e.g. --bind /srv/data:/data:ro)"
+    )]
+    BadBind(String),
+    #[error("line {line}: {message}")]
+    Syntax { line: usize, message: String },
+    #[error("missing key {0}")]
+    Missing(&'static str),
+    #[error("{key}={value}: {message}")]
+    BadValue {
+        key: &'static str,
+        value: String,
+        message: String,
+    },
+}
+
+impl Bind {
+    /// Parses `SRC:DST[:ro|rw]`; both paths absolute, no `..`.
+    pub fn parse(text: &str) -> Result<Self, DefinitionError> {
+        let bad = || DefinitionError::BadBind(text.to_owned());
+        let parts: Vec<&str> = text.split(':').collect();
+        let (source, destination, read_only) = match parts.as_slice() {
+            [s, d] => (*s, *d, false),
+            [s, d, "ro"] => (*s, *d, true),
+            [s, d, "rw"] => (*s, *d, false),
+            _ => return Err(bad()),
+        };
+        let ok = |p: &str| p.starts_with('/') && !p.split('/').any(|c| c == "..");
+        if !ok(source) || !ok(destination) {
+            return Err(bad());
+        }
+        Ok(Self {
+            source: source.into(),
+            destination: destination.into(),
+            read_only,
+        })
+    }
+
+    pub fn to_spec(&self) -> String {
+        format!(
+            "{}:{}{}",
+            self.source.display(),
+            self.destination.display(),
+            if self.read_only { ":ro" } else { "" }
+        )
+    }
+}
+
+/// Everything berth keeps about a machine between starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    pub name: String,
+    pub image: String,
+    /// The digest of the image it was made from (empty if the image had none).
+    pub image_digest: String,
+    pub mode: Mode,
+    pub hostname: String,
+    /// 32 lowercase hex digits, generated once at create and kept for life.
+    pub machine_id: String,
+    pub uid_range: UidRange,
+    /// How the root was made: "copy" (or, later, "btrfs snapshot").
+    pub storage: String,
+    pub created_usec: u64,
+    pub binds: Vec<Bind>,
+}
+
+impl Definition {
+    pub fn to_ini(&self) -> String {
+        let mut out = String::from("# berth machine definition; see 'man berth' / README.\n");
+        out.push_str("[Machine]\n");
+        let mut kv = |k: &str, v: &str| {
+            let _ = writeln!(out, "{k}={v}");
+        };
+        kv("Image", &self.image);
+        if !self.image_digest.is_empty() {
+            kv("ImageDigest", &self.image_digest);
+        }
+        match &self.mode {
+            Mode::Boot => kv("Mode", "boot"),
+            Mode::App(command) => {
+                kv("Mode", "app");
+                for arg in command {
+                    kv("Command", arg);
+                }
+            }
+        }
+        kv("Hostname", &self.hostname);
+        kv("MachineID", &self.machine_id);
+        kv("UIDBase", &self.uid_range.base.to_string());
+        kv("Storage", &self.storage);
+        kv("Created", &self.created_usec.to_string());
+        if !self.binds.is_empty() {
+            out.push_str("\n[Files]\n");
+            for bind in &self.binds {
+                let _ = writeln!(out, "Bind={}", bind.to_spec());
+            }
+        }
+        out
+    }
+
+    pub fn from_ini(name: &str, text: &str) -> Result<Self, DefinitionError> {
+        let mut section = String::new();
+        let mut image = None;
+        let mut image_digest = String::new();
+        let mut mode = None;
+        let mut command = Vec::new();
+        let mut hostname = None;
+        let mut machine_id = None;
+        let mut uid_base = None;
+        let mut storage = String::from("copy");
+        let mut created_usec = 0;
+        let mut binds = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim_start();
+            let syntax = |message: &str| DefinitionError::Syntax {
+                line: i + 1,
+                message: message.to_owned(),
+            };
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(s) = line.trim_end().strip_prefix('[') {
+                section = s
+                    .strip_suffix(']')
+                    .ok_or_else(|| syntax("unterminated section header"))?
+                    .to_owned();
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| syntax("expected KEY=VALUE"))?;
+            let key = key.trim();
+            // Command arguments are kept exactly; other values are trimmed as systemd does.
+            let value = if key == "Command" {
+                value
+            } else {
+                value.trim()
+            };
+            match (section.as_str(), key) {
+                ("Machine", "Image") => image = Some(value.to_owned()),
+                ("Machine", "ImageDigest") => image_digest = value.to_owned(),
+                ("Machine", "Mode") => mode = Some(value.to_owned()),
+                ("Machine", "Command") => command.push(value.to_owned()),
+                ("Machine", "Hostname") => hostname = Some(value.to_owned()),
+                ("Machine", "MachineID") => machine_id = Some(value.to_owned()),
+                ("Machine", "UIDBase") => uid_base = Some(value.to_owned()),
+                ("Machine", "Storage") => storage = value.to_owned(),
+                ("Machine", "Created") => created_usec = value.parse().unwrap_or(0),
+                ("Files", "Bind") => binds.push(Bind::parse(value)?),
+                _ => return Err(syntax(&format!("unknown key {key} in [{section}]"))),
+            }
+        }
+        let mode = match mode.as_deref() {
+            Some("boot") => Mode::Boot,
+            Some("app") if !command.is_empty() => Mode::App(command),
+            Some("app") => return Err(DefinitionError::Missing("Command")),
+            Some(other) => {
+                return Err(DefinitionError::BadValue {
+                    key: "Mode",
+                    value: other.to_owned(),
+                    message: "expected boot or app".into(),
+                });
+            }
+            None => return Err(DefinitionError::Missing("Mode")),
+        };
+        let uid_base = uid_base.ok_or(DefinitionError::Missing("UIDBase"))?;
+        let base = uid_base
+            .parse()
+            .ok()
+            .filter(|b| UidRange::is_valid_base(*b))
+            .ok_or_else(|| DefinitionError::BadValue {
+                key: "UIDBase",
+                value: uid_base.clone(),
+                message: "expected a multiple of 65536 from 524288 to 1878917120".into(),
+            })?;
+        let machine_id = machine_id.ok_or(DefinitionError::Missing("MachineID"))?;
+        if !is_machine_id(&machine_id) {
+            return Err(DefinitionError::BadValue {
+                key: "MachineID",
+                value: machine_id,
+                message: "expected 32 lowercase hex digits".into(),
+            });
+        }
+        let hostname = hostname.unwrap_or_else(|| name.to_owned());
+        if let Err(e) = name::validate("host", &hostname) {
+            return Err(DefinitionError::BadValue {
+                key: "Hostname",
+                value: hostname,
+                message: e.to_string(),
+            });
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            image: image.ok_or(DefinitionError::Missing("Image"))?,
+            image_digest,
+            mode,
+            hostname,
+            machine_id,
+            uid_range: UidRange { base },
+            storage,
+            created_usec,
+            binds,
+        })
+    }
+}
+
+/// 32 lowercase hex digits, as /etc/machine-id holds (and not all zeros).
+pub fn is_machine_id(text: &str) -> bool {
+    text.len() == 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && text.bytes().any(|b| b != b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(mode: Mode) -> Definition {
+        Definition {
+            name: "web".into(),
+            image: "debian".into(),
+            image_digest: "sha256:abc".into(),
+            mode,
+            hostname: "web".into(),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+            uid_range: UidRange { base: 589_824 },
+            storage: "copy".into(),
+            created_usec: 42,
+            binds: vec![Bind::parse("/srv/data:/data:ro").expect("bind")],
+        }
+    }
+
+    #[test]
+    fn round_trips_both_modes() {
+        for mode in [
+            Mode::Boot,
+            Mode::App(vec!["sh".into(), "-c".into(), "echo a=b; exit 7 ".into()]),
+        ] {
+            let def = sample(mode);
+            let text = def.to_ini();
+            assert_eq!(Definition::from_ini("web", &text), Ok(def), "{text}");
+        }
+    }
+
+    #[test]
+    fn binds_parse_strictly() {
+        let b = Bind::parse("/a:/b").expect("bind");
+        assert!(!b.read_only);
+        assert!(Bind::parse("/a:/b:ro").expect("bind").read_only);
+        for bad in [
+            "a:/b",
+            "/a:b",
+            "/a",
+            "/a:/b:xx",
+            "/a/../etc:/b",
+            "/a:/b:ro:x",
+        ] {
+            assert!(Bind::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reports_what_is_wrong_in_a_file() {
+        let err = Definition::from_ini("x", "[Machine]\nImage=a\nBogus=1\n").expect_err("bogus");
+        assert_eq!(err.to_string(), "line 3: unknown key Bogus in [Machine]");
+        let text = sample(Mode::Boot)
+            .to_ini()
+            .replace("UIDBase=589824", "UIDBase=1000");
+        let err = Definition::from_ini("web", &text).expect_err("uid");
+        assert!(err.to_string().starts_with("UIDBase=1000"), "{err}");
+    }
+
+    #[test]
+    fn machine_ids() {
+        assert!(is_machine_id("0123456789abcdef0123456789abcdef"));
+        assert!(!is_machine_id("00000000000000000000000000000000"));
+        assert!(!is_machine_id("0123456789ABCDEF0123456789abcdef"));
+        assert!(!is_machine_id("0123"));
+    }
+}

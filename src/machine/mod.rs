@@ -1,0 +1,302 @@
+//! Machines: persistent definitions (`/etc/berth/machines/NAME.machine`) and their roots
+//! (`/var/lib/berth/machines/NAME`), each with its own UID range and machine-id.
+//!
+//! Creating a machine copies its image, writes the guest's `/etc/hostname` and
+//! `/etc/machine-id` (through the same symlink-safe writer as imports), and only then writes
+//! the definition; a failure at any step leaves nothing behind.
+
+mod definition;
+mod uid_range;
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+pub use definition::{Bind, Definition, DefinitionError, Mode, is_machine_id};
+pub use uid_range::{RANGE_SIZE, UidRange};
+
+use crate::image::tree::{Content, Metadata, TreePath};
+use crate::image::{self, ImageError, Pool};
+use crate::name::{self, NameError};
+
+/// Where machine definitions live (admin-readable, and editable while a machine is stopped).
+pub const DEFAULT_DEFINITION_DIR: &str = "/etc/berth/machines";
+/// Where machine roots live (beside images' filesystem, so copies can be reflinks/snapshots).
+pub const DEFAULT_ROOT_DIR: &str = "/var/lib/berth/machines";
+
+#[derive(Debug, Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("machine '{0}' already exists; remove it with 'berth rm {0}' or choose another name")]
+    Exists(String),
+    #[error("no machine named '{0}'; 'berth list' shows the machines there are")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("the image for the machine: {0}")]
+    Image(#[from] ImageError),
+    #[error("all {} UID ranges of systemd's container range are in use", (uid_range::LAST_ID + 1 - uid_range::FIRST_BASE) / RANGE_SIZE)]
+    NoFreeUidRange,
+    #[error("definition {path}: {source}")]
+    BadDefinition {
+        path: PathBuf,
+        #[source]
+        source: DefinitionError,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What `berth create` asks for.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub name: String,
+    pub image: String,
+    pub mode: Mode,
+    /// Empty: the machine's name.
+    pub hostname: String,
+    pub binds: Vec<String>,
+}
+
+/// The machine store.
+#[derive(Debug, Clone)]
+pub struct Machines {
+    definitions: PathBuf,
+    roots: PathBuf,
+    pool: Pool,
+    /// Serializes creation, so two creates never pick the same UID range or name.
+    create_lock: Arc<Mutex<()>>,
+}
+
+impl Machines {
+    pub fn new(definitions: impl Into<PathBuf>, roots: impl Into<PathBuf>, pool: Pool) -> Self {
+        Self {
+            definitions: definitions.into(),
+            roots: roots.into(),
+            pool,
+            create_lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    pub fn root_of(&self, name: &str) -> PathBuf {
+        self.roots.join(name)
+    }
+
+    fn definition_path(&self, name: &str) -> PathBuf {
+        self.definitions.join(format!("{name}.machine"))
+    }
+
+    /// Creates a machine: validates everything first, then copies the image.
+    pub fn create(&self, request: &CreateRequest) -> Result<Definition, MachineError> {
+        name::validate("machine", &request.name)?;
+        let hostname = if request.hostname.is_empty() {
+            request.name.clone()
+        } else {
+            request.hostname.clone()
+        };
+        name::validate("host", &hostname)?;
+        if let Mode::App(command) = &request.mode
+            && command.first().is_none_or(String::is_empty)
+        {
+            return Err(MachineError::InvalidArgument(
+                "no command: give --boot, or the command after '--'".into(),
+            ));
+        }
+        if let Mode::App(command) = &request.mode
+            && let Some(arg) = command.iter().find(|a| a.contains(['\n', '\r']))
+        {
+            return Err(MachineError::InvalidArgument(format!(
+                "command argument {arg:?} contains a line break, which a definition can't hold"
+            )));
+        }
+        let binds = request
+            .binds
+            .iter()
+            .map(|spec| {
+                let bind =
+                    Bind::parse(spec).map_err(|e| MachineError::InvalidArgument(e.to_string()))?;
+                if !bind.source.exists() {
+                    return Err(MachineError::InvalidArgument(format!(
+                        "bind source {} does not exist on the host",
+                        bind.source.display()
+                    )));
+                }
+                Ok(bind)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let image = self.pool.get(&request.image)?;
+
+        let _guard = self
+            .create_lock
+            .lock()
+            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        let definition_path = self.definition_path(&request.name);
+        let root = self.root_of(&request.name);
+        if definition_path.exists() || root.symlink_metadata().is_ok() {
+            return Err(MachineError::Exists(request.name.clone()));
+        }
+        let used: Vec<UidRange> = self.list()?.iter().map(|d| d.uid_range).collect();
+        let uid_range = UidRange::allocate(&used).ok_or(MachineError::NoFreeUidRange)?;
+        let definition = Definition {
+            name: request.name.clone(),
+            image: image.name.clone(),
+            image_digest: image.digest.clone(),
+            mode: request.mode.clone(),
+            hostname,
+            machine_id: new_machine_id()?,
+            uid_range,
+            storage: "copy".into(),
+            created_usec: now_usec(),
+            binds,
+        };
+
+        self.pool.copy_image(&image.name, &root, |tree| {
+            let identity = [
+                ("etc/hostname", format!("{}\n", definition.hostname), 0o644),
+                (
+                    "etc/machine-id",
+                    format!("{}\n", definition.machine_id),
+                    0o444,
+                ),
+            ];
+            for (path, content, mode) in identity {
+                let meta = Metadata {
+                    mode,
+                    mtime: i64::try_from(definition.created_usec / 1_000_000).unwrap_or(0),
+                    ..Metadata::default()
+                };
+                let path = TreePath::parse(path.as_bytes()).map_err(|r| {
+                    ImageError::io("writing the machine's identity")(io::Error::other(
+                        r.to_string(),
+                    ))
+                })?;
+                let result = tree.file(&path, &meta, Content::Reader(&mut content.as_bytes()));
+                tree.settle(&path.to_string(), result)
+                    .map_err(ImageError::io(
+                        "writing the machine's /etc/hostname and /etc/machine-id",
+                    ))?;
+            }
+            Ok(())
+        })?;
+        if let Err(e) = self.write_definition(&definition) {
+            let _ = image::discard(&root);
+            return Err(e);
+        }
+        Ok(definition)
+    }
+
+    fn write_definition(&self, definition: &Definition) -> Result<(), MachineError> {
+        let io_error = |source| MachineError::Io {
+            context: format!("writing the definition in {}", self.definitions.display()),
+            source,
+        };
+        fs::create_dir_all(&self.definitions).map_err(io_error)?;
+        let tmp = self
+            .definitions
+            .join(format!(".{}.machine.tmp", definition.name));
+        fs::write(&tmp, definition.to_ini())
+            .and_then(|()| fs::rename(&tmp, self.definition_path(&definition.name)))
+            .map_err(io_error)
+    }
+
+    /// Loads one definition.
+    pub fn get(&self, name: &str) -> Result<Definition, MachineError> {
+        name::validate("machine", name)?;
+        let path = self.definition_path(name);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(MachineError::NotFound(name.to_owned()));
+            }
+            Err(source) => {
+                return Err(MachineError::Io {
+                    context: format!("reading {}", path.display()),
+                    source,
+                });
+            }
+        };
+        Definition::from_ini(name, &text)
+            .map_err(|source| MachineError::BadDefinition { path, source })
+    }
+
+    /// All machines, by name. A definition that doesn't parse is an error naming its file.
+    pub fn list(&self) -> Result<Vec<Definition>, MachineError> {
+        let entries = match fs::read_dir(&self.definitions) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(MachineError::Io {
+                    context: format!("reading {}", self.definitions.display()),
+                    source,
+                });
+            }
+        };
+        let mut machines = Vec::new();
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".machine")) else {
+                continue;
+            };
+            if name::validate("machine", name).is_ok() {
+                machines.push(self.get(name)?);
+            }
+        }
+        machines.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(machines)
+    }
+
+    /// Removes a machine's definition and root.
+    pub fn remove(&self, name: &str) -> Result<(), MachineError> {
+        self.get(name)?;
+        let root = self.root_of(name);
+        if root.symlink_metadata().is_ok() {
+            image::discard(&root)?;
+        }
+        fs::remove_file(self.definition_path(name)).map_err(|source| MachineError::Io {
+            context: format!("removing {}", self.definition_path(name).display()),
+            source,
+        })
+    }
+
+    /// Deletes roots a crash left half-made or half-deleted.
+    pub fn clean_stale(&self) -> usize {
+        image::clean_staging(&self.roots)
+    }
+}
+
+fn new_machine_id() -> Result<String, MachineError> {
+    let mut bytes = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| MachineError::Io {
+            context: "reading /dev/urandom for a machine-id".into(),
+            source,
+        })?;
+    // A v4 UUID, as systemd generates machine-ids.
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn now_usec() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Roots are kept out of sight of `machinectl list-images` (which lists /var/lib/machines).
+pub fn default_store(pool: Pool) -> Machines {
+    Machines::new(DEFAULT_DEFINITION_DIR, Path::new(DEFAULT_ROOT_DIR), pool)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! Creating, listing and removing machines against a temporary pool (root, as CI).
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use super::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    machines: Machines,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_owned();
+    let pool = Pool::new(root.join("images"), root.join("state"));
+    // A tiny image: /etc with a hostname symlink pointing out of the tree, to prove that
+    // create replaces it rather than writing through it.
+    let src = root.join("src");
+    fs::create_dir_all(src.join("etc")).expect("etc");
+    fs::write(root.join("victim"), b"host file").expect("victim");
+    std::os::unix::fs::symlink(root.join("victim"), src.join("etc/hostname")).expect("symlink");
+    fs::write(src.join("etc/os-release"), b"ID=debian\n").expect("os-release");
+    let fd = rustix::fs::open(
+        &src,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .expect("open");
+    pool.import_fs("deb", fd, "src").expect("image");
+    Fixture {
+        machines: Machines::new(root.join("defs"), root.join("roots"), pool),
+        root,
+        _dir: dir,
+    }
+}
+
+fn request(name: &str) -> CreateRequest {
+    CreateRequest {
+        name: name.into(),
+        image: "deb".into(),
+        mode: Mode::Boot,
+        hostname: String::new(),
+        binds: Vec::new(),
+    }
+}
+
+#[test]
+fn create_writes_identity_and_a_definition() {
+    let f = fixture();
+    let def = f.machines.create(&request("web")).expect("create");
+    assert_eq!(def.hostname, "web");
+    assert!(is_machine_id(&def.machine_id));
+    assert_eq!(def.uid_range.base, 524_288);
+    let root = f.root.join("roots/web");
+    assert_eq!(
+        fs::read_to_string(root.join("etc/hostname")).expect("h"),
+        "web\n"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("etc/machine-id")).expect("id"),
+        format!("{}\n", def.machine_id)
+    );
+    // The image's symlink was replaced, not followed.
+    assert_eq!(
+        fs::read(f.root.join("victim")).expect("victim"),
+        b"host file"
+    );
+    assert_eq!(
+        fs::metadata(root.join("etc/os-release")).expect("o").uid(),
+        0
+    );
+    assert_eq!(f.machines.get("web").expect("get"), def);
+    assert_eq!(f.machines.list().expect("list"), vec![def]);
+}
+
+#[test]
+fn uid_ranges_never_overlap_and_are_reused_after_removal() {
+    let f = fixture();
+    let a = f.machines.create(&request("a")).expect("a");
+    let b = f.machines.create(&request("b")).expect("b");
+    assert_eq!(b.uid_range.base, a.uid_range.base + RANGE_SIZE);
+    assert_ne!(a.machine_id, b.machine_id);
+    f.machines.remove("a").expect("rm a");
+    let c = f.machines.create(&request("c")).expect("c");
+    assert_eq!(c.uid_range, a.uid_range);
+}
+
+#[test]
+fn bad_requests_leave_nothing_behind() {
+    let f = fixture();
+    let mut cases: Vec<(CreateRequest, &str)> = Vec::new();
+    for bad in ["", "..", "a/b", "-x", "a b", &"a".repeat(65)] {
+        cases.push((request(bad), "machine name"));
+    }
+    let mut r = request("x");
+    r.image = "nope".into();
+    cases.push((r, "no image named 'nope'"));
+    let mut r = request("x");
+    r.hostname = "bad host".into();
+    cases.push((r, "host name 'bad host'"));
+    let mut r = request("x");
+    r.mode = Mode::App(Vec::new());
+    cases.push((r, "no command"));
+    let mut r = request("x");
+    r.binds = vec!["relative:/x".into()];
+    cases.push((r, "bind 'relative:/x'"));
+    let mut r = request("x");
+    r.binds = vec!["/nonexistent-berth:/x".into()];
+    cases.push((r, "bind source /nonexistent-berth does not exist"));
+    for (req, want) in cases {
+        let err = f.machines.create(&req).expect_err(want).to_string();
+        assert!(err.contains(want), "{err:?} should contain {want:?}");
+    }
+    f.machines.create(&request("x")).expect("create");
+    let err = f
+        .machines
+        .create(&request("x"))
+        .expect_err("twice")
+        .to_string();
+    assert!(err.contains("machine 'x' already exists"), "{err}");
+    f.machines.remove("x").expect("rm");
+    assert!(
+        fs::read_dir(f.root.join("roots"))
+            .expect("roots")
+            .next()
+            .is_none()
+    );
+    assert!(
+        fs::read_dir(f.root.join("defs"))
+            .expect("defs")
+            .next()
+            .is_none()
+    );
+    assert!(matches!(
+        f.machines.remove("x"),
+        Err(MachineError::NotFound(_))
+    ));
+}
