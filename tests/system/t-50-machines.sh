@@ -49,9 +49,12 @@ test_50_create_list_remove_machines() {
 test_51_bad_create_input_leaves_nothing() {
     expect_ok berth import-tar "$FIXTURES/small.tar" base
     local name
-    for name in "" ".." "a/b" "-x" ".hidden" "has space" "$(printf 'a%.0s' {1..65})"; do
-        expect_fail "machine name" berth create --image base --boot -- "$name"
+    for name in "" ".." "a/b" ".hidden" "has space" "$(printf 'a%.0s' {1..65})"; do
+        expect_fail "machine name" berth create "$name" --image base --boot
     done
+    # A leading '-' is an option to the CLI; the D-Bus API refuses it too.
+    expect_fail "machine name '-x' must not start with '-'" \
+        busctl call org.berth.Berth1 /org/berth/Berth1 org.berth.Berth1.Manager CreateMachine ssbassas -- -x base true 0 "" 0
     expect_fail "no image named 'nope'" berth create m --image nope --boot
     expect_fail "cannot be used with" berth create m --image base --boot -- /bin/true
     expect_fail "no command for machine 'm'" berth create m --image base
