@@ -82,13 +82,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Images { json } => {
             let images = manager.list_images().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&images)?);
-            } else if images.is_empty() {
-                println!("No images. Import one with 'berth import-tar FILE NAME'.");
-            } else {
-                println!("{}", format::images_table(&images));
-            }
+            print_listing(
+                &images,
+                json,
+                "No images. Import one with 'berth import-tar FILE NAME'.",
+                format::images_table,
+            )?;
         }
         Command::Rmi { names } => {
             for name in names {
@@ -137,14 +136,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::List { json } => {
             let machines = manager.list_machines().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&machines)?);
-            } else if machines.is_empty() {
-                println!("No machines. Create one with 'berth create NAME --image IMAGE --boot'.");
-            } else {
-                println!("{}", format::machines_table(&machines));
-            }
+            print_listing(
+                &machines,
+                json,
+                "No machines. Create one with 'berth create NAME --image IMAGE --boot'.",
+                format::machines_table,
+            )?;
         }
+    }
+    Ok(())
+}
+
+/// Prints a listing as JSON, as a table, or as a hint when there is nothing to list.
+fn print_listing<T: serde::Serialize>(
+    items: &[T],
+    json: bool,
+    empty_hint: &str,
+    table: fn(&[T]) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else if items.is_empty() {
+        println!("{empty_hint}");
+    } else {
+        println!("{}", table(items));
     }
     Ok(())
 }
