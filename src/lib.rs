@@ -7,7 +7,7 @@
 //! - [`cli`]: clap definitions and output formatting only.
 //! - [`api`]: berthd's D-Bus interface, its typed errors and polkit checks; no syscalls.
 //! - [`image`]: the image pool under `/var/lib/machines`, safe tar and directory import.
-//! - [`sys`]: the only place with `unsafe`.
+//! - [`sys`]: the only module exempt from `#![deny(unsafe_code)]`.
 #![deny(unsafe_code)]
 
 pub mod api;

@@ -12,7 +12,8 @@ use super::tree::{Content, EntryError, Metadata, RefuseReason, TreePath, TreeWri
 /// pax header keys GNU tar and bsdtar use for extended attributes.
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 
-/// Writes every entry of the archive into `tree`, refusing unsafe ones (recorded in the tree).
+/// Writes every entry of the archive into `tree`, refusing those that would escape it or create
+/// devices (each refusal is recorded in the tree).
 pub fn extract(source: impl Read, tree: &mut TreeWriter) -> Result<(), ImageError> {
     let mut archive = tar::Archive::new(source);
     let entries = archive.entries().map_err(ImageError::not_a_tar)?;
