@@ -124,10 +124,13 @@ impl Pool {
             created_usec: now_usec(),
             origin,
         };
-        self.write_record(name, &record)?;
         let subvolume = staging.subvolume;
-        if let Err(e) = staging.commit(&self.images.join(name)) {
-            let _ = fs::remove_file(self.record_path(name));
+        let target = self.images.join(name);
+        // Rename first: a concurrent import of the same name that lost the race must not touch
+        // the winner's record. Without its record the import didn't happen.
+        staging.commit(&target)?;
+        if let Err(e) = self.write_record(name, &record) {
+            let _ = discard(&target);
             return Err(e);
         }
         Ok(ImportReport {
