@@ -419,3 +419,40 @@ fn stale_staging_is_cleaned() {
     assert_eq!(f.pool.clean_stale(), 1);
     assert!(staging_leftovers(&pool_dir).is_empty());
 }
+
+#[test]
+fn concurrent_imports_of_one_name_have_one_winner_whose_record_survives() {
+    let f = fixture();
+    let make = |name: &str, content: &'static [u8]| {
+        tar_file(&f.root, name, |b| {
+            raw_entry(b, b"f", EntryType::Regular, b"", content);
+        })
+    };
+    for round in 0..5 {
+        let name = format!("race{round}");
+        let inputs = [make("a.tar", b"aaaa"), make("b.tar", b"bbbbbbbb")];
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = inputs
+                .into_iter()
+                .map(|input| {
+                    let (pool, name) = (&f.pool, &name);
+                    s.spawn(move || pool.import_tar(name, input, "x"))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        for loser in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(matches!(loser, ImageError::Exists(_)), "{loser:?}");
+        }
+        let info = f.pool.get(&name).expect("image");
+        assert_eq!(info.digest, winners[0].record.digest);
+        let content = fs::read(f.root.join("machines").join(&name).join("f")).expect("f");
+        assert_eq!(content.len() as u64, info.size_bytes);
+        assert!(staging_leftovers(&f.root.join("machines")).is_empty());
+    }
+}
