@@ -16,4 +16,6 @@ pub mod image;
 pub mod logging;
 pub mod machine;
 pub mod name;
+pub mod runtime;
 pub mod sys;
+pub mod systemd;

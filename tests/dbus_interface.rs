@@ -37,7 +37,10 @@ async fn live_introspection() -> anyhow::Result<String> {
     let server = Builder::unix_stream(server_end)
         .server(guid)
         .p2p()
-        .serve_at(OBJECT_PATH, Manager::new(pool, machines))
+        .serve_at(
+            OBJECT_PATH,
+            Manager::new(pool, machines, "/usr/libexec/berthd".into()),
+        )
         .build();
     let client = Builder::unix_stream(client_end).p2p().build();
     let (_server, client) = tokio::try_join!(server, client)?;

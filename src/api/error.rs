@@ -15,6 +15,8 @@ pub enum BusError {
     NoSuchImage(String),
     NoSuchMachine(String),
     MachineExists(String),
+    /// The machine is running (or not) when the call needs the opposite.
+    InvalidState(String),
     ImageExists(String),
     /// The input could not be imported (not a tar, unsupported compression).
     BadImageInput(String),
@@ -54,7 +56,12 @@ impl From<MachineError> for BusError {
             MachineError::Exists(_) => Self::MachineExists(message),
             MachineError::NotFound(_) => Self::NoSuchMachine(message),
             MachineError::Image(inner) => Self::from(inner),
+            MachineError::AlreadyRunning(_)
+            | MachineError::NotRunning(_)
+            | MachineError::Running(_) => Self::InvalidState(message),
             MachineError::NoFreeUidRange
+            | MachineError::Runtime(_)
+            | MachineError::Systemd(_)
             | MachineError::BadDefinition { .. }
             | MachineError::Io { .. } => Self::Failed(message),
         }

@@ -2,6 +2,8 @@
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use zbus::message::Header;
 use zbus::{Connection, interface};
@@ -9,18 +11,34 @@ use zbus::{Connection, interface};
 use super::polkit::{Action, authorize};
 use super::{BusError, ImageEntry, ImportResult, MachineEntry};
 use crate::image::Pool;
-use crate::machine::{CreateRequest, Machines, Mode};
+use crate::machine::{CreateRequest, MachineError, Machines, Mode, lifecycle};
 
 /// berthd's manager object, served at `/org/berth/Berth1`.
 #[derive(Debug, Clone)]
 pub struct Manager {
     pool: Pool,
     machines: Machines,
+    /// The binary to run as `--spawn-machine` (berthd itself).
+    helper: PathBuf,
 }
 
 impl Manager {
-    pub fn new(pool: Pool, machines: Machines) -> Self {
-        Self { pool, machines }
+    pub fn new(pool: Pool, machines: Machines, helper: PathBuf) -> Self {
+        Self {
+            pool,
+            machines,
+            helper,
+        }
+    }
+
+    async fn entry(
+        &self,
+        conn: &Connection,
+        d: crate::machine::Definition,
+    ) -> Result<MachineEntry, BusError> {
+        let root = self.machines.root_of(&d.name).display().to_string();
+        let running = lifecycle::state(conn, &d.name).await?;
+        Ok(MachineEntry::new(d, root, running))
     }
 }
 
@@ -144,12 +162,39 @@ impl Manager {
         tracing::info!(name = %request.name, image = %request.image, "creating machine");
         let definition = blocking(move || machines.create(&request)).await?;
         tracing::info!(name = %definition.name, uid_base = definition.uid_range.base, "created machine");
-        let root = self
-            .machines
-            .root_of(&definition.name)
-            .display()
-            .to_string();
-        Ok(MachineEntry::new(definition, root))
+        self.entry(conn, definition).await
+    }
+
+    /// Starts machine `name` in the transient scope `machine-NAME.scope` (machine.slice,
+    /// Delegate=yes), registered with systemd-machined; returns once its init runs. Needs
+    /// org.berth.berth1.manage-machines.
+    #[zbus(out_args("machine"))]
+    async fn start_machine(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<MachineEntry, BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        tracing::info!(%name, "starting machine");
+        lifecycle::start(conn, &self.machines, self.helper.clone(), &name).await?;
+        let definition = self.machines.get(&name)?;
+        self.entry(conn, definition).await
+    }
+
+    /// Stops machine `name` cleanly (SIGRTMIN+3 to a systemd init, SIGTERM otherwise), and
+    /// kills its scope after `timeout_sec` seconds. Needs org.berth.berth1.manage-machines.
+    async fn stop_machine(
+        &self,
+        name: String,
+        timeout_sec: u32,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        tracing::info!(%name, "stopping machine");
+        let timeout = Duration::from_secs(u64::from(timeout_sec));
+        Ok(lifecycle::stop(conn, &self.machines, &name, timeout).await?)
     }
 
     /// Removes machine `name`: its definition and its root. Needs
@@ -161,6 +206,10 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), BusError> {
         authorize(conn, &header, Action::ManageMachines).await?;
+        self.machines.get(&name)?;
+        if lifecycle::state(conn, &name).await?.is_some() {
+            return Err(MachineError::Running(name).into());
+        }
         let machines = self.machines.clone();
         tracing::info!(%name, "removing machine");
         blocking(move || machines.remove(&name)).await
@@ -168,16 +217,17 @@ impl Manager {
 
     /// Lists the machines. Open to everyone.
     #[zbus(out_args("machines"))]
-    async fn list_machines(&self) -> Result<Vec<MachineEntry>, BusError> {
+    async fn list_machines(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<MachineEntry>, BusError> {
         let machines = self.machines.clone();
         let definitions = blocking(move || machines.list()).await?;
-        Ok(definitions
-            .into_iter()
-            .map(|d| {
-                let root = self.machines.root_of(&d.name).display().to_string();
-                MachineEntry::new(d, root)
-            })
-            .collect())
+        let mut entries = Vec::with_capacity(definitions.len());
+        for d in definitions {
+            entries.push(self.entry(conn, d).await?);
+        }
+        Ok(entries)
     }
 
     /// berthd's version.

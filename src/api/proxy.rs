@@ -41,6 +41,10 @@ pub trait Manager {
 
     fn remove_machine(&self, name: &str) -> zbus::Result<()>;
 
+    fn start_machine(&self, name: &str) -> zbus::Result<MachineEntry>;
+
+    fn stop_machine(&self, name: &str, timeout_sec: u32) -> zbus::Result<()>;
+
     fn list_machines(&self) -> zbus::Result<Vec<MachineEntry>>;
 
     #[zbus(property)]

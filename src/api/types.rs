@@ -5,6 +5,7 @@ use zbus::Type;
 
 use crate::image::{ImageInfo, ImportReport};
 use crate::machine::{Definition, Mode};
+use crate::systemd::RunningMachine;
 
 /// One image, `(sssstt)`: name, path, digest (`sha256:…`, empty if unknown), origin, size in
 /// bytes, creation time in µs since the epoch.
@@ -58,13 +59,15 @@ impl From<ImportReport> for ImportResult {
     }
 }
 
-/// One machine, `(sssssasuts)`: name, state ("stopped" until `berth start` exists), image,
+/// One machine, `(ssssssasustsu)`: name, state ("running" or "stopped"; machined's state
+/// while it starts or stops), unit (`machine-NAME.scope` while running, else empty), image,
 /// mode ("boot" or "app"), hostname, command (app mode), UID base, machine-id, created (µs
-/// since the epoch), root directory.
+/// since the epoch), root directory, leader PID (0 when stopped).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct MachineEntry {
     pub name: String,
     pub state: String,
+    pub unit: String,
     pub image: String,
     pub mode: String,
     pub hostname: String,
@@ -73,17 +76,26 @@ pub struct MachineEntry {
     pub machine_id: String,
     pub created_usec: u64,
     pub root: String,
+    pub leader: u32,
 }
 
 impl MachineEntry {
-    pub fn new(d: Definition, root: String) -> Self {
+    pub fn new(d: Definition, root: String, running: Option<RunningMachine>) -> Self {
         let (mode, command) = match d.mode {
             Mode::Boot => ("boot".to_owned(), Vec::new()),
             Mode::App(command) => ("app".to_owned(), command),
         };
+        let (state, unit, leader) = match running {
+            Some(r) if r.state == "running" || r.state.is_empty() => {
+                ("running".into(), r.unit, r.leader)
+            }
+            Some(r) => (r.state, r.unit, r.leader),
+            None => ("stopped".into(), String::new(), 0),
+        };
         Self {
             name: d.name,
-            state: "stopped".into(),
+            state,
+            unit,
             image: d.image,
             mode,
             hostname: d.hostname,
@@ -92,6 +104,7 @@ impl MachineEntry {
             machine_id: d.machine_id,
             created_usec: d.created_usec,
             root,
+            leader,
         }
     }
 }

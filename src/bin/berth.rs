@@ -128,6 +128,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 machine.machine_id
             );
         }
+        Command::Start { name } => {
+            let machine = manager.start_machine(&name).await?;
+            println!(
+                "Started machine '{}': {} (leader PID {}). 'machinectl status {}' shows it.",
+                machine.name, machine.unit, machine.leader, machine.name
+            );
+        }
+        Command::Stop { name, timeout } => {
+            manager.stop_machine(&name, timeout).await?;
+            println!("Stopped machine '{name}'.");
+        }
         Command::Rm { names } => {
             for name in names {
                 manager.remove_machine(&name).await?;

@@ -7,26 +7,39 @@ use berth::image::{DEFAULT_IMAGE_DIR, DEFAULT_STATE_DIR, Pool};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    berth::logging::init("berthd");
-    if let Err(e) = run().await {
-        tracing::error!("{e:#}");
-        return Err(e);
+fn main() -> std::process::ExitCode {
+    // The spawn helper must stay single-threaded: dispatch before any runtime exists.
+    if std::env::args().nth(1).as_deref() == Some("--spawn-machine") {
+        return berth::runtime::helper::helper_main();
     }
-    Ok(())
+    berth::logging::init("berthd");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run() -> anyhow::Result<()> {
     let pool = Pool::new(DEFAULT_IMAGE_DIR, DEFAULT_STATE_DIR);
     let machines = berth::machine::default_store(pool.clone());
     let cleaned = pool.clean_stale() + machines.clean_stale();
+    let helper = std::env::current_exe().context("finding berthd's own binary")?;
     if cleaned > 0 {
         tracing::info!(cleaned, "removed leftovers of interrupted imports");
     }
     let _connection = zbus::connection::Builder::system()
         .name(BUS_NAME)
-        .serve_at(OBJECT_PATH, Manager::new(pool, machines))
+        .serve_at(OBJECT_PATH, Manager::new(pool, machines, helper))
         .build()
         .await
         .with_context(|| {

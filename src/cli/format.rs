@@ -115,6 +115,16 @@ pub fn machines_table(machines: &[MachineEntry]) -> String {
             vec![
                 m.name.clone(),
                 m.state.clone(),
+                if m.unit.is_empty() {
+                    "-".into()
+                } else {
+                    m.unit.clone()
+                },
+                if m.leader == 0 {
+                    "-".into()
+                } else {
+                    m.leader.to_string()
+                },
                 m.image.clone(),
                 m.mode.clone(),
                 m.hostname.clone(),
@@ -125,7 +135,7 @@ pub fn machines_table(machines: &[MachineEntry]) -> String {
         .collect();
     table(
         &[
-            "NAME", "STATE", "IMAGE", "MODE", "HOSTNAME", "UIDS", "CREATED",
+            "NAME", "STATE", "UNIT", "LEADER", "IMAGE", "MODE", "HOSTNAME", "UIDS", "CREATED",
         ],
         &rows,
     )
@@ -157,6 +167,28 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y");
+    }
+
+    #[test]
+    fn machines_table_has_a_header_per_column() {
+        let m = MachineEntry {
+            name: "web".into(),
+            state: "running".into(),
+            unit: "machine-web.scope".into(),
+            image: "deb".into(),
+            mode: "boot".into(),
+            hostname: "web".into(),
+            command: Vec::new(),
+            uid_base: 524_288,
+            machine_id: "0".repeat(32),
+            created_usec: 0,
+            root: "/r".into(),
+            leader: 42,
+        };
+        let t = machines_table(&[m]);
+        let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(lines[0].len(), lines[1].len(), "{t}");
+        assert_eq!(lines[1][..4], ["web", "running", "machine-web.scope", "42"]);
     }
 
     #[test]

@@ -99,6 +99,28 @@ pub enum Command {
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Start a machine.
+    ///
+    /// Runs the machine in new mount, PID, UTS, IPC, cgroup and user namespaces (its own UID
+    /// range, the image idmapped rather than chowned), in the transient scope
+    /// machine-NAME.scope in machine.slice with Delegate=yes, registered with
+    /// systemd-machined, so systemctl, machinectl and journalctl see it. Returns once the init
+    /// runs. (Boot machines; app machines come next.)
+    Start {
+        /// The machine to start.
+        name: String,
+    },
+    /// Stop a machine.
+    ///
+    /// Asks a booted machine's systemd to power off (SIGRTMIN+3), an app's init to end
+    /// (SIGTERM); after the timeout, kills every process of its scope.
+    Stop {
+        /// The machine to stop.
+        name: String,
+        /// Seconds to wait before killing it.
+        #[arg(long, default_value_t = 90)]
+        timeout: u32,
+    },
     /// Remove machines: their definitions and roots.
     Rm {
         /// The machines to remove.

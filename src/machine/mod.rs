@@ -6,6 +6,7 @@
 //! the definition; a failure at any step leaves nothing behind.
 
 mod definition;
+pub mod lifecycle;
 mod uid_range;
 
 use std::fs::{self, File};
@@ -38,6 +39,16 @@ pub enum MachineError {
     NotFound(String),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("machine '{0}' is already running; 'berth stop {0}' stops it")]
+    AlreadyRunning(String),
+    #[error("machine '{0}' is not running; 'berth start {0}' starts it")]
+    NotRunning(String),
+    #[error("machine '{0}' is running; stop it first with 'berth stop {0}'")]
+    Running(String),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Systemd(#[from] crate::systemd::SystemdError),
     #[error("the image for the machine: {0}")]
     Image(#[from] ImageError),
     #[error("all {} UID ranges of systemd's container range are in use", (uid_range::LAST_ID + 1 - uid_range::FIRST_BASE) / RANGE_SIZE)]

@@ -3,3 +3,5 @@
 #![allow(unsafe_code)]
 
 pub mod btrfs;
+pub mod mount;
+pub mod process;

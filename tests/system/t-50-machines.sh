@@ -25,8 +25,8 @@ test_50_create_list_remove_machines() {
     grep -qx 'Bind=/var/tmp:/data:ro' /etc/berth/machines/job.machine
 
     expect_ok berth list
-    grep -Eq '^web +stopped +base +boot +web +524288-589823 ' "$OUT"
-    grep -Eq '^job +stopped +base +app +worker +589824-655359 ' "$OUT"
+    grep -Eq '^web +stopped +- +- +base +boot +web +524288-589823 ' "$OUT"
+    grep -Eq '^job +stopped +- +- +base +app +worker +589824-655359 ' "$OUT"
     expect_ok berth list --json
     jq -e '.[] | select(.name == "job") | .command == ["/bin/sh", "-c", "exit 7"]' "$OUT" >/dev/null
     # Machine roots are not images.

@@ -1,0 +1,548 @@
+//! The spawn helper: `berthd --spawn-machine`, single-threaded, started by berthd with a
+//! socket as its standard input. It builds the machine's mount tree in a private mount
+//! namespace, clones the machine's PID 1 into new user, mount, PID, UTS and IPC namespaces
+//! (as a child of berthd, so no helper process stays around), reports its PID and exits.
+//!
+//! PID 1 then waits for berthd (ID maps, scope, machined), mounts /proc and cgroup2, pivots
+//! into the root and execs the init. Protocol, one line per message on the socket:
+//! berthd → helper: config JSON; helper → berthd: `pid N`; berthd → PID 1: `maps`;
+//! PID 1 → berthd: `proc`; berthd → PID 1: `go`; PID 1 execs (berthd sees EOF). Either side
+//! of the machine may send `error: MESSAGE` instead and exit.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::mount::{
+    MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
+};
+
+use super::{RuntimeError, SpawnConfig};
+use crate::machine::RANGE_SIZE;
+use crate::sys::process::{
+    CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_PARENT, Forked,
+};
+
+/// Entry point of `berthd --spawn-machine`.
+pub fn helper_main() -> ExitCode {
+    let socket = match io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => UnixStream::from(fd),
+        Err(e) => {
+            eprintln!("berthd --spawn-machine: no socket on stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut reader = BufReader::new(match socket.try_clone() {
+        Ok(s) => s,
+        Err(_) => return ExitCode::FAILURE,
+    });
+    let result = read_line(&mut reader)
+        .and_then(|line| {
+            serde_json::from_str::<SpawnConfig>(&line)
+                .map_err(|e| RuntimeError::step("reading the spawn config", io::Error::other(e)))
+        })
+        .and_then(|config| outer(&config, &socket, &mut reader));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(&socket, "error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_line(reader: &mut impl BufRead) -> Result<String, RuntimeError> {
+    let mut line = String::new();
+    let n = reader
+        .read_line(&mut line)
+        .map_err(|e| RuntimeError::step("reading from berthd", e))?;
+    if n == 0 {
+        return Err(RuntimeError::step(
+            "waiting for berthd",
+            io::Error::other("berthd went away"),
+        ));
+    }
+    Ok(line.trim_end().to_owned())
+}
+
+fn step<T>(what: &str, result: impl Into<io::Result<T>>) -> Result<T, RuntimeError> {
+    result.into().map_err(|e| RuntimeError::step(what, e))
+}
+
+fn errno<T>(what: &str, result: rustix::io::Result<T>) -> Result<T, RuntimeError> {
+    result.map_err(|e| RuntimeError::step(what, e.into()))
+}
+
+/// The helper, in the host's user namespace with a private mount namespace.
+fn outer(
+    config: &SpawnConfig,
+    socket: &UnixStream,
+    reader: &mut BufReader<UnixStream>,
+) -> Result<(), RuntimeError> {
+    let root = &config.root;
+    let base = config.uid_base;
+    step(
+        "unsharing the mount namespace",
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(io::Error::from),
+    )?;
+    // First, or every mount below would propagate to the host.
+    errno(
+        "making / a slave mount",
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
+        ),
+    )?;
+    // Mount points, created in the plain tree (so they belong to container root).
+    for dir in ["proc", "sys", "dev", "run", "tmp"] {
+        ensure_dir(&root.join(dir))?;
+    }
+    for bind in &config.binds {
+        let target = inside(root, &bind.destination);
+        if bind.source.is_dir() {
+            ensure_dir(&target)?;
+        } else if !target.exists() {
+            if let Some(parent) = target.parent() {
+                step("creating bind mount points", fs::create_dir_all(parent))?;
+            }
+            step(
+                "creating a bind mount point",
+                File::create(&target).map(drop),
+            )?;
+        }
+    }
+    idmap_root(root, base)?;
+
+    let mounts: [(&str, &str, MountFlags, String); 4] = [
+        (
+            "sys",
+            "sysfs",
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            String::new(),
+        ),
+        (
+            "dev",
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::STRICTATIME,
+            format!("mode=755,size=4m,nr_inodes=64k,uid={base},gid={base}"),
+        ),
+        (
+            "run",
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::STRICTATIME,
+            format!("mode=755,uid={base},gid={base}"),
+        ),
+        (
+            "tmp",
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::STRICTATIME,
+            format!("mode=1777,uid={base},gid={base}"),
+        ),
+    ];
+    for (dir, fstype, flags, data) in mounts {
+        mount_fs(fstype, &root.join(dir), flags, &data)?;
+    }
+    populate_dev(root, base)?;
+    populate_run_host(config)?;
+    for bind in &config.binds {
+        let target = inside(root, &bind.destination);
+        errno(
+            "bind-mounting a --bind source",
+            rustix::mount::mount_bind_recursive(&bind.source, &target),
+        )?;
+        if bind.read_only {
+            errno(
+                "making a --bind read-only",
+                rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, ""),
+            )?;
+        }
+    }
+
+    // PID 1 becomes an unprivileged host UID that may not traverse berth's 0700 state
+    // directory: it starts inside its root and uses relative paths only.
+    errno("entering the root", rustix::process::chdir(root))?;
+    let flags =
+        CLONE_PARENT | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC;
+    match step(
+        "cloning the machine's PID 1",
+        crate::sys::process::clone_process(flags),
+    )? {
+        Forked::Parent { child } => {
+            step("reporting the PID", writeln!(&*socket, "pid {child}"))?;
+            Ok(())
+        }
+        Forked::Child => {
+            let code = match inner(config, socket, reader) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    let _ = writeln!(&*socket, "error: {e}");
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
+/// Replaces the root with an idmapped mount of itself: on-disk owner N shows as host UID
+/// base+N, so the image is never chowned.
+fn idmap_root(root: &Path, base: u32) -> Result<(), RuntimeError> {
+    let userns = throwaway_userns(base)?;
+    let tree = errno(
+        "cloning the root mount",
+        rustix::mount::open_tree(
+            rustix::fs::CWD,
+            root,
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        ),
+    )?;
+    step(
+        "idmapping the root (needs kernel 5.12+ and ext4, xfs or btrfs)",
+        crate::sys::mount::set_idmap(tree.as_fd(), userns.as_fd()),
+    )?;
+    errno(
+        "mounting the idmapped root",
+        rustix::mount::move_mount(
+            &tree,
+            "",
+            rustix::fs::CWD,
+            root,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        ),
+    )
+}
+
+/// A user namespace with the machine's map, held by a short-lived child, for mount_setattr.
+fn throwaway_userns(base: u32) -> Result<OwnedFd, RuntimeError> {
+    let (ready_read, ready_write) = errno("creating a pipe", rustix::pipe::pipe())?;
+    match step("forking", crate::sys::process::fork())? {
+        Forked::Child => {
+            drop(ready_read);
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = rustix::io::write(&ready_write, if ok { b"y" } else { b"n" });
+            loop {
+                std::thread::park();
+            }
+        }
+        Forked::Parent { child } => {
+            drop(ready_write);
+            let mut answer = [0u8; 1];
+            let got = rustix::io::read(&ready_read, &mut answer);
+            let map = format!("0 {base} {RANGE_SIZE}\n");
+            let result = match got {
+                Ok(1) if answer[0] == b'y' => fs::write(format!("/proc/{child}/uid_map"), &map)
+                    .and_then(|()| fs::write(format!("/proc/{child}/gid_map"), &map))
+                    .and_then(|()| File::open(format!("/proc/{child}/ns/user")))
+                    .map(OwnedFd::from),
+                _ => Err(io::Error::other(
+                    "the child could not create a user namespace",
+                )),
+            };
+            if let Some(pid) = rustix::process::Pid::from_raw(child) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            }
+            step("creating the idmap user namespace", result)
+        }
+    }
+}
+
+fn mount_fs(
+    fstype: &str,
+    target: &Path,
+    flags: MountFlags,
+    data: &str,
+) -> Result<(), RuntimeError> {
+    let data =
+        CString::new(data).map_err(|e| RuntimeError::step("mount options", io::Error::other(e)))?;
+    errno(
+        &format!("mounting {fstype} on {}", target.display()),
+        rustix::mount::mount(fstype, target, fstype, flags, Some(data.as_c_str())),
+    )
+}
+
+fn ensure_dir(path: &Path) -> Result<(), RuntimeError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(RuntimeError::step(
+            &format!("using {} as a mount point", path.display()),
+            io::Error::other("not a directory"),
+        )),
+        Err(_) => step(
+            &format!("creating {}", path.display()),
+            fs::create_dir_all(path),
+        ),
+    }
+}
+
+/// A host path for a path inside the machine (`/data` → `ROOT/data`).
+fn inside(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn chown(path: &Path, id: u32) -> Result<(), RuntimeError> {
+    errno(
+        &format!("chown {}", path.display()),
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            path,
+            Some(rustix::fs::Uid::from_raw(id)),
+            Some(rustix::fs::Gid::from_raw(id)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ),
+    )
+}
+
+/// A private /dev: the basic nodes, its own devpts, /dev/shm and /dev/mqueue.
+fn populate_dev(root: &Path, base: u32) -> Result<(), RuntimeError> {
+    let dev = root.join("dev");
+    let old = rustix::process::umask(Mode::empty());
+    let nodes = [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ];
+    let result = (|| {
+        for (name, major, minor) in nodes {
+            let path = dev.join(name);
+            errno(
+                &format!("creating /dev/{name}"),
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &path,
+                    FileType::CharacterDevice,
+                    Mode::from_raw_mode(0o666),
+                    rustix::fs::makedev(major, minor),
+                ),
+            )?;
+            chown(&path, base)?;
+        }
+        for dir in ["pts", "shm", "mqueue"] {
+            step("creating /dev directories", fs::create_dir(dev.join(dir)))?;
+            chown(&dev.join(dir), base)?;
+        }
+        errno(
+            "creating /dev/ptmx",
+            rustix::fs::symlinkat("pts/ptmx", rustix::fs::CWD, dev.join("ptmx")),
+        )?;
+        chown(&dev.join("ptmx"), base)?;
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            errno(
+                "creating /dev symlinks",
+                rustix::fs::symlinkat(target, rustix::fs::CWD, dev.join(name)),
+            )?;
+            chown(&dev.join(name), base)?;
+        }
+        Ok(())
+    })();
+    rustix::process::umask(old);
+    result?;
+    mount_fs(
+        "devpts",
+        &dev.join("pts"),
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        &format!("newinstance,ptmxmode=0666,mode=620,gid={}", base + 5),
+    )?;
+    mount_fs(
+        "tmpfs",
+        &dev.join("shm"),
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::STRICTATIME,
+        &format!("mode=1777,uid={base},gid={base}"),
+    )
+}
+
+/// systemd's container interface: /run/host with os-release, container-manager and
+/// container-uuid (copies, so no host path shows in the machine's mount table).
+fn populate_run_host(config: &SpawnConfig) -> Result<(), RuntimeError> {
+    let host = config.root.join("run/host");
+    step("creating /run/host", fs::create_dir(&host))?;
+    let os_release = fs::read("/etc/os-release")
+        .or_else(|_| fs::read("/usr/lib/os-release"))
+        .unwrap_or_default();
+    let files: [(&str, Vec<u8>); 3] = [
+        ("os-release", os_release),
+        ("container-manager", b"berth\n".to_vec()),
+        (
+            "container-uuid",
+            format!("{}\n", uuid(&config.machine_id)).into_bytes(),
+        ),
+    ];
+    for (name, content) in files {
+        step("populating /run/host", fs::write(host.join(name), content))?;
+        chown(&host.join(name), config.uid_base)?;
+    }
+    chown(&host, config.uid_base)
+}
+
+/// A machine-id as a UUID: 8-4-4-4-12.
+pub fn uuid(machine_id: &str) -> String {
+    if machine_id.len() != 32 {
+        return machine_id.to_owned();
+    }
+    format!(
+        "{}-{}-{}-{}-{}",
+        &machine_id[..8],
+        &machine_id[8..12],
+        &machine_id[12..16],
+        &machine_id[16..20],
+        &machine_id[20..]
+    )
+}
+
+/// The machine's PID 1 before exec: new user, mount, PID, UTS and IPC namespaces.
+fn inner(
+    config: &SpawnConfig,
+    socket: &UnixStream,
+    reader: &mut BufReader<UnixStream>,
+) -> Result<std::convert::Infallible, RuntimeError> {
+    let leaf = config
+        .root
+        .file_name()
+        .ok_or_else(|| RuntimeError::step("the root", io::Error::other("no directory name")))?;
+    if read_line(reader)? != "maps" {
+        return Err(RuntimeError::step(
+            "waiting for the ID maps",
+            io::Error::other("unexpected message"),
+        ));
+    }
+    let zero_gid = nix::unistd::Gid::from_raw(0);
+    let zero_uid = nix::unistd::Uid::from_raw(0);
+    step(
+        "becoming root in the machine",
+        nix::unistd::setresgid(zero_gid, zero_gid, zero_gid)
+            .and_then(|()| nix::unistd::setgroups(&[]))
+            .and_then(|()| nix::unistd::setresuid(zero_uid, zero_uid, zero_uid))
+            .map_err(io::Error::from),
+    )?;
+    errno(
+        "setting the hostname",
+        rustix::system::sethostname(config.hostname.as_bytes()),
+    )?;
+    // /proc must be mounted while the host's /proc is still visible in this namespace.
+    let proc = Path::new("proc");
+    mount_fs(
+        "proc",
+        proc,
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "",
+    )?;
+    let proc_sys = proc.join("sys");
+    errno(
+        "binding /proc/sys",
+        rustix::mount::mount_bind(&proc_sys, &proc_sys),
+    )?;
+    errno(
+        "making /proc/sys read-only",
+        rustix::mount::mount_remount(
+            &proc_sys,
+            MountFlags::BIND
+                | MountFlags::RDONLY
+                | MountFlags::NOSUID
+                | MountFlags::NODEV
+                | MountFlags::NOEXEC,
+            "",
+        ),
+    )?;
+    mount_fs(
+        "mqueue",
+        Path::new("dev/mqueue"),
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "",
+    )?;
+    step("reporting readiness", writeln!(&*socket, "proc"))?;
+    if read_line(reader)? != "go" {
+        return Err(RuntimeError::step(
+            "waiting for the scope",
+            io::Error::other("unexpected message"),
+        ));
+    }
+    // Now in the scope's payload cgroup: that becomes the root of the cgroup namespace.
+    step(
+        "unsharing the cgroup namespace",
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(io::Error::from),
+    )?;
+    mount_fs(
+        "cgroup2",
+        Path::new("sys/fs/cgroup"),
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "",
+    )?;
+    // pivot_root refuses the locked root inherited into this namespace; a fresh rbind isn't.
+    errno(
+        "rebinding the root",
+        rustix::mount::mount_bind_recursive(".", "."),
+    )?;
+    // Step out and back in by name, to land on the new mount (the cwd stays on the old one).
+    errno("leaving the root", rustix::process::chdir(".."))?;
+    errno("entering the rebound root", rustix::process::chdir(leaf))?;
+    errno(
+        "pivoting into the root",
+        rustix::process::pivot_root(".", "."),
+    )?;
+    errno(
+        "detaching the host tree",
+        rustix::mount::unmount(".", UnmountFlags::DETACH),
+    )?;
+    errno("entering /", rustix::process::chdir("/"))?;
+    errno(
+        "making / shared",
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::SHARED | MountPropagationFlags::REC,
+        ),
+    )?;
+    let null = errno(
+        "opening /dev/null",
+        rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()),
+    )?;
+    errno("new session", rustix::process::setsid().map(drop))?;
+    // From here on the socket is gone (stdin is replaced): berthd reads EOF once exec happens.
+    let init = [
+        "/usr/lib/systemd/systemd",
+        "/lib/systemd/systemd",
+        "/sbin/init",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .ok_or_else(|| {
+        RuntimeError::step(
+            "finding the init",
+            io::Error::other("no /usr/lib/systemd/systemd or /sbin/init in the image"),
+        )
+    })?;
+    let mut command = Command::new(init);
+    command
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("container", "berth")
+        .env("container_uuid", uuid(&config.machine_id))
+        .env("HOME", "/root")
+        .env("USER", "root")
+        .env("LOGNAME", "root")
+        .stdin(File::from(
+            null.try_clone().map_err(|e| RuntimeError::step("dup", e))?,
+        ))
+        .stdout(File::from(
+            null.try_clone().map_err(|e| RuntimeError::step("dup", e))?,
+        ))
+        .stderr(File::from(null));
+    let error = command.exec();
+    Err(RuntimeError::step(&format!("executing {init}"), error))
+}

@@ -1,0 +1,213 @@
+//! Starting a machine's processes: namespaces, ID maps, mounts, hostname, the payload cgroup.
+//! Never talks D-Bus: [`crate::machine::lifecycle`] drives the steps that need systemd.
+//!
+//! berthd never forks itself (it is multi-threaded); it starts `berthd --spawn-machine`
+//! ([`helper::helper_main`]) and talks to it and to the machine's PID 1 over a socket.
+
+pub mod helper;
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::machine::{Bind, RANGE_SIZE};
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("{what}: {source}")]
+    Step {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting the machine failed: {0}")]
+    Machine(String),
+}
+
+impl RuntimeError {
+    pub fn step(what: &str, source: io::Error) -> Self {
+        Self::Step {
+            what: what.to_owned(),
+            source,
+        }
+    }
+}
+
+/// A bind mount as the helper needs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnBind {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub read_only: bool,
+}
+
+impl From<&Bind> for SpawnBind {
+    fn from(b: &Bind) -> Self {
+        Self {
+            source: b.source.clone(),
+            destination: b.destination.clone(),
+            read_only: b.read_only,
+        }
+    }
+}
+
+/// What the spawn helper needs to know.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnConfig {
+    pub name: String,
+    pub root: PathBuf,
+    pub hostname: String,
+    pub machine_id: String,
+    pub uid_base: u32,
+    pub binds: Vec<SpawnBind>,
+}
+
+/// A machine being started: its PID 1 exists but waits for berthd.
+#[derive(Debug)]
+pub struct Launch {
+    socket: UnixStream,
+    reader: BufReader<UnixStream>,
+    pub pid: i32,
+}
+
+/// How long each step may take (the VM test host runs code ~20x slower than natively).
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Launch {
+    /// Starts the helper (`helper_binary --spawn-machine`) and waits for the PID of the
+    /// machine's PID 1.
+    pub fn spawn(helper_binary: &Path, config: &SpawnConfig) -> Result<Self, RuntimeError> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| RuntimeError::step("creating a socket pair", e))?;
+        ours.set_read_timeout(Some(STEP_TIMEOUT))
+            .map_err(|e| RuntimeError::step("socket timeout", e))?;
+        let mut child = Command::new(helper_binary)
+            .arg("--spawn-machine")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| RuntimeError::step(&format!("starting {}", helper_binary.display()), e))?;
+        let config_line = serde_json::to_string(config).map_err(io::Error::other);
+        let reader = ours
+            .try_clone()
+            .map_err(|e| RuntimeError::step("cloning the socket", e))?;
+        let mut launch = Self {
+            socket: ours,
+            reader: BufReader::new(reader),
+            pid: 0,
+        };
+        let sent = config_line.and_then(|line| writeln!(&launch.socket, "{line}"));
+        let reply = sent
+            .map_err(|e| RuntimeError::step("sending the spawn config", e))
+            .and_then(|()| launch.receive());
+        let status = child.wait();
+        let reply = reply?;
+        launch.pid = reply
+            .strip_prefix("pid ")
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| {
+                RuntimeError::Machine(format!(
+                    "the spawn helper answered '{reply}' (exit status {status:?})"
+                ))
+            })?;
+        Ok(launch)
+    }
+
+    fn receive(&mut self) -> Result<String, RuntimeError> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|e| RuntimeError::step("waiting for the machine", e))?;
+        if n == 0 {
+            return Err(RuntimeError::Machine(
+                "the machine's setup ended without a word".into(),
+            ));
+        }
+        let line = line.trim_end().to_owned();
+        match line.strip_prefix("error: ") {
+            Some(message) => Err(RuntimeError::Machine(message.to_owned())),
+            None => Ok(line),
+        }
+    }
+
+    fn send(&self, message: &str) -> Result<(), RuntimeError> {
+        writeln!(&self.socket, "{message}")
+            .map_err(|e| RuntimeError::step("signalling the machine", e))
+    }
+
+    /// Writes the machine's UID and GID maps and lets PID 1 mount /proc; returns once it has.
+    pub fn map_ids(&mut self, uid_base: u32) -> Result<(), RuntimeError> {
+        let map = format!("0 {uid_base} {RANGE_SIZE}\n");
+        for file in ["uid_map", "gid_map"] {
+            fs::write(format!("/proc/{}/{file}", self.pid), &map)
+                .map_err(|e| RuntimeError::step(&format!("writing {file}"), e))?;
+        }
+        self.send("maps")?;
+        match self.receive()?.as_str() {
+            "proc" => Ok(()),
+            other => Err(RuntimeError::Machine(format!(
+                "unexpected '{other}' from the machine"
+            ))),
+        }
+    }
+
+    /// Lets PID 1 pivot and exec its init; returns once it has exec'd.
+    pub fn go(mut self) -> Result<(), RuntimeError> {
+        self.send("go")?;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(RuntimeError::Machine(
+                line.trim_end().trim_start_matches("error: ").to_owned(),
+            )),
+            Err(e) => Err(RuntimeError::step(
+                "waiting for the machine's init to start",
+                e,
+            )),
+        }
+    }
+
+    /// Kills PID 1 of a launch that will not complete.
+    pub fn abort(&self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Moves `pid` into `CGROUP/payload` and hands that cgroup to the machine's root, so systemd
+/// inside can manage its own subtree (the scope itself stays systemd's).
+pub fn delegate_payload_cgroup(
+    scope_cgroup: &Path,
+    pid: i32,
+    uid_base: u32,
+) -> Result<(), RuntimeError> {
+    let payload = scope_cgroup.join("payload");
+    let context = |what: &str| format!("{what} {}", payload.display());
+    match fs::create_dir(&payload) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(RuntimeError::step(&context("creating"), e)),
+    }
+    fs::write(payload.join("cgroup.procs"), pid.to_string())
+        .map_err(|e| RuntimeError::step(&context("moving PID 1 into"), e))?;
+    let owner = Some(rustix::fs::Uid::from_raw(uid_base));
+    let group = Some(rustix::fs::Gid::from_raw(uid_base));
+    let mut paths = vec![payload.clone()];
+    for file in ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"] {
+        paths.push(payload.join(file));
+    }
+    for path in paths {
+        rustix::fs::chown(&path, owner, group)
+            .map_err(|e| RuntimeError::step(&format!("chown {}", path.display()), e.into()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! The only client of systemd1 and machine1: transient scopes for machines, machined
+//! registration, and what systemd knows about a running machine.
+
+mod scope;
+pub mod unit_name;
+
+pub use scope::{ScopeSpec, scope_properties, start_scope};
+
+use thiserror::Error;
+use zbus::Connection;
+use zbus_systemd::machine1::{MachineProxy, ManagerProxy as MachinedProxy};
+use zbus_systemd::systemd1::ManagerProxy as SystemdProxy;
+
+#[derive(Debug, Error)]
+pub enum SystemdError {
+    #[error("talking to systemd: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("systemd refused to start {unit}: {message}")]
+    StartRefused { unit: String, message: String },
+    #[error("the start job of {unit} ended with '{result}'; see 'journalctl -u {unit}'")]
+    JobFailed { unit: String, result: String },
+    #[error("systemd-machined refused to register machine '{name}': {message}")]
+    Register { name: String, message: String },
+    #[error("encoding the property {name}: {source}")]
+    Encode {
+        name: &'static str,
+        #[source]
+        source: zbus::Error,
+    },
+}
+
+/// What machined says about a registered machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningMachine {
+    pub leader: u32,
+    pub unit: String,
+    pub state: String,
+    pub class: String,
+    pub service: String,
+}
+
+/// Registers a machine whose leader already runs in its own scope (`RegisterMachine`).
+pub async fn register_machine(
+    conn: &Connection,
+    name: &str,
+    machine_id: [u8; 16],
+    leader: u32,
+    root: &str,
+) -> Result<(), SystemdError> {
+    let machined = MachinedProxy::new(conn).await?;
+    machined
+        .register_machine(
+            name.to_owned(),
+            machine_id.to_vec(),
+            "berth".into(),
+            "container".into(),
+            leader,
+            root.to_owned(),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| SystemdError::Register {
+            name: name.to_owned(),
+            message: method_error_text(&e),
+        })
+}
+
+/// The machine `name` as machined knows it; `None` when it isn't registered.
+pub async fn running_machine(
+    conn: &Connection,
+    name: &str,
+) -> Result<Option<RunningMachine>, SystemdError> {
+    let machined = MachinedProxy::new(conn).await?;
+    let path = match machined.get_machine(name.to_owned()).await {
+        Ok(path) => path,
+        Err(e) if error_name(&e).as_deref() == Some("org.freedesktop.machine1.NoSuchMachine") => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let machine = MachineProxy::builder(conn).path(path).build().await?;
+    Ok(Some(RunningMachine {
+        leader: machine.leader().await?,
+        unit: machine.unit().await?,
+        state: machine.state().await?,
+        class: machine.class().await?,
+        service: machine.service().await?,
+    }))
+}
+
+/// Sends `signal` to the leader (PID 1) of machine `name`, through machined.
+pub async fn kill_machine_leader(
+    conn: &Connection,
+    name: &str,
+    signal: i32,
+) -> Result<(), SystemdError> {
+    let machined = MachinedProxy::new(conn).await?;
+    machined
+        .kill_machine(name.to_owned(), "leader".into(), signal)
+        .await?;
+    Ok(())
+}
+
+/// Sends `signal` to every process of `unit`.
+pub async fn kill_unit(conn: &Connection, unit: &str, signal: i32) -> Result<(), SystemdError> {
+    let systemd = SystemdProxy::new(conn).await?;
+    systemd
+        .kill_unit(unit.to_owned(), "all".into(), signal)
+        .await?;
+    Ok(())
+}
+
+/// The message of a D-Bus error reply, or the whole error.
+fn method_error_text(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, text, _) => text.clone().unwrap_or_else(|| name.to_string()),
+        zbus::Error::FDO(fdo) => {
+            zbus::DBusError::description(&**fdo).map_or_else(|| fdo.to_string(), str::to_owned)
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The D-Bus error name of a reply (zbus turns the standard ones into `Error::FDO`).
+fn error_name(e: &zbus::Error) -> Option<String> {
+    match e {
+        zbus::Error::MethodError(name, _, _) => Some(name.to_string()),
+        zbus::Error::FDO(fdo) => Some(zbus::DBusError::name(&**fdo).to_string()),
+        _ => None,
+    }
+}

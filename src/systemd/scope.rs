@@ -1,0 +1,148 @@
+//! Transient scopes: `StartTransientUnit` with the properties systemd-nspawn sends, waiting for
+//! the job to finish.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use futures_util::StreamExt;
+use zbus::{Connection, OwnedVariant, Variant};
+use zbus_systemd::systemd1::ManagerProxy as SystemdProxy;
+
+use super::SystemdError;
+
+type Properties = Vec<(String, OwnedVariant)>;
+
+/// A machine's scope.
+#[derive(Debug)]
+pub struct ScopeSpec<'a> {
+    pub unit: String,
+    pub description: String,
+    pub leader: u32,
+    /// The leader as a pidfd, for systemd ≥ 255 (race-free); `None` sends only `PIDs`.
+    pub leader_pidfd: Option<BorrowedFd<'a>>,
+}
+
+fn push<'v>(
+    props: &mut Properties,
+    name: &'static str,
+    value: impl Into<Variant<'v>>,
+) -> Result<(), SystemdError> {
+    let owned = OwnedVariant::try_from(value.into())
+        .map_err(|source| SystemdError::Encode { name, source })?;
+    props.push((name.to_owned(), owned));
+    Ok(())
+}
+
+/// The properties of a machine scope (pure; unit-tested for their D-Bus types).
+pub fn scope_properties(spec: &ScopeSpec<'_>, use_pidfd: bool) -> Result<Properties, SystemdError> {
+    let mut props = Properties::new();
+    match spec.leader_pidfd.filter(|_| use_pidfd) {
+        Some(fd) => push(&mut props, "PIDFDs", vec![zbus::Fd::from(fd.as_fd())])?,
+        None => push(&mut props, "PIDs", vec![spec.leader])?,
+    }
+    push(&mut props, "Description", spec.description.as_str())?;
+    push(&mut props, "Slice", "machine.slice")?;
+    push(&mut props, "Delegate", true)?;
+    push(&mut props, "CollectMode", "inactive-or-failed")?;
+    // No AddRef: it pins the unit to the caller's bus connection, and berthd's lives on, so a
+    // stopped machine's scope would never be collected and the next start would fail.
+    push(&mut props, "TasksMax", 16_384u64)?;
+    push(&mut props, "DevicePolicy", "closed")?;
+    push(
+        &mut props,
+        "DeviceAllow",
+        vec![
+            ("/dev/net/tun".to_owned(), "rwm".to_owned()),
+            ("char-pts".to_owned(), "rw".to_owned()),
+        ],
+    )?;
+    Ok(props)
+}
+
+/// Starts the scope and waits until its start job is done (only then is the leader in it).
+pub async fn start_scope(conn: &Connection, spec: &ScopeSpec<'_>) -> Result<(), SystemdError> {
+    let systemd = SystemdProxy::new(conn).await?;
+    // Subscribe before starting, or the JobRemoved signal may come first.
+    let mut removed = systemd.receive_job_removed().await?;
+    let mut result = start(&systemd, spec, true).await;
+    // systemd < 255 has no PIDFDs (Debian 12 ships 252): fall back to PIDs.
+    let unknown_property = result
+        .as_ref()
+        .err()
+        .and_then(super::error_name)
+        .is_some_and(|n| {
+            matches!(
+                n.as_str(),
+                "org.freedesktop.DBus.Error.UnknownProperty"
+                    | "org.freedesktop.DBus.Error.PropertyReadOnly"
+            )
+        });
+    if unknown_property && spec.leader_pidfd.is_some() {
+        tracing::debug!("systemd has no PIDFDs property; using PIDs");
+        result = start(&systemd, spec, false).await;
+    }
+    let job = result.map_err(|e| SystemdError::StartRefused {
+        unit: spec.unit.clone(),
+        message: super::method_error_text(&e),
+    })?;
+    while let Some(signal) = removed.next().await {
+        let args = signal.args()?;
+        if args.job() == &job {
+            return match args.result().as_str() {
+                "done" => Ok(()),
+                other => Err(SystemdError::JobFailed {
+                    unit: spec.unit.clone(),
+                    result: other.to_owned(),
+                }),
+            };
+        }
+    }
+    Err(SystemdError::JobFailed {
+        unit: spec.unit.clone(),
+        result: "unknown (the bus connection closed)".into(),
+    })
+}
+
+async fn start(
+    systemd: &SystemdProxy<'_>,
+    spec: &ScopeSpec<'_>,
+    use_pidfd: bool,
+) -> zbus::Result<zbus::OwnedObjectPath> {
+    let props =
+        scope_properties(spec, use_pidfd).map_err(|e| zbus::Error::Failure(e.to_string()))?;
+    systemd
+        .start_transient_unit(spec.unit.clone(), "fail".into(), props, Vec::new())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_have_the_types_systemd_expects() {
+        let spec = ScopeSpec {
+            unit: "machine-web.scope".into(),
+            description: "Container web".into(),
+            leader: 4242,
+            leader_pidfd: None,
+        };
+        let props = scope_properties(&spec, true).expect("encode");
+        let sigs: Vec<String> = props
+            .iter()
+            .map(|(name, value)| format!("{name}={}", value.value_signature()))
+            .collect();
+        assert_eq!(
+            sigs,
+            [
+                "PIDs=au",
+                "Description=s",
+                "Slice=s",
+                "Delegate=b",
+                "CollectMode=s",
+                "TasksMax=t",
+                "DevicePolicy=s",
+                "DeviceAllow=a(ss)"
+            ]
+        );
+    }
+}

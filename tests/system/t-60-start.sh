@@ -1,0 +1,88 @@
+# shellcheck shell=bash
+# Boot machines as transient scopes: start, systemd's view, identity, UID range, stop.
+
+test_60_boot_machine_runs_in_its_scope() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_ok berth create web --image deb --boot
+    expect_ok berth start web
+    grep -q "Started machine 'web': machine-web.scope" "$OUT"
+    # systemd inside boots (degraded is fine: a shared network namespace skips some units).
+    local state="" i
+    for i in $(seq 60); do
+        state=$(timeout 60 systemd-run -M web --wait --pipe -q systemctl is-system-running --wait 2>/dev/null) && break
+        [[ $state == degraded ]] && break
+        sleep 2
+    done
+    echo "system state inside: $state"
+    [[ $state == running || $state == degraded ]] || fail "systemd inside is '$state'"
+    # machined and systemd know it.
+    machinectl list --no-legend | grep -q '^web ' || fail "machinectl list lacks web"
+    [[ $(systemctl show -P Slice machine-web.scope) == machine.slice ]]
+    [[ $(systemctl show -P Delegate machine-web.scope) == yes ]]
+    [[ $(systemctl is-active machine-web.scope) == active ]]
+    expect_ok berth list
+    grep -Eq '^web +running +machine-web.scope +[0-9]+ ' "$OUT"
+    # Identity: hostname, machine-id, a private UID range.
+    [[ $(systemd-run -M web --wait --pipe -q hostname) == web ]]
+    [[ $(systemd-run -M web --wait --pipe -q cat /etc/machine-id) == "$(sed -n 's/^MachineID=//p' /etc/berth/machines/web.machine)" ]]
+    local leader uidmap
+    leader=$(machinectl show -p Leader --value web)
+    uidmap=$(awk '{print $1, $2, $3}' "/proc/$leader/uid_map")
+    [[ $uidmap == "0 524288 65536" ]] || fail "uid_map is '$uidmap'"
+    # Files container root creates belong to the range's base on the host.
+    systemd-run -M web --wait --pipe -q touch /root/made-inside
+    [[ $(stat -c %u /var/lib/berth/machines/web/root/made-inside) == 0 ]] || true
+    [[ $(stat -c %u "/proc/$leader/root/root/made-inside") == 524288 ]] || fail "owner on the host is $(stat -c %u "/proc/$leader/root/root/made-inside")"
+    # Running machines are not removed or started twice.
+    expect_fail "machine 'web' is already running" berth start web
+    expect_fail "machine 'web' is running; stop it first" berth rm web
+    # Stop: a clean poweroff; nothing left.
+    expect_ok berth stop web
+    ! machinectl list --no-legend | grep -q '^web ' || fail "still registered"
+    [[ $(systemctl is-active machine-web.scope) != active ]] || fail "scope still active"
+    expect_ok berth list
+    grep -Eq '^web +stopped ' "$OUT"
+    expect_fail "machine 'web' is not running" berth stop web
+    # The same UID range at the next start; machinectl poweroff stops it too.
+    expect_ok berth start web
+    leader=$(machinectl show -p Leader --value web)
+    [[ $(awk '{print $2}' "/proc/$leader/uid_map") == 524288 ]]
+    machinectl poweroff web
+    for _ in $(seq 120); do machinectl show web >/dev/null 2>&1 || break; sleep 0.5; done
+    ! machinectl show web >/dev/null 2>&1 || fail "machinectl poweroff did not stop it"
+    expect_ok berth rm web
+}
+
+test_61_failed_starts_leave_nothing_behind() {
+    expect_ok berth import-tar "$FIXTURES/small.tar" base
+    expect_ok berth create noinit --image base --boot
+    expect_fail "image 'base' of machine 'noinit' has no init to boot" berth start noinit
+    expect_ok berth create job --image base -- /bin/true
+    expect_fail "app machine" berth start job
+    expect_fail "no machine named 'ghost'" berth start ghost
+    expect_fail "no machine named 'ghost'" berth stop ghost
+    expect_fail "machine name" berth start 'a/b'
+    [[ -z $(machinectl list --no-legend) ]] || fail "registered: $(machinectl list --no-legend)"
+    [[ -z $(systemctl list-units --no-legend 'machine-*.scope') ]] || fail "scopes left: $(systemctl list-units --no-legend 'machine-*.scope')"
+    expect_ok berth rm noinit job
+    expect_ok berth rmi base
+}
+
+test_62_machines_survive_a_berthd_restart() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_ok berth create keep --image deb --boot
+    expect_ok berth start keep
+    local leader
+    leader=$(machinectl show -p Leader --value keep)
+    expect_fail "not authorized to manage machines" as_tester berth stop keep
+    expect_fail "not authorized to manage machines" as_tester berth start keep
+    systemctl restart berthd.service
+    [[ $(machinectl show -p Leader --value keep) == "$leader" ]] || fail "leader changed"
+    expect_ok berth list
+    grep -Eq "^keep +running +machine-keep.scope +$leader " "$OUT"
+    expect_ok as_tester berth list
+    grep -Eq "^keep +running " "$OUT"
+    expect_ok berth stop keep
+    ! machinectl show keep >/dev/null 2>&1 || fail "still registered after stop"
+    expect_ok berth rm keep
+}
