@@ -146,7 +146,12 @@ pub async fn stop(
         Mode::Boot => libc::SIGRTMIN() + 3,
         Mode::App(_) => libc::SIGTERM,
     };
-    systemd::kill_machine_leader(conn, name, signal).await?;
+    match systemd::kill_machine_leader(conn, name, signal).await {
+        Ok(()) => {}
+        // It ended on its own just now.
+        Err(e) if e.is_gone() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
     if wait_gone(conn, name, timeout).await? {
         return Ok(());
     }

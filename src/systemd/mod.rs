@@ -29,6 +29,13 @@ pub enum SystemdError {
     },
 }
 
+impl SystemdError {
+    /// Whether the error says the machine or unit no longer exists.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Self::Bus(e) if is_gone(e))
+    }
+}
+
 /// What machined says about a registered machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningMachine {
@@ -73,19 +80,37 @@ pub async fn running_machine(
     let machined = MachinedProxy::new(conn).await?;
     let path = match machined.get_machine(name.to_owned()).await {
         Ok(path) => path,
-        Err(e) if error_name(&e).as_deref() == Some("org.freedesktop.machine1.NoSuchMachine") => {
-            return Ok(None);
-        }
+        Err(e) if is_gone(&e) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let machine = MachineProxy::builder(conn).path(path).build().await?;
-    Ok(Some(RunningMachine {
-        leader: machine.leader().await?,
-        unit: machine.unit().await?,
-        state: machine.state().await?,
-        class: machine.class().await?,
-        service: machine.service().await?,
-    }))
+    let read = async {
+        Ok::<_, zbus::Error>(RunningMachine {
+            leader: machine.leader().await?,
+            unit: machine.unit().await?,
+            state: machine.state().await?,
+            class: machine.class().await?,
+            service: machine.service().await?,
+        })
+    };
+    match read.await {
+        Ok(running) => Ok(Some(running)),
+        // It went away between GetMachine and reading it: it isn't running.
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether an error says the machine (or its object) no longer exists.
+fn is_gone(e: &zbus::Error) -> bool {
+    matches!(
+        error_name(e).as_deref(),
+        Some(
+            "org.freedesktop.machine1.NoSuchMachine"
+                | "org.freedesktop.DBus.Error.UnknownObject"
+                | "org.freedesktop.DBus.Error.UnknownMethod"
+        )
+    )
 }
 
 /// Sends `signal` to the leader (PID 1) of machine `name`, through machined.
