@@ -33,6 +33,19 @@ test_60_boot_machine_runs_in_its_scope() {
     systemd-run -M web --wait --pipe -q touch /root/made-inside
     [[ $(stat -c %u /var/lib/berth/machines/web/root/made-inside) == 0 ]] || true
     [[ $(stat -c %u "/proc/$leader/root/root/made-inside") == 524288 ]] || fail "owner on the host is $(stat -c %u "/proc/$leader/root/root/made-inside")"
+    # A clean mount table: the standard mounts, /sys read-only, no bind mounts over /etc files,
+    # no berth path but the root's own source (inherent to a bind-mounted root, as with nspawn).
+    local mi mp
+    mi=$(systemd-run -M web --wait --pipe -q cat /proc/self/mountinfo)
+    echo "$mi"
+    for mp in / /proc /proc/sys /sys /sys/fs/cgroup /dev /dev/pts /dev/shm /dev/mqueue /run /tmp; do
+        awk -v m="$mp" '$5 == m' <<<"$mi" | grep -q . || fail "no mount at $mp"
+    done
+    awk '$5 == "/sys" && $6 ~ /^ro/' <<<"$mi" | grep -q . || fail "/sys is not read-only"
+    awk '$5 == "/proc/sys" && $6 ~ /^ro/' <<<"$mi" | grep -q . || fail "/proc/sys is not read-only"
+    ! awk '$5 ~ /^\/etc\/(hostname|hosts|resolv.conf)$/' <<<"$mi" | grep -q . || fail "bind mount over /etc"
+    [[ $(grep -c berth <<<"$mi") -le 1 ]] || fail "berth paths in mountinfo: $(grep berth <<<"$mi")"
+    systemd-run -M web --wait --pipe -q cat /run/host/container-manager | grep -qx berth
     # Running machines are not removed or started twice.
     expect_fail "machine 'web' is already running" berth start web
     expect_fail "machine 'web' is running; stop it first" berth rm web
