@@ -105,6 +105,7 @@ fn outer(
     }
     for bind in &config.binds {
         let target = inside(root, &bind.destination);
+        refuse_symlinks(root, &bind.destination)?;
         if bind.source.is_dir() {
             ensure_dir(&target)?;
         } else if !target.exists() {
@@ -279,6 +280,34 @@ fn ensure_dir(path: &Path) -> Result<(), RuntimeError> {
             fs::create_dir_all(path),
         ),
     }
+}
+
+/// Fails when a component of `path` inside `root` is a symlink: the guest controls its root,
+/// and creating or mounting through its symlinks could reach the host. (The machine is
+/// stopped while this runs, so it can't race the check.)
+pub fn refuse_symlinks(root: &Path, path: &Path) -> Result<(), RuntimeError> {
+    let mut at = root.to_path_buf();
+    for part in path
+        .components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(RuntimeError::step(
+                    &format!("mounting onto {} in the machine", path.display()),
+                    io::Error::other(format!(
+                        "{} is a symlink in the machine's root; refusing to follow it",
+                        at.strip_prefix(root).unwrap_or(&at).display()
+                    )),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(RuntimeError::step("checking a mount point", e)),
+        }
+    }
+    Ok(())
 }
 
 /// A host path for a path inside the machine (`/data` → `ROOT/data`).
@@ -545,4 +574,30 @@ fn inner(
         .stderr(File::from(null));
     let error = command.exec();
     Err(RuntimeError::step(&format!("executing {init}"), error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_targets_through_symlinks_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("srv/real")).expect("dirs");
+        std::os::unix::fs::symlink("/etc", root.join("data")).expect("symlink");
+        assert!(refuse_symlinks(root, Path::new("/srv/real/x")).is_ok());
+        assert!(refuse_symlinks(root, Path::new("/new/dir")).is_ok());
+        let err = refuse_symlinks(root, Path::new("/data/sub")).expect_err("symlink");
+        assert!(err.to_string().contains("data is a symlink"), "{err}");
+        assert!(refuse_symlinks(root, Path::new("/data")).is_err());
+    }
+
+    #[test]
+    fn machine_ids_become_uuids() {
+        assert_eq!(
+            uuid("0123456789abcdef0123456789abcdef"),
+            "01234567-89ab-cdef-0123-456789abcdef"
+        );
+    }
 }

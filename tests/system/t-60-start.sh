@@ -75,6 +75,13 @@ test_61_failed_starts_leave_nothing_behind() {
     expect_fail "no machine named 'ghost'" berth start ghost
     expect_fail "no machine named 'ghost'" berth stop ghost
     expect_fail "machine name" berth start 'a/b'
+    # A symlink the guest planted where a --bind goes is refused, not followed to the host.
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_ok berth create trap --image deb --boot --bind /var/tmp:/data/sub
+    ln -s /etc/berth-trap /var/lib/berth/machines/trap/data
+    expect_fail "data is a symlink in the machine's root; refusing to follow it" berth start trap
+    [[ ! -e /etc/berth-trap ]] || fail "created /etc/berth-trap on the host"
+    expect_ok berth rm trap
     [[ -z $(machinectl list --no-legend) ]] || fail "registered: $(machinectl list --no-legend)"
     [[ -z $(systemctl list-units --no-legend 'machine-*.scope') ]] || fail "scopes left: $(systemctl list-units --no-legend 'machine-*.scope')"
     expect_ok berth rm noinit job
