@@ -194,7 +194,6 @@ async fn reap(name: String, pidfd: OwnedFd) {
 
 fn spawn_config(machines: &Machines, d: &Definition) -> SpawnConfig {
     SpawnConfig {
-        name: d.name.clone(),
         root: machines.root_of(&d.name),
         hostname: d.hostname.clone(),
         machine_id: d.machine_id.clone(),

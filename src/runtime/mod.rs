@@ -61,7 +61,6 @@ impl From<&Bind> for SpawnBind {
 /// What the spawn helper needs to know.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnConfig {
-    pub name: String,
     pub root: PathBuf,
     pub hostname: String,
     pub machine_id: String,

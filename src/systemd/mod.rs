@@ -42,8 +42,6 @@ pub struct RunningMachine {
     pub leader: u32,
     pub unit: String,
     pub state: String,
-    pub class: String,
-    pub service: String,
 }
 
 /// Registers a machine whose leader already runs in its own scope (`RegisterMachine`).
@@ -89,8 +87,6 @@ pub async fn running_machine(
             leader: machine.leader().await?,
             unit: machine.unit().await?,
             state: machine.state().await?,
-            class: machine.class().await?,
-            service: machine.service().await?,
         })
     };
     match read.await {
