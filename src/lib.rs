@@ -7,6 +7,10 @@
 //! - [`cli`]: clap definitions and output formatting only.
 //! - [`api`]: berthd's D-Bus interface, its typed errors and polkit checks; no syscalls.
 //! - [`image`]: the image pool under `/var/lib/machines`, safe tar and directory import.
+//! - [`machine`]: machine definitions, roots, and the start/stop lifecycle.
+//! - [`runtime`]: namespaces, mounts, ID maps, berth's init and exec; never D-Bus.
+//! - [`systemd`]: the only client of systemd1 and machine1.
+//! - [`terminal`]: the CLI's relay to a machine's terminal.
 //! - [`sys`]: the only module exempt from `#![deny(unsafe_code)]`.
 #![deny(unsafe_code)]
 
@@ -19,3 +23,4 @@ pub mod name;
 pub mod runtime;
 pub mod sys;
 pub mod systemd;
+pub mod terminal;

@@ -16,13 +16,12 @@ pub enum NameError {
     Empty { kind: &'static str },
     #[error("{kind} name '{name}' is longer than {MAX_NAME_LEN} characters")]
     TooLong { kind: &'static str, name: String },
-    #[error(
-        "{kind} name '{name}' contains '{bad}': only letters, digits, '.', '_' and '-' are allowed"
-    )]
+    #[error("{kind} name '{name}' contains '{bad}': only {allowed} are allowed")]
     BadCharacter {
         kind: &'static str,
         name: String,
         bad: char,
+        allowed: &'static str,
     },
     #[error("{kind} name '{name}' must not start with '{first}'")]
     BadStart {
@@ -32,6 +31,59 @@ pub enum NameError {
     },
     #[error("{kind} name '{name}' must not contain '..'")]
     DotDot { kind: &'static str, name: String },
+    #[error(
+        "{kind} name '{name}' is not a valid hostname: {why} (use letters, digits and '-', with '.' between labels)"
+    )]
+    NotHostname {
+        kind: &'static str,
+        name: String,
+        why: &'static str,
+    },
+}
+
+/// Checks a machine name: an image name's rules, and a valid hostname as systemd-machined
+/// requires (so no '_', no label starting or ending with '-', no empty label).
+pub fn validate_machine(name: &str) -> Result<(), NameError> {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
+    {
+        return Err(NameError::BadCharacter {
+            kind: "machine",
+            name: name.to_owned(),
+            bad,
+            allowed: "letters, digits, '-' and '.' (it becomes the hostname)",
+        });
+    }
+    validate("machine", name)?;
+    validate_hostname("machine", name)
+}
+
+/// Checks a hostname as systemd's `hostname_is_valid()` does.
+pub fn validate_hostname(kind: &'static str, name: &str) -> Result<(), NameError> {
+    validate(kind, name)?;
+    let bad = |why| {
+        Err(NameError::NotHostname {
+            kind,
+            name: name.to_owned(),
+            why,
+        })
+    };
+    if name.contains('_') {
+        return bad("'_' is not allowed in hostnames");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return bad("it has an empty label");
+        }
+        if label.ends_with('-') {
+            return bad("a label ends with '-'");
+        }
+        if label.starts_with('-') {
+            return bad("a label starts with '-'");
+        }
+    }
+    Ok(())
 }
 
 /// Checks an image or machine name; `kind` ("image", "machine") names it in the error.
@@ -53,6 +105,7 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
             kind,
             name: name.to_owned(),
             bad,
+            allowed: "letters, digits, '.', '_' and '-'",
         });
     }
     if let Some(first) = name.chars().next().filter(|c| matches!(c, '.' | '-')) {
@@ -116,6 +169,20 @@ mod tests {
             validate("image", "a..b"),
             Err(NameError::DotDot { .. })
         ));
+    }
+
+    #[test]
+    fn machine_names_must_be_hostnames() {
+        for good in ["web", "web-1", "a.b.c", "x1", &"a".repeat(64)] {
+            assert_eq!(validate_machine(good), Ok(()), "{good}");
+        }
+        for bad in ["a_b", "web-", "a.-b", "a.", "", "a..b", "-a", "a b", "a/b"] {
+            assert!(validate_machine(bad).is_err(), "{bad}");
+        }
+        let err = validate_machine("my_box")
+            .expect_err("underscore")
+            .to_string();
+        assert!(err.contains("'my_box'") && err.contains("'_'"), "{err}");
     }
 
     #[test]

@@ -1,25 +1,41 @@
 //! The `org.berth.Berth1.Manager` object.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use zbus::message::Header;
 use zbus::{Connection, interface};
 
 use super::polkit::{Action, authorize};
-use super::{BusError, ImageEntry, ImportResult, MachineEntry};
+use super::{BusError, ImageEntry, ImportResult, MachineEntry, MachineStatus};
 use crate::image::Pool;
-use crate::machine::{CreateRequest, MachineError, Machines, Mode, lifecycle};
+use crate::machine::lifecycle::{Attach, Started};
+use crate::machine::{CreateRequest, MachineError, Machines, Mode, lifecycle, processes};
+use crate::runtime::ExitStatus;
+use crate::runtime::exec::{Exec, ExecConfig};
+use crate::systemd::{self, unit_name};
+
+/// Where systemd puts machine scopes in the cgroup tree.
+const MACHINE_SLICE_CGROUP: &str = "/sys/fs/cgroup/machine.slice";
+
+type ExecResult = Result<ExitStatus, String>;
 
 /// berthd's manager object, served at `/org/berth/Berth1`.
 #[derive(Debug, Clone)]
 pub struct Manager {
     pool: Pool,
     machines: Machines,
-    /// The binary to run as `--spawn-machine` (berthd itself).
+    /// The binary to run as `--spawn-machine` and `--exec-machine` (berthd itself).
     helper: PathBuf,
+    /// Commands started by ExecMachine, until WaitExec collects them.
+    execs: Arc<Mutex<HashMap<u32, oneshot::Receiver<ExecResult>>>>,
+    next_exec: Arc<AtomicU32>,
 }
 
 impl Manager {
@@ -28,6 +44,8 @@ impl Manager {
             pool,
             machines,
             helper,
+            execs: Arc::default(),
+            next_exec: Arc::new(AtomicU32::new(1)),
         }
     }
 
@@ -38,7 +56,36 @@ impl Manager {
     ) -> Result<MachineEntry, BusError> {
         let root = self.machines.root_of(&d.name).display().to_string();
         let running = lifecycle::state(conn, &d.name).await?;
-        Ok(MachineEntry::new(d, root, running))
+        let last_exit = lifecycle::read_status(&d.name);
+        Ok(MachineEntry::new(d, root, running, last_exit))
+    }
+}
+
+/// The three standard streams a client passed.
+fn streams(stdin: zbus::OwnedFd, stdout: zbus::OwnedFd, stderr: zbus::OwnedFd) -> [OwnedFd; 3] {
+    [stdin.into(), stdout.into(), stderr.into()]
+}
+
+/// A terminal's master side for the reply, or /dev/null when there is none (D-Bus has no
+/// optional descriptors).
+fn terminal_reply(terminal: Option<OwnedFd>) -> Result<zbus::OwnedFd, BusError> {
+    let fd = match terminal {
+        Some(fd) => fd,
+        None => File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| BusError::Failed(format!("opening /dev/null: {e}")))?,
+    };
+    Ok(fd.into())
+}
+
+fn exit_reply(status: Option<ExitStatus>) -> (i32, String) {
+    match status {
+        Some(status) => (status.code(), status.describe()),
+        None => (
+            255,
+            "ended; its exit status is unknown (it was killed while berthd was not its parent)"
+                .into(),
+        ),
     }
 }
 
@@ -157,6 +204,7 @@ impl Manager {
             mode,
             hostname,
             binds,
+            ephemeral: false,
         };
         let machines = self.machines.clone();
         tracing::info!(name = %request.name, image = %request.image, "creating machine");
@@ -177,9 +225,316 @@ impl Manager {
     ) -> Result<MachineEntry, BusError> {
         authorize(conn, &header, Action::ManageMachines).await?;
         tracing::info!(%name, "starting machine");
-        lifecycle::start(conn, &self.machines, self.helper.clone(), &name).await?;
+        lifecycle::start(
+            conn,
+            &self.machines,
+            self.helper.clone(),
+            &name,
+            Attach::Journal,
+        )
+        .await?;
         let definition = self.machines.get(&name)?;
         self.entry(conn, definition).await
+    }
+
+    /// Creates machine `name` (a generated `run-…` name when empty) as CreateMachine does and
+    /// starts it attached to the caller: with `tty`, to a new terminal of the machine whose
+    /// master side is returned (else /dev/null is); otherwise to `stdin`, `stdout` and
+    /// `stderr`. `remove` makes it ephemeral: berthd removes it once it stops. When the start
+    /// fails the machine is removed again. Collect the exit status with WaitMachine. Needs
+    /// org.berth.berth1.manage-machines.
+    #[zbus(out_args("name", "terminal"))]
+    #[allow(clippy::too_many_arguments)] // one argument per option of `berth run`
+    async fn run_machine(
+        &self,
+        name: String,
+        image: String,
+        boot: bool,
+        command: Vec<String>,
+        hostname: String,
+        binds: Vec<String>,
+        remove: bool,
+        tty: bool,
+        stdin: zbus::OwnedFd,
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+        term: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(String, zbus::OwnedFd), BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        let mode = match (boot, command.is_empty()) {
+            (true, true) => Mode::Boot,
+            (false, false) => Mode::App(command),
+            (true, false) => {
+                return Err(BusError::InvalidArgument(
+                    "give either --boot or a command, not both".into(),
+                ));
+            }
+            (false, true) => {
+                return Err(BusError::InvalidArgument(
+                    "no command: give --boot, or the command after '--'".into(),
+                ));
+            }
+        };
+        let name = if name.is_empty() {
+            crate::machine::generated_name()?
+        } else {
+            name
+        };
+        let request = CreateRequest {
+            name: name.clone(),
+            image,
+            mode,
+            hostname,
+            binds,
+            ephemeral: remove,
+        };
+        let machines = self.machines.clone();
+        tracing::info!(%name, image = %request.image, remove, tty, "running machine");
+        blocking(move || machines.create(&request)).await?;
+        let attach = if tty {
+            Attach::Terminal {
+                term: if term.is_empty() {
+                    "vt220".into()
+                } else {
+                    term
+                },
+            }
+        } else {
+            Attach::Streams(streams(stdin, stdout, stderr))
+        };
+        let started =
+            lifecycle::start(conn, &self.machines, self.helper.clone(), &name, attach).await;
+        let Started { terminal, .. } = match started {
+            Ok(started) => started,
+            Err(e) => {
+                let machines = self.machines.clone();
+                let removing = name.clone();
+                let _ = blocking(move || machines.remove(&removing)).await;
+                return Err(e.into());
+            }
+        };
+        if remove {
+            tokio::spawn(lifecycle::remove_when_stopped(
+                conn.clone(),
+                self.machines.clone(),
+                name.clone(),
+            ));
+        }
+        Ok((name, terminal_reply(terminal)?))
+    }
+
+    /// Waits until machine `name` stops; returns its payload's exit code (for a signal, 128 +
+    /// the signal; 255 when unknown) and a description. Works after an ephemeral machine was
+    /// removed, until a machine of the same name starts. Open to everyone.
+    #[zbus(out_args("code", "description"))]
+    async fn wait_machine(
+        &self,
+        name: String,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(i32, String), BusError> {
+        crate::name::validate_machine(&name).map_err(MachineError::from)?;
+        if lifecycle::state(conn, &name).await?.is_none() && lifecycle::read_status(&name).is_none()
+        {
+            self.machines.get(&name)?;
+            return Err(MachineError::NotRunning(name).into());
+        }
+        let status = lifecycle::wait(conn, &name).await?;
+        // An ephemeral machine is gone once this returns, so `berth run --rm` leaves nothing.
+        for _ in 0..600 {
+            match self.machines.get(&name) {
+                Ok(d) if d.ephemeral => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => break,
+            }
+        }
+        Ok(exit_reply(status))
+    }
+
+    /// Runs `command` in running machine `name` (all its namespaces, its cgroup, its root) as
+    /// `user` (a name or UID of the machine's /etc/passwd; empty for root), attached like
+    /// RunMachine. Returns an id for WaitExec and the terminal's master side (else /dev/null).
+    /// Needs org.berth.berth1.manage-machines.
+    #[zbus(out_args("id", "terminal"))]
+    #[allow(clippy::too_many_arguments)] // one argument per option of `berth exec`
+    async fn exec_machine(
+        &self,
+        name: String,
+        user: String,
+        command: Vec<String>,
+        tty: bool,
+        stdin: zbus::OwnedFd,
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+        term: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(u32, zbus::OwnedFd), BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        let definition = self.machines.get(&name)?;
+        if command.first().is_none_or(String::is_empty) {
+            return Err(BusError::InvalidArgument(
+                "no command: give the command to run after '--'".into(),
+            ));
+        }
+        let Some(running) = lifecycle::state(conn, &name).await? else {
+            return Err(MachineError::NotRunning(name).into());
+        };
+        let config = ExecConfig {
+            leader: i32::try_from(running.leader).unwrap_or(0),
+            scope_cgroup: Path::new(MACHINE_SLICE_CGROUP).join(unit_name::machine_scope(&name)),
+            user,
+            command,
+            tty,
+            term: if term.is_empty() {
+                "vt220".into()
+            } else {
+                term
+            },
+            machine_id: definition.machine_id,
+        };
+        let stdio = (!tty).then(|| streams(stdin, stdout, stderr));
+        let helper = self.helper.clone();
+        tracing::info!(%name, command = ?config.command, user = %config.user, "exec in machine");
+        let mut exec =
+            blocking(move || Exec::start(&helper, &config, stdio).map_err(MachineError::from))
+                .await?;
+        let terminal = exec.terminal.take();
+        let id = self.next_exec.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        self.execs
+            .lock()
+            .map_err(|_| BusError::Failed("internal lock poisoned".into()))?
+            .insert(id, receiver);
+        tokio::task::spawn_blocking(move || {
+            let _ = sender.send(exec.wait().map_err(|e| e.to_string()));
+        });
+        Ok((id, terminal_reply(terminal)?))
+    }
+
+    /// Waits for the command ExecMachine started as `id`; returns its exit code (128 + the
+    /// signal when killed) and a description. Needs org.berth.berth1.manage-machines.
+    #[zbus(out_args("code", "description"))]
+    async fn wait_exec(
+        &self,
+        id: u32,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(i32, String), BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        let receiver = self
+            .execs
+            .lock()
+            .map_err(|_| BusError::Failed("internal lock poisoned".into()))?
+            .remove(&id)
+            .ok_or_else(|| BusError::InvalidArgument(format!("no command with id {id}")))?;
+        match receiver.await {
+            Ok(Ok(status)) => Ok(exit_reply(Some(status))),
+            Ok(Err(message)) => Err(BusError::Failed(message)),
+            Err(_) => Err(BusError::Failed("the command's watcher went away".into())),
+        }
+    }
+
+    /// Sends `signal` to machine `name`: to its PID 1 only with `leader_only`, else to every
+    /// process of it. Needs org.berth.berth1.manage-machines.
+    async fn kill_machine(
+        &self,
+        name: String,
+        leader_only: bool,
+        signal: i32,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        self.machines.get(&name)?;
+        if !(1..=libc::SIGRTMAX()).contains(&signal) {
+            return Err(BusError::InvalidArgument(format!(
+                "signal {signal} is not a signal number (1-{})",
+                libc::SIGRTMAX()
+            )));
+        }
+        if lifecycle::state(conn, &name).await?.is_none() {
+            return Err(MachineError::NotRunning(name).into());
+        }
+        tracing::info!(%name, signal, leader_only, "signalling machine");
+        systemd::kill_machine(conn, &name, !leader_only, signal)
+            .await
+            .map_err(MachineError::from)?;
+        Ok(())
+    }
+
+    /// Stops machine `name` as StopMachine does (when it runs) and starts it again. Needs
+    /// org.berth.berth1.manage-machines.
+    #[zbus(out_args("machine"))]
+    async fn restart_machine(
+        &self,
+        name: String,
+        timeout_sec: u32,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<MachineEntry, BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        tracing::info!(%name, "restarting machine");
+        let timeout = Duration::from_secs(u64::from(timeout_sec));
+        match lifecycle::stop(conn, &self.machines, &name, timeout).await {
+            Ok(()) | Err(MachineError::NotRunning(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        lifecycle::start(
+            conn,
+            &self.machines,
+            self.helper.clone(),
+            &name,
+            Attach::Journal,
+        )
+        .await?;
+        let definition = self.machines.get(&name)?;
+        self.entry(conn, definition).await
+    }
+
+    /// Machine `name` and its scope: state, accounting, limits and processes. Open to
+    /// everyone.
+    #[zbus(out_args("status"))]
+    async fn machine_status(
+        &self,
+        name: String,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<MachineStatus, BusError> {
+        let definition = self.machines.get(&name)?;
+        let machine = self.entry(conn, definition).await?;
+        let mut status = MachineStatus {
+            machine,
+            active_state: "inactive".into(),
+            sub_state: "dead".into(),
+            control_group: String::new(),
+            tasks_current: 0,
+            memory_current: 0,
+            cpu_usage_nsec: 0,
+            limits: Vec::new(),
+            processes: Vec::new(),
+        };
+        if status.machine.unit.is_empty() {
+            return Ok(status);
+        }
+        let unit = match systemd::unit_status(conn, &status.machine.unit).await {
+            Ok(unit) => unit,
+            // It stopped just now.
+            Err(_) => return Ok(status),
+        };
+        let cgroup = PathBuf::from(format!("/sys/fs/cgroup{}", unit.control_group));
+        status.processes = blocking(move || Ok::<_, BusError>(processes::list(&cgroup)))
+            .await?
+            .into_iter()
+            .map(|p| (p.cgroup, p.pid, p.command))
+            .collect();
+        status.active_state = unit.active_state;
+        status.sub_state = unit.sub_state;
+        status.control_group = unit.control_group;
+        status.tasks_current = unit.tasks_current;
+        status.memory_current = unit.memory_current;
+        status.cpu_usage_nsec = unit.cpu_usage_nsec;
+        status.limits = unit.limits;
+        Ok(status)
     }
 
     /// Stops machine `name` cleanly (SIGRTMIN+3 to a systemd init, SIGTERM otherwise), and

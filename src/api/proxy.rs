@@ -2,7 +2,7 @@
 
 use zbus::proxy;
 
-use super::{ImageEntry, ImportResult, MachineEntry};
+use super::{ImageEntry, ImportResult, MachineEntry, MachineStatus};
 
 #[proxy(
     interface = "org.berth.Berth1.Manager",
@@ -46,6 +46,46 @@ pub trait Manager {
     fn stop_machine(&self, name: &str, timeout_sec: u32) -> zbus::Result<()>;
 
     fn list_machines(&self) -> zbus::Result<Vec<MachineEntry>>;
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_machine(
+        &self,
+        name: &str,
+        image: &str,
+        boot: bool,
+        command: &[String],
+        hostname: &str,
+        binds: &[String],
+        remove: bool,
+        tty: bool,
+        stdin: zbus::Fd<'_>,
+        stdout: zbus::Fd<'_>,
+        stderr: zbus::Fd<'_>,
+        term: &str,
+    ) -> zbus::Result<(String, zbus::OwnedFd)>;
+
+    fn wait_machine(&self, name: &str) -> zbus::Result<(i32, String)>;
+
+    #[allow(clippy::too_many_arguments)]
+    fn exec_machine(
+        &self,
+        name: &str,
+        user: &str,
+        command: &[String],
+        tty: bool,
+        stdin: zbus::Fd<'_>,
+        stdout: zbus::Fd<'_>,
+        stderr: zbus::Fd<'_>,
+        term: &str,
+    ) -> zbus::Result<(u32, zbus::OwnedFd)>;
+
+    fn wait_exec(&self, id: u32) -> zbus::Result<(i32, String)>;
+
+    fn kill_machine(&self, name: &str, leader_only: bool, signal: i32) -> zbus::Result<()>;
+
+    fn restart_machine(&self, name: &str, timeout_sec: u32) -> zbus::Result<MachineEntry>;
+
+    fn machine_status(&self, name: &str) -> zbus::Result<MachineStatus>;
 
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

@@ -5,6 +5,7 @@ use zbus::Type;
 
 use crate::image::{ImageInfo, ImportReport};
 use crate::machine::{Definition, Mode};
+use crate::runtime::ExitStatus;
 use crate::systemd::RunningMachine;
 
 /// One image, `(sssstt)`: name, path, digest (`sha256:…`, empty if unknown), origin, size in
@@ -59,10 +60,12 @@ impl From<ImportReport> for ImportResult {
     }
 }
 
-/// One machine, `(ssssssasustsu)`: name, state ("running" or "stopped"; machined's state
+/// One machine, `(ssssssasustsutbs)`: name, state ("running" or "stopped"; machined's state
 /// while it starts or stops), unit (`machine-NAME.scope` while running, else empty), image,
 /// mode ("boot" or "app"), hostname, command (app mode), UID base, machine-id, created (µs
-/// since the epoch), root directory, leader PID (0 when stopped).
+/// since the epoch), root directory, leader PID (0 when stopped), started (µs since the
+/// epoch, 0 when stopped), ephemeral (removed when it stops), last exit ("exited 7",
+/// "killed 9", or empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct MachineEntry {
     pub name: String,
@@ -77,20 +80,28 @@ pub struct MachineEntry {
     pub created_usec: u64,
     pub root: String,
     pub leader: u32,
+    pub started_usec: u64,
+    pub ephemeral: bool,
+    pub last_exit: String,
 }
 
 impl MachineEntry {
-    pub fn new(d: Definition, root: String, running: Option<RunningMachine>) -> Self {
+    pub fn new(
+        d: Definition,
+        root: String,
+        running: Option<RunningMachine>,
+        last_exit: Option<ExitStatus>,
+    ) -> Self {
         let (mode, command) = match d.mode {
             Mode::Boot => ("boot".to_owned(), Vec::new()),
             Mode::App(command) => ("app".to_owned(), command),
         };
-        let (state, unit, leader) = match running {
+        let (state, unit, leader, started_usec) = match running {
             Some(r) if r.state == "running" || r.state.is_empty() => {
-                ("running".into(), r.unit, r.leader)
+                ("running".into(), r.unit, r.leader, r.timestamp_usec)
             }
-            Some(r) => (r.state, r.unit, r.leader),
-            None => ("stopped".into(), String::new(), 0),
+            Some(r) => (r.state, r.unit, r.leader, r.timestamp_usec),
+            None => ("stopped".into(), String::new(), 0, 0),
         };
         Self {
             name: d.name,
@@ -105,6 +116,26 @@ impl MachineEntry {
             created_usec: d.created_usec,
             root,
             leader,
+            started_usec,
+            ephemeral: d.ephemeral,
+            last_exit: last_exit.map(ExitStatus::to_line).unwrap_or_default(),
         }
     }
+}
+
+/// `berth status`: the machine, and its scope as systemd sees it. Signature
+/// `((ssssssasustsutbs)sssttta(ss)a(sus))`: machine, active state, sub state, control group,
+/// tasks, memory bytes, CPU time in ns (u64::MAX when unknown), limits (property, value),
+/// processes (cgroup relative to the scope, PID, command line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct MachineStatus {
+    pub machine: MachineEntry,
+    pub active_state: String,
+    pub sub_state: String,
+    pub control_group: String,
+    pub tasks_current: u64,
+    pub memory_current: u64,
+    pub cpu_usage_nsec: u64,
+    pub limits: Vec<(String, String)>,
+    pub processes: Vec<(String, u32, String)>,
 }

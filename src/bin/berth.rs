@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
     match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => fail(&e),
     }
 }
@@ -52,7 +52,7 @@ fn message(e: &anyhow::Error) -> String {
     format!("{e:#}")
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let connection = zbus::Connection::system().await.context(
         "cannot connect to the system bus; is dbus running? (on a host without systemd, see README: the VM test host)",
     )?;
@@ -139,11 +139,148 @@ async fn run(command: Command) -> anyhow::Result<()> {
             manager.stop_machine(&name, timeout).await?;
             println!("Stopped machine '{name}'.");
         }
-        Command::Rm { names } => {
+        Command::Rm { names, force } => {
             for name in names {
+                if force {
+                    match manager.stop_machine(&name, 10).await {
+                        Ok(()) => println!("Stopped machine '{name}'."),
+                        Err(e) if is_error(&e, "InvalidState") => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 manager.remove_machine(&name).await?;
                 println!("Removed machine '{name}'.");
             }
+        }
+        Command::Run {
+            name,
+            image,
+            rm,
+            boot,
+            hostname,
+            binds,
+            command,
+        } => {
+            if !boot && command.is_empty() {
+                bail!("no command to run: give it after '--', or --boot");
+            }
+            if name.as_deref() == Some("") {
+                bail!(
+                    "machine name is empty; give --name NAME, or leave --name out for a generated one"
+                );
+            }
+            let tty = std::io::stdin().is_terminal();
+            let term = std::env::var("TERM").unwrap_or_default();
+            let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+            let (name, terminal) = manager
+                .run_machine(
+                    name.as_deref().unwrap_or(""),
+                    &image,
+                    boot,
+                    &command,
+                    hostname.as_deref().unwrap_or(""),
+                    &binds,
+                    rm,
+                    tty,
+                    stdin.as_fd().into(),
+                    stdout.as_fd().into(),
+                    stderr.as_fd().into(),
+                    &term,
+                )
+                .await?;
+            let relay = tty
+                .then(|| berth::terminal::Relay::start(terminal.into()))
+                .transpose()?;
+            let waited =
+                wait_forwarding_signals(&manager, &name, manager.wait_machine(&name)).await;
+            return finish(relay, waited);
+        }
+        Command::Exec {
+            name,
+            user,
+            command,
+        } => {
+            let tty = std::io::stdin().is_terminal();
+            let term = std::env::var("TERM").unwrap_or_default();
+            let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+            let (id, terminal) = manager
+                .exec_machine(
+                    &name,
+                    user.as_deref().unwrap_or(""),
+                    &command,
+                    tty,
+                    stdin.as_fd().into(),
+                    stdout.as_fd().into(),
+                    stderr.as_fd().into(),
+                    &term,
+                )
+                .await?;
+            let relay = tty
+                .then(|| berth::terminal::Relay::start(terminal.into()))
+                .transpose()?;
+            let waited = manager.wait_exec(id).await;
+            return finish(relay, waited);
+        }
+        Command::Kill {
+            name,
+            signal,
+            leader,
+        } => {
+            let number = berth::cli::signal::parse(&signal).map_err(anyhow::Error::msg)?;
+            manager.kill_machine(&name, leader, number).await?;
+            println!(
+                "Sent signal {number} to {} of machine '{name}'.",
+                if leader {
+                    "the leader"
+                } else {
+                    "every process"
+                }
+            );
+        }
+        Command::Restart { name, timeout } => {
+            let machine = manager.restart_machine(&name, timeout).await?;
+            println!(
+                "Restarted machine '{}': {} (leader PID {}).",
+                machine.name, machine.unit, machine.leader
+            );
+        }
+        Command::Status { name, json } => {
+            let status = manager.machine_status(&name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", format::status(&status, now_usec()));
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                let mut journal = std::process::Command::new("journalctl");
+                journal.args(["--no-pager", "-n", "10", "-q"]);
+                journal.args(logs_selector(&status.machine));
+                let _ = journal.status();
+            }
+        }
+        Command::Logs {
+            name,
+            follow,
+            lines,
+        } => {
+            let machines = manager.list_machines().await?;
+            let Some(machine) = machines.iter().find(|m| m.name == name) else {
+                bail!("no machine named '{name}'; 'berth list' shows the machines there are");
+            };
+            let mut journal = std::process::Command::new("journalctl");
+            journal.arg("--no-pager");
+            if follow {
+                journal.arg("--follow");
+            }
+            if let Some(lines) = lines {
+                journal.args(["-n", &lines.to_string()]);
+            }
+            journal.args(logs_selector(machine));
+            let status = journal
+                .status()
+                .context("cannot run journalctl (is systemd installed?)")?;
+            return Ok(ExitCode::from(
+                u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
+            ));
         }
         Command::List { json } => {
             let machines = manager.list_machines().await?;
@@ -155,7 +292,76 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )?;
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a berthd error has this name (after `org.berth.Berth1.Error.`).
+fn is_error(e: &zbus::Error, name: &str) -> bool {
+    matches!(e, zbus::Error::MethodError(n, _, _) if n.as_str() == format!("org.berth.Berth1.Error.{name}"))
+}
+
+/// What journalctl shows for a machine: a boot machine's own journal in its root (what
+/// `journalctl -M` opens, and readable while it is stopped), an app's lines in the host's.
+fn logs_selector(machine: &berth::api::MachineEntry) -> Vec<String> {
+    if machine.mode == "boot" {
+        vec!["-D".into(), format!("{}/var/log/journal", machine.root)]
+    } else {
+        vec![
+            "-u".into(),
+            berth::systemd::unit_name::machine_scope(&machine.name),
+            format!("SYSLOG_IDENTIFIER={}", machine.name),
+        ]
+    }
+}
+
+fn now_usec() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0))
+}
+
+/// Waits for `waiting`; meanwhile Ctrl-C, SIGTERM and SIGHUP are passed to the machine's PID
+/// 1 (berth's init passes them on to the command).
+async fn wait_forwarding_signals(
+    manager: &ManagerProxy<'_>,
+    name: &str,
+    waiting: impl std::future::Future<Output = zbus::Result<(i32, String)>>,
+) -> zbus::Result<(i32, String)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    async fn next(stream: &mut Option<tokio::signal::unix::Signal>) {
+        match stream {
+            Some(stream) => {
+                stream.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    tokio::pin!(waiting);
+    loop {
+        let number = tokio::select! {
+            result = &mut waiting => return result,
+            () = next(&mut interrupt) => libc::SIGINT,
+            () = next(&mut terminate) => libc::SIGTERM,
+            () = next(&mut hangup) => libc::SIGHUP,
+        };
+        let _ = manager.kill_machine(name, true, number).await;
+    }
+}
+
+/// Restores the terminal, copies out the rest of the output and turns the command's exit
+/// code into ours.
+fn finish(
+    relay: Option<berth::terminal::Relay>,
+    waited: zbus::Result<(i32, String)>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(relay) = relay {
+        relay.finish();
+    }
+    let (code, _description) = waited?;
+    Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(255)))
 }
 
 /// Prints a listing as JSON, as a table, or as a hint when there is nothing to list.

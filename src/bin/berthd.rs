@@ -12,6 +12,9 @@ fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("--spawn-machine") {
         return berth::runtime::helper::helper_main();
     }
+    if std::env::args().nth(1).as_deref() == Some("--exec-machine") {
+        return berth::runtime::exec::exec_main();
+    }
     berth::logging::init("berthd");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -37,14 +40,15 @@ async fn run() -> anyhow::Result<()> {
     if cleaned > 0 {
         tracing::info!(cleaned, "removed leftovers of interrupted imports");
     }
-    let _connection = zbus::connection::Builder::system()
+    let connection = zbus::connection::Builder::system()
         .name(BUS_NAME)
-        .serve_at(OBJECT_PATH, Manager::new(pool, machines, helper))
+        .serve_at(OBJECT_PATH, Manager::new(pool, machines.clone(), helper))
         .build()
         .await
         .with_context(|| {
             format!("cannot serve {BUS_NAME} on the system bus (is another berthd running?)")
         })?;
+    berth::machine::lifecycle::adopt(&connection, &machines).await;
     sd_notify::notify(&[NotifyState::Ready]).context("notifying systemd of readiness")?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "berthd ready");
 

@@ -1,6 +1,6 @@
 //! Output formatting for the CLI.
 
-use crate::api::{ImageEntry, MachineEntry};
+use crate::api::{ImageEntry, MachineEntry, MachineStatus};
 use crate::machine::RANGE_SIZE;
 
 /// Bytes in the binary units `ls -h` and systemctl use: `512B`, `1.5K`, `271.3M`.
@@ -109,6 +109,9 @@ pub fn images_table(images: &[ImageEntry]) -> String {
 
 /// The `berth list` table.
 pub fn machines_table(machines: &[MachineEntry]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0));
     let rows: Vec<Vec<String>> = machines
         .iter()
         .map(|m| {
@@ -125,6 +128,7 @@ pub fn machines_table(machines: &[MachineEntry]) -> String {
                 } else {
                     m.leader.to_string()
                 },
+                uptime(m.started_usec, now),
                 m.image.clone(),
                 m.mode.clone(),
                 m.hostname.clone(),
@@ -135,15 +139,114 @@ pub fn machines_table(machines: &[MachineEntry]) -> String {
         .collect();
     table(
         &[
-            "NAME", "STATE", "UNIT", "LEADER", "IMAGE", "MODE", "HOSTNAME", "UIDS", "CREATED",
+            "NAME", "STATE", "UNIT", "LEADER", "UPTIME", "IMAGE", "MODE", "HOSTNAME", "UIDS",
+            "CREATED",
         ],
         &rows,
     )
 }
 
+/// How long since `since_usec`: "45s", "12min 3s", "3h 2min", "2d 4h"; "-" for 0.
+pub fn uptime(since_usec: u64, now_usec: u64) -> String {
+    if since_usec == 0 {
+        return "-".into();
+    }
+    let s = now_usec.saturating_sub(since_usec) / 1_000_000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}min {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}min", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn limit(value: u64) -> String {
+    if value == u64::MAX {
+        "-".into()
+    } else {
+        size(value)
+    }
+}
+
+/// `berth status`: like the top of `systemctl status`.
+pub fn status(st: &MachineStatus, now_usec: u64) -> String {
+    let m = &st.machine;
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:>12}: {v}\n"));
+    let dot = if m.state == "running" { "●" } else { "○" };
+    line(
+        &format!("{dot} {}", m.name),
+        format!("{} machine from image {}", m.mode, m.image),
+    );
+    let since = if m.started_usec == 0 {
+        String::new()
+    } else {
+        format!(
+            " since {}; {} ago",
+            timestamp(m.started_usec),
+            uptime(m.started_usec, now_usec)
+        )
+    };
+    line("State", format!("{}{since}", m.state));
+    if !m.last_exit.is_empty() {
+        line("Last exit", m.last_exit.clone());
+    }
+    if !m.unit.is_empty() {
+        line(
+            "Unit",
+            format!("{} ({}/{})", m.unit, st.active_state, st.sub_state),
+        );
+        line("Leader", m.leader.to_string());
+    }
+    if m.mode == "app" {
+        line("Command", m.command.join(" "));
+    }
+    line("Hostname", m.hostname.clone());
+    line("Machine ID", m.machine_id.clone());
+    line(
+        "UIDs",
+        format!("{}-{}", m.uid_base, m.uid_base + (RANGE_SIZE - 1)),
+    );
+    line("Root", m.root.clone());
+    if !m.unit.is_empty() {
+        line("Tasks", st.tasks_current.to_string());
+        line("Memory", limit(st.memory_current));
+        if st.cpu_usage_nsec != u64::MAX {
+            line(
+                "CPU",
+                format!("{:.3}s", st.cpu_usage_nsec as f64 / 1_000_000_000.0),
+            );
+        }
+        let limits: Vec<String> = st.limits.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        line("Limits", limits.join(" "));
+        line("CGroup", st.control_group.clone());
+        let mut group = None;
+        for (cgroup, pid, command) in &st.processes {
+            if group != Some(cgroup) {
+                out.push_str(&format!(
+                    "{:>14}{}\n",
+                    "",
+                    if cgroup.is_empty() { "/" } else { cgroup }
+                ));
+                group = Some(cgroup);
+            }
+            out.push_str(&format!("{:>16}{pid} {command}\n", ""));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptimes_read_like_systemctl() {
+        assert_eq!(uptime(0, 5), "-");
+        assert_eq!(uptime(1_000_000, 46_000_000), "45s");
+        assert_eq!(uptime(1, 3_723_000_001), "1h 2min");
+        assert_eq!(uptime(1, 2 * 86_400_000_000 + 1), "2d 0h");
+    }
 
     #[test]
     fn sizes_read_like_ls_h() {
@@ -184,6 +287,9 @@ mod tests {
             created_usec: 0,
             root: "/r".into(),
             leader: 42,
+            started_usec: 0,
+            ephemeral: false,
+            last_exit: String::new(),
         };
         let t = machines_table(&[m]);
         let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();

@@ -2,6 +2,7 @@
 //! D-Bus call to berthd (see `src/bin/berth.rs`).
 
 pub mod format;
+pub mod signal;
 
 use std::path::PathBuf;
 
@@ -81,7 +82,7 @@ pub enum Command {
         after_help = "Examples:\n  berth create web --image debian --boot\n  berth create job --image debian --bind /srv/data:/data:ro -- /usr/bin/make -C /data"
     )]
     Create {
-        /// The machine name: a valid hostname of 1-64 letters, digits, '.', '_' or '-'.
+        /// The machine name: a valid hostname of 1-64 letters, digits, '-' and '.'.
         name: String,
         /// The image to copy (see 'berth images').
         #[arg(long)]
@@ -104,11 +105,110 @@ pub enum Command {
     /// Runs the machine in new mount, PID, UTS, IPC, cgroup and user namespaces (its own UID
     /// range, the image idmapped rather than chowned), in the transient scope
     /// machine-NAME.scope in machine.slice with Delegate=yes, registered with
-    /// systemd-machined, so systemctl, machinectl and journalctl see it. Returns once the init
-    /// runs. (Boot machines; app machines come next.)
+    /// systemd-machined, so systemctl, machinectl and journalctl see it. A boot machine's PID
+    /// 1 is its systemd; an app machine's is berth's small init, which runs the command,
+    /// reaps zombies and forwards signals; the command's output goes to the journal
+    /// ('berth logs NAME'). Returns once the init or command runs.
     Start {
         /// The machine to start.
         name: String,
+    },
+    /// Create a machine, start it attached to this terminal or these pipes, and wait.
+    ///
+    /// Like 'berth create' then 'berth start', but the command's standard input, output and
+    /// error are this command's: a new terminal of the machine when standard input is a
+    /// terminal, the same pipes or files otherwise. Exits with the command's exit status (128
+    /// + N when it was killed by signal N). Ctrl-C is passed on to the command.
+    #[command(after_help = "Examples:
+  berth run --rm --image debian -- sh -c 'exit 7'; echo $?
+  echo hi | berth run --rm --image debian -- cat
+  berth run --name shell --image debian -- bash")]
+    Run {
+        /// The machine name (default: run-XXXXXXXX).
+        #[arg(long)]
+        name: Option<String>,
+        /// The image to copy (see 'berth images').
+        #[arg(long)]
+        image: String,
+        /// Remove the machine (definition and root) once it stops.
+        #[arg(long)]
+        rm: bool,
+        /// Boot the image's init system (systemd) as PID 1 instead of running a command.
+        #[arg(long, conflicts_with = "command")]
+        boot: bool,
+        /// The hostname inside (default: the machine name).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Bind-mount a host path into the machine; repeatable.
+        #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
+        binds: Vec<String>,
+        /// The command to run (after '--').
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Run a command inside a running machine.
+    ///
+    /// The command runs in all of the machine's namespaces, in its scope and its root, as
+    /// USER of the machine's /etc/passwd (default root), attached to this terminal (a new
+    /// terminal of the machine) or these pipes. Exits with the command's exit status.
+    #[command(after_help = "Examples:
+  berth exec web -- systemctl status
+  berth exec --user alice web -- bash")]
+    Exec {
+        /// The machine.
+        name: String,
+        /// The user to run as: a name or UID of the machine's /etc/passwd.
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// The command (after '--').
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Send a signal to a machine's processes.
+    ///
+    /// By default every process of the machine gets the signal (as with 'machinectl kill');
+    /// with --leader only its PID 1.
+    Kill {
+        /// The machine.
+        name: String,
+        /// The signal: a name (TERM, SIGTERM, HUP, RTMIN+3) or number.
+        #[arg(long, short = 's', default_value = "TERM")]
+        signal: String,
+        /// Signal only the machine's PID 1.
+        #[arg(long)]
+        leader: bool,
+    },
+    /// Stop a machine (if it runs) and start it again.
+    Restart {
+        /// The machine.
+        name: String,
+        /// Seconds to wait for it to stop before killing it.
+        #[arg(long, default_value_t = 90)]
+        timeout: u32,
+    },
+    /// Show a machine's state, unit, limits, processes and last log lines.
+    Status {
+        /// The machine.
+        name: String,
+        /// Print JSON (without log lines) instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a machine's logs from the journal.
+    ///
+    /// An app machine's output is logged by journald for its scope (SYSLOG_IDENTIFIER=NAME);
+    /// a boot machine keeps its own journal in its root, read here as with
+    /// 'journalctl -M NAME'. Runs journalctl, so reading needs what journalctl needs (root or
+    /// the systemd-journal group).
+    Logs {
+        /// The machine.
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many of the last lines to show.
+        #[arg(long, short = 'n')]
+        lines: Option<u32>,
     },
     /// Stop a machine.
     ///
@@ -122,14 +222,21 @@ pub enum Command {
         timeout: u32,
     },
     /// Remove machines: their definitions and roots.
+    ///
+    /// A running machine is refused unless --force is given, which stops it first (killing
+    /// it after 10 seconds).
     Rm {
         /// The machines to remove.
         #[arg(required = true)]
         names: Vec<String>,
+        /// Stop running machines first.
+        #[arg(long, short = 'f')]
+        force: bool,
     },
     /// List machines.
     ///
-    /// Shows every machine with its state, image, mode, hostname and UID range.
+    /// Shows every machine with its state, unit, leader PID, uptime, image, mode, hostname and
+    /// UID range.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]

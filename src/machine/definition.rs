@@ -12,6 +12,7 @@
 //! UIDBase=524288
 //! Storage=copy
 //! Created=1795460082000000
+//! Ephemeral=yes             # only for `berth run --rm`: removed once it stops
 //!
 //! [Files]
 //! Bind=/srv/data:/data:ro
@@ -107,6 +108,8 @@ pub struct Definition {
     /// How the root was made: "copy" (or, later, "btrfs snapshot").
     pub storage: String,
     pub created_usec: u64,
+    /// Removed (definition and root) once it stops: `berth run --rm`.
+    pub ephemeral: bool,
     pub binds: Vec<Bind>,
 }
 
@@ -135,6 +138,9 @@ impl Definition {
         kv("UIDBase", &self.uid_range.base.to_string());
         kv("Storage", &self.storage);
         kv("Created", &self.created_usec.to_string());
+        if self.ephemeral {
+            kv("Ephemeral", "yes");
+        }
         if !self.binds.is_empty() {
             out.push_str("\n[Files]\n");
             for bind in &self.binds {
@@ -155,6 +161,7 @@ impl Definition {
         let mut uid_base = None;
         let mut storage = String::from("copy");
         let mut created_usec = 0;
+        let mut ephemeral = false;
         let mut binds = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim_start();
@@ -192,6 +199,19 @@ impl Definition {
                 ("Machine", "UIDBase") => uid_base = Some(value.to_owned()),
                 ("Machine", "Storage") => storage = value.to_owned(),
                 ("Machine", "Created") => created_usec = value.parse().unwrap_or(0),
+                ("Machine", "Ephemeral") => {
+                    ephemeral = match value {
+                        "yes" | "true" | "1" => true,
+                        "no" | "false" | "0" => false,
+                        other => {
+                            return Err(DefinitionError::BadValue {
+                                key: "Ephemeral",
+                                value: other.to_owned(),
+                                message: "expected yes or no".into(),
+                            });
+                        }
+                    }
+                }
                 ("Files", "Bind") => binds.push(Bind::parse(value)?),
                 _ => return Err(syntax(&format!("unknown key {key} in [{section}]"))),
             }
@@ -228,7 +248,7 @@ impl Definition {
             });
         }
         let hostname = hostname.unwrap_or_else(|| name.to_owned());
-        if let Err(e) = name::validate("host", &hostname) {
+        if let Err(e) = name::validate_hostname("host", &hostname) {
             return Err(DefinitionError::BadValue {
                 key: "Hostname",
                 value: hostname,
@@ -245,6 +265,7 @@ impl Definition {
             uid_range: UidRange { base },
             storage,
             created_usec,
+            ephemeral,
             binds,
         })
     }
@@ -274,6 +295,7 @@ mod tests {
             uid_range: UidRange { base: 589_824 },
             storage: "copy".into(),
             created_usec: 42,
+            ephemeral: true,
             binds: vec![Bind::parse("/srv/data:/data:ro").expect("bind")],
         }
     }

@@ -2,15 +2,42 @@
 //! and the registration. Any failure kills what was started, so no scope, registration or
 //! process is left behind (the scope is collected once empty).
 
+use std::fs;
+use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use zbus::Connection;
 
 use super::{Definition, MachineError, Machines, Mode};
-use crate::runtime::{self, Launch, SpawnBind, SpawnConfig};
+use crate::runtime::{
+    self, ExitStatus, Launch, Payload, SpawnBind, SpawnConfig, SpawnFds, StdioMode,
+};
 use crate::systemd::{self, RunningMachine, ScopeSpec, unit_name};
+
+/// Where each machine's last exit status is kept (`NAME.status`: `exited N` or `killed S`).
+pub const STATUS_DIR: &str = "/run/berth/machines";
+
+/// How a started machine's PID 1 is attached.
+#[derive(Debug)]
+pub enum Attach {
+    /// Detached: an app's output goes to the journal; a booted init logs to its own.
+    Journal,
+    /// The caller's stdin, stdout and stderr.
+    Streams([OwnedFd; 3]),
+    /// A new terminal; its master side is returned in [`Started::terminal`].
+    Terminal { term: String },
+}
+
+/// A machine that has started.
+#[derive(Debug)]
+pub struct Started {
+    pub running: RunningMachine,
+    /// The master side of its terminal, with [`Attach::Terminal`].
+    pub terminal: Option<OwnedFd>,
+}
 
 /// What boot mode can run as PID 1, relative to the root (the helper tries them in order).
 const INITS: [&str; 3] = [
@@ -29,33 +56,57 @@ pub async fn state(conn: &Connection, name: &str) -> Result<Option<RunningMachin
 }
 
 /// Starts machine `name`; returns once its init runs inside `machine-NAME.scope`.
-pub async fn start(
+pub fn start<'a>(
+    conn: &'a Connection,
+    machines: &'a Machines,
+    helper: PathBuf,
+    name: &'a str,
+    attach: Attach,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Started, MachineError>> + Send + 'a>>
+{
+    // Boxed: a rebooting machine's reaper starts it again, so the future refers to itself.
+    Box::pin(start_machine(conn, machines, helper, name, attach))
+}
+
+async fn start_machine(
     conn: &Connection,
     machines: &Machines,
     helper: PathBuf,
     name: &str,
-) -> Result<RunningMachine, MachineError> {
+    attach: Attach,
+) -> Result<Started, MachineError> {
     let definition = machines.get(name)?;
     if state(conn, name).await?.is_some() {
         return Err(MachineError::AlreadyRunning(name.to_owned()));
     }
-    if let Mode::App(_) = definition.mode {
-        return Err(MachineError::InvalidArgument(format!(
-            "machine '{name}' is an app machine; this berth starts boot machines only (app mode is the next step of issue #3)"
-        )));
-    }
     let root = machines.root_of(name);
-    if !INITS.iter().any(|init| root.join(init).exists()) {
+    if definition.mode == Mode::Boot && !INITS.iter().any(|init| root.join(init).exists()) {
         return Err(MachineError::InvalidArgument(format!(
             "image '{}' of machine '{name}' has no init to boot ({}); use an image with systemd, or create an app machine",
             definition.image,
             INITS.map(|i| format!("/{i}")).join(", ")
         )));
     }
-    let config = spawn_config(machines, &definition);
+    let (stdio, streams, term) = match attach {
+        Attach::Journal => (StdioMode::Journal, None, String::new()),
+        Attach::Streams(fds) => (StdioMode::Passed, Some(fds), String::new()),
+        Attach::Terminal { term } => (StdioMode::Terminal, None, term),
+    };
+    let mut config = spawn_config(machines, &definition);
+    config.stdio = stdio;
+    config.term = term;
+    let fds = SpawnFds {
+        status: new_status_file(name)?,
+        stdio: streams,
+    };
     let base = definition.uid_range.base;
-    let launch = blocking(move || {
-        let mut launch = Launch::spawn(&helper, &config)?;
+    let reboot = (definition.mode == Mode::Boot).then(|| Reboot {
+        conn: conn.clone(),
+        machines: machines.clone(),
+        helper: helper.clone(),
+    });
+    let mut launch = blocking(move || {
+        let mut launch = Launch::spawn(&helper, &config, &fds)?;
         if let Err(e) = launch.map_ids(base) {
             launch.abort();
             return Err(e);
@@ -64,24 +115,36 @@ pub async fn start(
     })
     .await?;
     let pid = launch.pid;
+    let terminal = launch.terminal.take();
     let pidfd = rustix::process::Pid::from_raw(pid)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok());
     let result = bring_up(conn, machines, &definition, launch, pidfd.as_ref()).await;
     match pidfd {
         Some(pidfd) => {
-            tokio::spawn(reap(name.to_owned(), pidfd));
+            tokio::spawn(reap(name.to_owned(), pidfd, reboot));
         }
         None => {
             tracing::warn!(%name, pid, "no pidfd for the machine's PID 1; it won't be reaped by berthd")
         }
     }
     result?;
-    state(conn, name).await?.ok_or_else(|| {
-        MachineError::InvalidArgument(format!(
-            "machine '{name}' exited right after it started; see 'journalctl -u {}'",
-            unit_name::machine_scope(name)
-        ))
-    })
+    // An app may well have ended already; that is a successful start.
+    let running = match state(conn, name).await? {
+        Some(running) => running,
+        None if matches!(definition.mode, Mode::App(_)) => RunningMachine {
+            leader: u32::try_from(pid).unwrap_or(0),
+            unit: unit_name::machine_scope(name),
+            state: "stopped".into(),
+            timestamp_usec: 0,
+        },
+        None => {
+            return Err(MachineError::InvalidArgument(format!(
+                "machine '{name}' exited right after it started; see 'journalctl -u {}'",
+                unit_name::machine_scope(name)
+            )));
+        }
+    };
+    Ok(Started { running, terminal })
 }
 
 async fn bring_up(
@@ -178,22 +241,158 @@ async fn wait_gone(conn: &Connection, name: &str, timeout: Duration) -> Result<b
     Ok(state(conn, name).await?.is_none())
 }
 
-/// Waits for the machine's PID 1 (a child of berthd) to exit and reaps it.
-async fn reap(name: String, pidfd: OwnedFd) {
+/// What it takes to start a booted machine again when its systemd asks for a reboot.
+struct Reboot {
+    conn: Connection,
+    machines: Machines,
+    helper: PathBuf,
+}
+
+/// Waits for the machine's PID 1 (a child of berthd) to exit and reaps it. Its status goes to
+/// the status file unless berth's init already wrote the payload's there. A booted init
+/// killed by SIGHUP asked for a reboot (the kernel's reboot(2) in a PID namespace): the
+/// machine is started again, as systemd-nspawn does.
+async fn reap(name: String, pidfd: OwnedFd, reboot: Option<Reboot>) {
     let Ok(fd) = crate::sys::process::register_async(pidfd) else {
         return;
     };
-    if fd.readable().await.is_ok() {
-        let status = rustix::process::waitid(
-            rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(fd.get_ref())),
-            rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
-        );
-        tracing::info!(%name, ?status, "machine's PID 1 exited");
+    if fd.readable().await.is_err() {
+        return;
     }
+    let waited = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(fd.get_ref())),
+        rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+    );
+    let status = match waited {
+        Ok(Some(w)) => match (w.exit_status(), w.terminating_signal()) {
+            (Some(code), _) => Some(ExitStatus::Exited(code)),
+            (None, Some(signal)) => Some(ExitStatus::Killed(signal)),
+            _ => None,
+        },
+        _ => None,
+    };
+    tracing::info!(%name, ?status, "machine's PID 1 exited");
+    if let Some(status) = status
+        && read_status(&name).is_none()
+    {
+        let _ = fs::write(status_path(&name), format!("{}\n", status.to_line()));
+    }
+    if let (Some(ExitStatus::Killed(libc::SIGHUP)), Some(r)) = (status, reboot) {
+        tracing::info!(%name, "machine asked for a reboot; starting it again");
+        if let Err(e) = wait_gone(&r.conn, &name, Duration::from_secs(60)).await {
+            tracing::warn!(%name, "cannot reboot the machine: {e}");
+            return;
+        }
+        match start(&r.conn, &r.machines, r.helper, &name, Attach::Journal).await {
+            Ok(_) => tracing::info!(%name, "machine rebooted"),
+            Err(e) => tracing::warn!(%name, "cannot reboot the machine: {e}"),
+        }
+    }
+}
+
+fn status_path(name: &str) -> PathBuf {
+    Path::new(STATUS_DIR).join(format!("{name}.status"))
+}
+
+/// An empty status file for a start, open for PID 1 to write to.
+fn new_status_file(name: &str) -> Result<OwnedFd, MachineError> {
+    let path = status_path(name);
+    let io_error = |source| MachineError::Io {
+        context: format!("creating {}", path.display()),
+        source,
+    };
+    fs::create_dir_all(STATUS_DIR).map_err(io_error)?;
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(e)),
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&path)
+        .map_err(io_error)?;
+    Ok(OwnedFd::from(file))
+}
+
+/// The last exit status recorded for machine `name`.
+pub fn read_status(name: &str) -> Option<ExitStatus> {
+    ExitStatus::parse(&fs::read_to_string(status_path(name)).ok()?)
+}
+
+/// Waits until machine `name` has stopped; returns how its payload ended (`None` when that
+/// is unknown: it was killed while berthd was not its parent).
+pub async fn wait(conn: &Connection, name: &str) -> Result<Option<ExitStatus>, MachineError> {
+    loop {
+        let Some(running) = state(conn, name).await? else {
+            break;
+        };
+        // Sleep until the leader exits (a pidfd works for any process), then ask again.
+        let pidfd = rustix::process::Pid::from_raw(i32::try_from(running.leader).unwrap_or(0))
+            .and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok()
+            });
+        match pidfd.map(crate::sys::process::register_async) {
+            Some(Ok(fd)) => {
+                let _ = fd.readable().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    // The reaper writes the status of a PID 1 killed outright; give it a moment.
+    for _ in 0..20 {
+        if let Some(status) = read_status(name) {
+            return Ok(Some(status));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(None)
+}
+
+/// Removes ephemeral machine `name` (`berth run --rm`) once it has stopped.
+pub async fn remove_when_stopped(conn: Connection, machines: Machines, name: String) {
+    if let Err(e) = wait(&conn, &name).await {
+        tracing::warn!(%name, "cannot watch ephemeral machine: {e}");
+        return;
+    }
+    let removing = name.clone();
+    match blocking_machine(move || machines.remove(&removing)).await {
+        Ok(()) => tracing::info!(%name, "removed ephemeral machine"),
+        Err(MachineError::NotFound(_)) => {}
+        Err(e) => tracing::warn!(%name, "cannot remove ephemeral machine: {e}"),
+    }
+}
+
+/// After berthd starts: removes ephemeral machines that stopped while it was away, and
+/// watches the running ones.
+pub async fn adopt(conn: &Connection, machines: &Machines) {
+    let Ok(definitions) = machines.list() else {
+        return;
+    };
+    for d in definitions.into_iter().filter(|d| d.ephemeral) {
+        tokio::spawn(remove_when_stopped(conn.clone(), machines.clone(), d.name));
+    }
+}
+
+async fn blocking_machine<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, MachineError> + Send + 'static,
+) -> Result<T, MachineError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| MachineError::InvalidArgument(format!("internal error: {e}")))?
 }
 
 fn spawn_config(machines: &Machines, d: &Definition) -> SpawnConfig {
     SpawnConfig {
+        name: d.name.clone(),
+        payload: match &d.mode {
+            Mode::Boot => Payload::Boot,
+            Mode::App(command) => Payload::App(command.clone()),
+        },
+        stdio: StdioMode::Journal,
+        term: String::new(),
         root: machines.root_of(&d.name),
         hostname: d.hostname.clone(),
         machine_id: d.machine_id.clone(),

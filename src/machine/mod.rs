@@ -7,6 +7,7 @@
 
 mod definition;
 pub mod lifecycle;
+pub mod processes;
 mod uid_range;
 
 use std::fs::{self, File};
@@ -76,6 +77,8 @@ pub struct CreateRequest {
     /// Empty: the machine's name.
     pub hostname: String,
     pub binds: Vec<String>,
+    /// `berth run --rm`: remove the machine once it stops.
+    pub ephemeral: bool,
 }
 
 /// The machine store.
@@ -108,13 +111,13 @@ impl Machines {
 
     /// Creates a machine: validates everything first, then copies the image.
     pub fn create(&self, request: &CreateRequest) -> Result<Definition, MachineError> {
-        name::validate("machine", &request.name)?;
+        name::validate_machine(&request.name)?;
         let hostname = if request.hostname.is_empty() {
             request.name.clone()
         } else {
             request.hostname.clone()
         };
-        name::validate("host", &hostname)?;
+        name::validate_hostname("host", &hostname)?;
         if let Mode::App(command) = &request.mode
             && command.first().is_none_or(String::is_empty)
         {
@@ -167,6 +170,7 @@ impl Machines {
             uid_range,
             storage: "copy".into(),
             created_usec: now_usec(),
+            ephemeral: request.ephemeral,
             binds,
         };
 
@@ -221,7 +225,7 @@ impl Machines {
 
     /// Loads one definition.
     pub fn get(&self, name: &str) -> Result<Definition, MachineError> {
-        name::validate("machine", name)?;
+        name::validate_machine(name)?;
         let path = self.definition_path(name);
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
@@ -257,7 +261,7 @@ impl Machines {
             let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".machine")) else {
                 continue;
             };
-            if name::validate("machine", name).is_ok() {
+            if name::validate_machine(name).is_ok() {
                 machines.push(self.get(name)?);
             }
         }
@@ -282,6 +286,11 @@ impl Machines {
     pub fn clean_stale(&self) -> usize {
         image::clean_staging(&self.roots)
     }
+}
+
+/// A name for a machine `berth run` creates without `--name`: `run-` and 8 hex digits.
+pub fn generated_name() -> Result<String, MachineError> {
+    Ok(format!("run-{}", &new_machine_id()?[..8]))
 }
 
 fn new_machine_id() -> Result<String, MachineError> {

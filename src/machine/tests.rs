@@ -43,6 +43,7 @@ fn request(name: &str) -> CreateRequest {
         mode: Mode::Boot,
         hostname: String::new(),
         binds: Vec::new(),
+        ephemeral: false,
     }
 }
 

@@ -23,7 +23,7 @@ use rustix::mount::{
     MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags,
 };
 
-use super::{RuntimeError, SpawnConfig};
+use super::{Payload, RuntimeError, SpawnConfig, StdioMode};
 use crate::machine::RANGE_SIZE;
 use crate::sys::process::{
     CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_PARENT, Forked,
@@ -42,12 +42,15 @@ pub fn helper_main() -> ExitCode {
         Ok(s) => s,
         Err(_) => return ExitCode::FAILURE,
     });
-    let result = read_line(&mut reader)
-        .and_then(|line| {
-            serde_json::from_str::<SpawnConfig>(&line)
-                .map_err(|e| RuntimeError::step("reading the spawn config", io::Error::other(e)))
-        })
-        .and_then(|config| outer(&config, &socket, &mut reader));
+    let result = receive_fds(&socket).and_then(|fds| {
+        read_line(&mut reader)
+            .and_then(|line| {
+                serde_json::from_str::<SpawnConfig>(&line).map_err(|e| {
+                    RuntimeError::step("reading the spawn config", io::Error::other(e))
+                })
+            })
+            .and_then(|config| outer(&config, fds, &socket, &mut reader))
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -55,6 +58,34 @@ pub fn helper_main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The descriptors berthd passes first: the status file, then maybe stdin, stdout, stderr.
+fn receive_fds(socket: &UnixStream) -> Result<InnerFds, RuntimeError> {
+    let mut byte = [0u8; 1];
+    let (_, fds) = step(
+        "receiving descriptors from berthd",
+        super::fdpass::receive(socket, &mut byte),
+    )?;
+    let mut fds = fds.into_iter();
+    let status = fds.next();
+    let stdio = match (fds.next(), fds.next(), fds.next()) {
+        (Some(stdin), Some(stdout), Some(stderr)) => Some([stdin, stdout, stderr]),
+        _ => None,
+    };
+    Ok(InnerFds {
+        status,
+        stdio,
+        terminal: None,
+    })
+}
+
+/// What PID 1 keeps open for its payload.
+struct InnerFds {
+    status: Option<OwnedFd>,
+    stdio: Option<[OwnedFd; 3]>,
+    /// The terminal's subsidiary side ([`StdioMode::Terminal`]).
+    terminal: Option<OwnedFd>,
 }
 
 fn read_line(reader: &mut impl BufRead) -> Result<String, RuntimeError> {
@@ -82,6 +113,7 @@ fn errno<T>(what: &str, result: rustix::io::Result<T>) -> Result<T, RuntimeError
 /// The helper, in the host's user namespace with a private mount namespace.
 fn outer(
     config: &SpawnConfig,
+    mut fds: InnerFds,
     socket: &UnixStream,
     reader: &mut BufReader<UnixStream>,
 ) -> Result<(), RuntimeError> {
@@ -150,6 +182,13 @@ fn outer(
         mount_fs(fstype, &root.join(dir), flags, &data)?;
     }
     populate_dev(root, base)?;
+    let master = if config.stdio == StdioMode::Terminal {
+        let (master, subsidiary) = open_terminal(root, base, config.payload == Payload::Boot)?;
+        fds.terminal = Some(subsidiary);
+        Some(master)
+    } else {
+        None
+    };
     populate_run_host(config)?;
     for bind in &config.binds {
         let target = inside(root, &bind.destination);
@@ -175,11 +214,16 @@ fn outer(
         crate::sys::process::clone_process(flags),
     )? {
         Forked::Parent { child } => {
-            step("reporting the PID", writeln!(&*socket, "pid {child}"))?;
+            let passed: Vec<_> = master.iter().map(AsFd::as_fd).collect();
+            step(
+                "reporting the PID",
+                super::fdpass::send(socket, format!("pid {child}\n").as_bytes(), &passed),
+            )?;
             Ok(())
         }
         Forked::Child => {
-            let code = match inner(config, socket, reader) {
+            drop(master);
+            let code = match inner(config, fds, socket, reader) {
                 Ok(never) => match never {},
                 Err(e) => {
                     let _ = writeln!(&*socket, "error: {e}");
@@ -394,6 +438,57 @@ fn populate_dev(root: &Path, base: u32) -> Result<(), RuntimeError> {
     )
 }
 
+/// A pseudo-terminal from the machine's own devpts (so it is /dev/pts/N inside, owned by the
+/// machine's root); returns (master, subsidiary). For a booted init it also becomes
+/// /dev/console, as systemd expects of a container with a terminal.
+fn open_terminal(
+    root: &Path,
+    base: u32,
+    console: bool,
+) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    let master = errno(
+        "opening the machine's /dev/pts/ptmx",
+        rustix::fs::open(
+            root.join("dev/pts/ptmx"),
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ),
+    )?;
+    errno("unlocking the terminal", rustix::pty::unlockpt(&master))?;
+    let subsidiary = errno(
+        "opening the terminal",
+        rustix::pty::ioctl_tiocgptpeer(
+            &master,
+            rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY,
+        ),
+    )?;
+    // Owned by the machine's root and its tty group (GID 5), as a login terminal is.
+    errno(
+        "handing the terminal to the machine",
+        rustix::fs::fchown(
+            &subsidiary,
+            Some(rustix::fs::Uid::from_raw(base)),
+            Some(rustix::fs::Gid::from_raw(base + 5)),
+        ),
+    )?;
+    if console {
+        let name = errno(
+            "naming the terminal",
+            rustix::pty::ptsname(&master, Vec::new()),
+        )?;
+        let name = name.to_string_lossy().into_owned();
+        let pts = root.join(name.trim_start_matches('/'));
+        let console = root.join("dev/console");
+        step("creating /dev/console", File::create(&console).map(drop))?;
+        chown(&console, base)?;
+        errno(
+            "binding the terminal to /dev/console",
+            rustix::mount::mount_bind(&pts, &console),
+        )?;
+    }
+    Ok((master, subsidiary))
+}
+
 /// systemd's container interface: /run/host with os-release, container-manager and
 /// container-uuid (copies, so no host path shows in the machine's mount table).
 fn populate_run_host(config: &SpawnConfig) -> Result<(), RuntimeError> {
@@ -435,6 +530,7 @@ pub fn uuid(machine_id: &str) -> String {
 /// The machine's PID 1 before exec: new user, mount, PID, UTS and IPC namespaces.
 fn inner(
     config: &SpawnConfig,
+    fds: InnerFds,
     socket: &UnixStream,
     reader: &mut BufReader<UnixStream>,
 ) -> Result<std::convert::Infallible, RuntimeError> {
@@ -499,6 +595,12 @@ fn inner(
             io::Error::other("unexpected message"),
         ));
     }
+    // An app's output goes to the journal through a stream connected now, from inside the
+    // scope, so journald attributes it to machine-NAME.scope (it looks at the peer's cgroup).
+    let journal = match (&config.payload, config.stdio) {
+        (Payload::App(_), StdioMode::Journal) => Some(super::init::connect_journal(&config.name)),
+        _ => None,
+    };
     // Now in the scope's payload cgroup: that becomes the root of the cgroup namespace.
     step(
         "unsharing the cgroup namespace",
@@ -539,6 +641,33 @@ fn inner(
         rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()),
     )?;
     errno("new session", rustix::process::setsid().map(drop))?;
+    let stdio = match (config.stdio, fds.stdio, fds.terminal, journal) {
+        (StdioMode::Passed, Some(stdio), _, _) => stdio,
+        (StdioMode::Terminal, _, Some(terminal), _) => {
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| RuntimeError::step("dup", e));
+            [dup(&terminal)?, dup(&terminal)?, terminal]
+        }
+        (_, _, _, Some(Ok(journal))) => {
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| RuntimeError::step("dup", e));
+            [dup(&null)?, dup(&journal)?, journal]
+        }
+        (_, _, _, Some(Err(e))) => {
+            eprintln!(
+                "berthd: machine {}: cannot connect to the journal ({e}); its output is discarded",
+                config.name
+            );
+            null_stdio(&null)?
+        }
+        _ => null_stdio(&null)?,
+    };
+    if let Payload::App(command) = &config.payload {
+        let tty = config.stdio == StdioMode::Terminal;
+        let mut env = base_env(config);
+        if tty {
+            env.push(("TERM".into(), config.term.clone()));
+        }
+        super::init::run(command, &env, stdio, tty, fds.status, null, socket);
+    }
     // From here on the socket is gone (stdin is replaced): berthd reads EOF once exec happens.
     let init = [
         "/usr/lib/systemd/systemd",
@@ -553,27 +682,43 @@ fn inner(
             io::Error::other("no /usr/lib/systemd/systemd or /sbin/init in the image"),
         )
     })?;
+    drop(null);
+    let [stdin, stdout, stderr] = stdio;
     let mut command = Command::new(init);
     command
         .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("container", "berth")
-        .env("container_uuid", uuid(&config.machine_id))
-        .env("HOME", "/root")
-        .env("USER", "root")
-        .env("LOGNAME", "root")
-        .stdin(File::from(
-            null.try_clone().map_err(|e| RuntimeError::step("dup", e))?,
-        ))
-        .stdout(File::from(
-            null.try_clone().map_err(|e| RuntimeError::step("dup", e))?,
-        ))
-        .stderr(File::from(null));
+        .envs(base_env(config))
+        .stdin(File::from(stdin))
+        .stdout(File::from(stdout))
+        .stderr(File::from(stderr));
+    if config.stdio == StdioMode::Terminal {
+        command.env("TERM", &config.term);
+    }
     let error = command.exec();
     Err(RuntimeError::step(&format!("executing {init}"), error))
+}
+
+fn null_stdio(null: &OwnedFd) -> Result<[OwnedFd; 3], RuntimeError> {
+    let dup = || null.try_clone().map_err(|e| RuntimeError::step("dup", e));
+    Ok([dup()?, dup()?, dup()?])
+}
+
+/// The environment of PID 1, as systemd's container interface describes it.
+fn base_env(config: &SpawnConfig) -> Vec<(String, String)> {
+    [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        ),
+        ("container", "berth".to_owned()),
+        ("container_uuid", uuid(&config.machine_id)),
+        ("HOME", "/root".to_owned()),
+        ("USER", "root".to_owned()),
+        ("LOGNAME", "root".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 #[cfg(test)]

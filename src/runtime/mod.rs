@@ -4,11 +4,16 @@
 //! berthd never forks itself (it is multi-threaded); it starts `berthd --spawn-machine`
 //! ([`helper::helper_main`]) and talks to it and to the machine's PID 1 over a socket.
 
+pub mod exec;
+mod fdpass;
 pub mod helper;
+mod init;
+
+pub use init::ExitStatus;
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,6 +34,9 @@ pub enum RuntimeError {
     },
     #[error("starting the machine failed: {0}")]
     Machine(String),
+    /// `berth exec` could not run its command.
+    #[error("{0}")]
+    Exec(String),
 }
 
 impl RuntimeError {
@@ -61,11 +69,49 @@ impl From<&Bind> for SpawnBind {
 /// What the spawn helper needs to know.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnConfig {
+    /// The machine name: the journal identifier of an app's output.
+    pub name: String,
     pub root: PathBuf,
     pub hostname: String,
     pub machine_id: String,
     pub uid_base: u32,
     pub binds: Vec<SpawnBind>,
+    pub payload: Payload,
+    /// Where PID 1's standard input and output go.
+    pub stdio: StdioMode,
+    /// `TERM` for a terminal (the caller's).
+    pub term: String,
+}
+
+/// What PID 1 is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Payload {
+    /// The image's init (systemd).
+    Boot,
+    /// berth's small init, running this command.
+    App(Vec<String>),
+}
+
+/// Where the payload's standard input, output and error go.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum StdioMode {
+    /// Output to the journal (SYSLOG_IDENTIFIER=NAME, attributed to the machine's scope),
+    /// input from /dev/null. A booted init gets /dev/null and logs to its own journal.
+    Journal,
+    /// The three descriptors passed with [`SpawnFds::stdio`] (a caller's pipes or files).
+    Passed,
+    /// A new pseudo-terminal in the machine's own devpts; berthd gets its master side
+    /// ([`Launch::terminal`]). A booted init also gets it as /dev/console.
+    Terminal,
+}
+
+/// Descriptors berthd hands to the machine's PID 1.
+#[derive(Debug)]
+pub struct SpawnFds {
+    /// Open for writing: PID 1 (berth's init) writes the payload's exit status here.
+    pub status: OwnedFd,
+    /// stdin, stdout, stderr for [`StdioMode::Passed`].
+    pub stdio: Option<[OwnedFd; 3]>,
 }
 
 /// A machine being started: its PID 1 exists but waits for berthd.
@@ -74,6 +120,8 @@ pub struct Launch {
     socket: UnixStream,
     reader: BufReader<UnixStream>,
     pub pid: i32,
+    /// The master side of the machine's terminal ([`StdioMode::Terminal`]).
+    pub terminal: Option<OwnedFd>,
 }
 
 /// How long each step may take (the VM test host runs code ~20x slower than natively).
@@ -82,7 +130,11 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 impl Launch {
     /// Starts the helper (`helper_binary --spawn-machine`) and waits for the PID of the
     /// machine's PID 1.
-    pub fn spawn(helper_binary: &Path, config: &SpawnConfig) -> Result<Self, RuntimeError> {
+    pub fn spawn(
+        helper_binary: &Path,
+        config: &SpawnConfig,
+        fds: &SpawnFds,
+    ) -> Result<Self, RuntimeError> {
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| RuntimeError::step("creating a socket pair", e))?;
         ours.set_read_timeout(Some(STEP_TIMEOUT))
@@ -101,13 +153,21 @@ impl Launch {
             socket: ours,
             reader: BufReader::new(reader),
             pid: 0,
+            terminal: None,
         };
-        let sent = config_line.and_then(|line| writeln!(&launch.socket, "{line}"));
+        let mut passed = vec![fds.status.as_fd()];
+        if let Some(stdio) = &fds.stdio {
+            passed.extend(stdio.iter().map(AsFd::as_fd));
+        }
+        let sent = fdpass::send(&launch.socket, b"F", &passed)
+            .and(config_line)
+            .and_then(|line| writeln!(&launch.socket, "{line}"));
         let reply = sent
             .map_err(|e| RuntimeError::step("sending the spawn config", e))
-            .and_then(|()| launch.receive());
+            .and_then(|()| launch.receive_with_fd());
         let status = child.wait();
-        let reply = reply?;
+        let (reply, terminal) = reply?;
+        launch.terminal = terminal;
         launch.pid = reply
             .strip_prefix("pid ")
             .and_then(|p| p.parse().ok())
@@ -117,6 +177,29 @@ impl Launch {
                 ))
             })?;
         Ok(launch)
+    }
+
+    /// The helper's first answer, which may carry the terminal's master side.
+    fn receive_with_fd(&mut self) -> Result<(String, Option<OwnedFd>), RuntimeError> {
+        let mut buffer = [0u8; 4096];
+        let (n, fds) = fdpass::receive(&self.socket, &mut buffer)
+            .map_err(|e| RuntimeError::step("waiting for the machine", e))?;
+        let mut text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        if n > 0 && !text.ends_with('\n') {
+            self.reader
+                .read_line(&mut text)
+                .map_err(|e| RuntimeError::step("waiting for the machine", e))?;
+        }
+        if text.is_empty() {
+            return Err(RuntimeError::Machine(
+                "the machine's setup ended without a word".into(),
+            ));
+        }
+        let line = text.trim_end().to_owned();
+        match line.strip_prefix("error: ") {
+            Some(message) => Err(RuntimeError::Machine(message.to_owned())),
+            None => Ok((line, fds.into_iter().next())),
+        }
     }
 
     fn receive(&mut self) -> Result<String, RuntimeError> {

@@ -2,9 +2,11 @@
 //! registration, and what systemd knows about a running machine.
 
 mod scope;
+mod status;
 pub mod unit_name;
 
 pub use scope::{ScopeSpec, scope_properties, start_scope};
+pub use status::{UnitStatus, unit_status};
 
 use thiserror::Error;
 use zbus::Connection;
@@ -42,6 +44,8 @@ pub struct RunningMachine {
     pub leader: u32,
     pub unit: String,
     pub state: String,
+    /// When it was registered, µs since the epoch.
+    pub timestamp_usec: u64,
 }
 
 /// Registers a machine whose leader already runs in its own scope (`RegisterMachine`).
@@ -87,6 +91,7 @@ pub async fn running_machine(
             leader: machine.leader().await?,
             unit: machine.unit().await?,
             state: machine.state().await?,
+            timestamp_usec: machine.timestamp().await?,
         })
     };
     match read.await {
@@ -115,9 +120,20 @@ pub async fn kill_machine_leader(
     name: &str,
     signal: i32,
 ) -> Result<(), SystemdError> {
+    kill_machine(conn, name, false, signal).await
+}
+
+/// Sends `signal` to machine `name` through machined: to its leader, or to all its processes.
+pub async fn kill_machine(
+    conn: &Connection,
+    name: &str,
+    all: bool,
+    signal: i32,
+) -> Result<(), SystemdError> {
     let machined = MachinedProxy::new(conn).await?;
+    let whom = if all { "all" } else { "leader" };
     machined
-        .kill_machine(name.to_owned(), "leader".into(), signal)
+        .kill_machine(name.to_owned(), whom.into(), signal)
         .await?;
     Ok(())
 }

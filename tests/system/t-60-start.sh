@@ -71,7 +71,7 @@ test_61_failed_starts_leave_nothing_behind() {
     expect_ok berth create noinit --image base --boot
     expect_fail "image 'base' of machine 'noinit' has no init to boot" berth start noinit
     expect_ok berth create job --image base -- /bin/true
-    expect_fail "app machine" berth start job
+    expect_fail "executing /bin/true: No such file" berth start job
     expect_fail "no machine named 'ghost'" berth start ghost
     expect_fail "no machine named 'ghost'" berth stop ghost
     expect_fail "machine name" berth start 'a/b'
@@ -105,4 +105,68 @@ test_62_machines_survive_a_berthd_restart() {
     expect_ok berth stop keep
     ! machinectl show keep >/dev/null 2>&1 || fail "still registered after stop"
     expect_ok berth rm keep
+}
+
+# systemd's own tools on a boot machine: exec, journal, status, shell, reboot, stop by unit.
+test_63_boot_machine_and_systemd_tools() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_ok berth create tools --image deb --boot
+    expect_ok berth start tools
+    local state="" i
+    for i in $(seq 60); do
+        state=$(timeout 60 berth exec tools -- systemctl is-system-running --wait 2>/dev/null) && break
+        [[ $state == degraded ]] && break
+        sleep 2
+    done
+    [[ $state == running || $state == degraded ]] || fail "systemd inside is '$state'"
+    # exec: all namespaces, its root, its hostname, a user of its /etc/passwd.
+    [[ $(berth exec tools -- hostname) == tools ]]
+    [[ $(berth exec --user nobody tools -- id -u) == 65534 ]]
+    # Its own journal, from the host.
+    journalctl -M tools -q --no-pager | grep -q "Startup finished" || fail "journalctl -M shows no boot"
+    expect_ok berth logs tools -n 50
+    grep -q "Startup finished" "$OUT"
+    # status: unit, state, limits, the cgroup tree with the machine's systemd in it.
+    expect_ok berth status tools
+    grep -q "Unit: machine-tools.scope (active/running)" "$OUT"
+    grep -q "TasksMax=" "$OUT"
+    grep -q "/payload/init.scope" "$OUT"
+    systemd-cgls --no-pager -u machine-tools.scope | grep -q "systemd" || fail "systemd-cgls shows nothing"
+    systemctl status --no-pager machine-tools.scope >/dev/null || fail "systemctl status fails"
+    machinectl status --no-pager tools | grep -q "machine-tools.scope"
+    # machinectl shell runs a command through the machine's own systemd.
+    timeout 60 machinectl shell tools /bin/sh -c 'echo via-shell >/root/shell-mark' || true
+    [[ $(berth exec tools -- cat /root/shell-mark) == via-shell ]] || fail "machinectl shell did not run"
+    # machinectl kill reaches the machine's processes (SIGHUP makes systemd reload, not die).
+    machinectl kill --signal=SIGUSR2 tools
+    # machinectl reboot: systemd exits with SIGHUP and berthd starts it again.
+    local leader
+    leader=$(machinectl show -p Leader --value tools)
+    machinectl reboot tools
+    for i in $(seq 120); do
+        local now
+        now=$(machinectl show -p Leader --value tools 2>/dev/null) || now=""
+        [[ -n $now && $now != "$leader" ]] && break
+        sleep 0.5
+    done
+    [[ -n $now && $now != "$leader" ]] || fail "no new leader after machinectl reboot"
+    # berth restart gives a new leader too.
+    expect_ok berth restart tools
+    [[ $(machinectl show -p Leader --value tools) != "$now" ]] || fail "restart kept the leader"
+    # Stopping the unit with systemctl stops the machine; berth notices.
+    systemctl stop machine-tools.scope
+    expect_ok berth list
+    grep -Eq '^tools +stopped ' "$OUT" || fail "berth list does not show tools stopped"
+    # machinectl terminate too.
+    expect_ok berth start tools
+    machinectl terminate tools
+    for i in $(seq 60); do machinectl show tools >/dev/null 2>&1 || break; sleep 0.5; done
+    expect_ok berth list
+    grep -Eq '^tools +stopped ' "$OUT" || fail "berth list does not show tools stopped"
+    # rm --force stops a running machine first.
+    expect_ok berth start tools
+    expect_fail "machine 'tools' is running" berth rm tools
+    expect_ok berth rm --force tools
+    [[ ! -e /etc/berth/machines/tools.machine && ! -e /var/lib/berth/machines/tools ]] || fail "left behind"
+    ! machinectl show tools >/dev/null 2>&1 || fail "still registered"
 }

@@ -1,0 +1,171 @@
+# shellcheck shell=bash
+# App machines: berth's init as PID 1, run attached to pipes, the journal, exec, kill.
+
+# Nothing of machine NAME is left: definition, root, scope, registration.
+assert_no_machine() {
+    local name=$1
+    [[ ! -e /etc/berth/machines/$name.machine ]] || fail "definition of $name left"
+    [[ ! -e /var/lib/berth/machines/$name ]] || fail "root of $name left"
+    ! machinectl show "$name" >/dev/null 2>&1 || fail "$name still registered"
+    local unit
+    unit=$(systemd-escape --template=machine-@.scope "$name" 2>/dev/null || echo "machine-$name.scope")
+    [[ $(systemctl is-active "$unit") != active ]] || fail "$unit still active"
+}
+
+test_70_run_returns_exit_status_and_streams() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    local rc=0
+    berth run --rm --image deb -- sh -c 'exit 7' || rc=$?
+    [[ $rc == 7 ]] || fail "exit status $rc, not 7"
+    # stdin reaches the command, its stdout and stderr reach ours.
+    [[ $(echo piped-in | berth run --rm --image deb -- cat) == piped-in ]] || fail "stdin/stdout"
+    [[ $(berth run --rm --image deb -- sh -c 'echo to-stderr >&2' 2>&1 >/dev/null) == to-stderr ]] || fail "stderr"
+    # A signal that kills the command is 128 + N, as in a shell.
+    rc=0
+    berth run --rm --image deb -- sh -c 'kill -TERM $$' || rc=$?
+    [[ $rc == 143 ]] || fail "killed by SIGTERM gave $rc"
+    # Inside: its name as hostname, a private UID range, berth's init as PID 1, the command
+    # as PID 2, the payload cgroup as its cgroup root.
+    local out
+    out=$(berth run --rm --name r1 --image deb -- sh -c 'hostname; cat /proc/self/uid_map; echo pid=$$; cat /proc/self/cgroup')
+    echo "$out"
+    grep -qx r1 <<<"$out" || fail "hostname"
+    grep -Eq '^ +0 +[0-9]+ +65536$' <<<"$out" || fail "uid_map"
+    ! grep -Eq '^ +0 +0 ' <<<"$out" || fail "container root is host root"
+    grep -qx 'pid=2' <<<"$out" || fail "the command is not PID 2"
+    grep -qx '0::/' <<<"$out" || fail "cgroup namespace"
+    assert_no_machine r1
+    # Orphans are reaped by PID 1: no zombie stays behind.
+    out=$(berth run --rm --image deb -- sh -c 'sh -c "sleep 0.2 &"; sleep 1.5; cat /proc/[0-9]*/stat')
+    ! awk '$3 == "Z"' <<<"$out" | grep -q . || fail "zombies: $(awk '$3 == "Z"' <<<"$out")"
+    # Without --rm the machine stays, stopped, with its last exit recorded.
+    berth run --name kept --image deb -- sh -c 'exit 3' || true
+    expect_ok berth list
+    grep -Eq '^kept +stopped ' "$OUT"
+    expect_ok berth status kept
+    grep -q "Last exit: exited 3" "$OUT"
+    expect_ok berth rm kept
+    # A command that does not exist: a clear error and nothing left.
+    expect_fail "executing /no/such/command: No such file" berth run --rm --name nocmd --image deb -- /no/such/command
+    assert_no_machine nocmd
+    expect_fail "executing /no/such/command" berth run --name nocmd2 --image deb -- /no/such/command
+    assert_no_machine nocmd2
+    [[ -z $(machinectl list --no-legend) ]] || fail "registered: $(machinectl list --no-legend)"
+}
+
+test_71_app_machine_logs_to_the_journal() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_ok berth create app1 --image deb -- sh -c 'trap "echo got-term; exit 3" TERM; echo hello-from-app1; while :; do sleep 0.2; done'
+    expect_ok berth start app1
+    local i
+    for i in $(seq 40); do
+        journalctl -q -u machine-app1.scope -o cat | grep -q hello-from-app1 && break
+        sleep 0.5
+    done
+    # Attributed to the scope, under the machine's name.
+    journalctl -q -u machine-app1.scope -o verbose SYSLOG_IDENTIFIER=app1 | grep -q "MESSAGE=hello-from-app1" \
+        || fail "no hello-from-app1 in journalctl -u machine-app1.scope"
+    expect_ok berth logs app1
+    grep -q hello-from-app1 "$OUT"
+    expect_ok berth list
+    grep -Eq '^app1 +running +machine-app1.scope +[0-9]+ +[0-9]+s +deb +app ' "$OUT" || fail "list row"
+    expect_ok berth list --json
+    grep -q '"started_usec"' "$OUT"
+    expect_ok berth status app1
+    grep -q "sleep 0.2" "$OUT" || true
+    grep -q "/payload" "$OUT"
+    [[ $(systemctl show -P Delegate machine-app1.scope) == yes ]]
+    # berth stop: SIGTERM to berth's init, which passes it on; the exit status is kept.
+    expect_ok berth stop app1
+    for i in $(seq 20); do
+        journalctl -q -u machine-app1.scope -o cat | grep -q got-term && break
+        sleep 0.5
+    done
+    journalctl -q -u machine-app1.scope -o cat | grep -q got-term || fail "SIGTERM was not forwarded"
+    expect_ok berth status app1
+    grep -q "Last exit: exited 3" "$OUT"
+    # berth kill, machinectl poweroff and systemctl stop end it too; berth list sees it.
+    expect_ok berth start app1
+    expect_ok berth kill app1 -s TERM
+    for i in $(seq 40); do machinectl show app1 >/dev/null 2>&1 || break; sleep 0.5; done
+    expect_ok berth list
+    grep -Eq '^app1 +stopped ' "$OUT" || fail "kill did not stop it"
+    expect_ok berth start app1
+    machinectl poweroff app1
+    for i in $(seq 40); do machinectl show app1 >/dev/null 2>&1 || break; sleep 0.5; done
+    ! machinectl show app1 >/dev/null 2>&1 || fail "machinectl poweroff did not stop it"
+    expect_ok berth start app1
+    systemctl stop machine-app1.scope
+    expect_ok berth list
+    grep -Eq '^app1 +stopped ' "$OUT" || fail "systemctl stop did not stop it"
+    # Restarting berthd: the app machine keeps running with the same leader.
+    expect_ok berth start app1
+    local leader
+    leader=$(machinectl show -p Leader --value app1)
+    systemctl restart berthd.service
+    expect_ok berth list
+    grep -Eq "^app1 +running +machine-app1.scope +$leader " "$OUT" || fail "not running after restart"
+    expect_ok berth stop app1
+    expect_ok berth rm app1
+}
+
+test_72_exec_runs_inside_a_running_machine() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_ok berth create app2 --image deb -- sleep infinity
+    expect_fail "machine 'app2' is not running" berth exec app2 -- true
+    expect_ok berth start app2
+    [[ $(berth exec app2 -- hostname) == app2 ]] || fail "hostname"
+    local rc=0
+    berth exec app2 -- sh -c 'exit 5' || rc=$?
+    [[ $rc == 5 ]] || fail "exec exit status $rc"
+    [[ $(echo data | berth exec app2 -- cat) == data ]] || fail "exec stdin"
+    [[ $(berth exec --user nobody app2 -- id -un) == nobody ]] || fail "--user"
+    # Same PID namespace (sleep is PID 2), same cgroup namespace root, inside the scope.
+    berth exec app2 -- cat /proc/2/cmdline | tr '\0' ' ' | grep -q "sleep infinity" || fail "pid namespace"
+    [[ $(berth exec app2 -- cat /proc/self/cgroup) == "0::/" ]] || fail "cgroup"
+    berth exec app2 -- sleep 3 &
+    sleep 1.5
+    grep -rqs . /sys/fs/cgroup/machine.slice/machine-app2.scope/payload/cgroup.procs
+    [[ $(wc -l </sys/fs/cgroup/machine.slice/machine-app2.scope/payload/cgroup.procs) -ge 3 ]] \
+        || fail "exec'd process not in the machine's cgroup"
+    wait
+    expect_fail "no user 'ghost' in the machine's /etc/passwd" berth exec --user ghost app2 -- true
+    expect_fail "executing /no/such: No such file" berth exec app2 -- /no/such
+    expect_fail "not authorized to manage machines" as_tester berth exec app2 -- true
+    expect_ok berth stop app2
+    expect_ok berth rm app2
+}
+
+test_73_bad_input_leaves_nothing() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    local name
+    for name in '' '..' 'a/b' '-rf' 'has space' "$(printf 'a%.0s' $(seq 65))" 'my_box' 'web-' 'a..b'; do
+        # Through the API (the CLI would take a leading '-' for an option) and through run.
+        expect_fail "machine name" busctl call org.berth.Berth1 /org/berth/Berth1 \
+            org.berth.Berth1.Manager CreateMachine ssbassas -- "$name" deb true 0 "" 0
+        expect_fail "machine name" berth run --rm --name="$name" --image deb -- true
+    done
+    expect_fail "machine name 'a/b' contains '/'" berth create a/b --image deb --boot
+    expect_fail "machine name 'my_box' contains '_'" berth create my_box --image deb --boot
+    expect_fail "machine name '..' must not start with '.'" berth create .. --image deb --boot
+    expect_fail "no image named 'nosuch'" berth create m1 --image nosuch --boot
+    expect_fail "no image named 'nosuch'" berth run --rm --name m1 --image nosuch -- true
+    assert_no_machine m1
+    expect_fail "hostname" berth create m2 --image deb --boot --hostname 'bad_host'
+    assert_no_machine m2
+    expect_ok berth create m3 --image deb -- sleep infinity
+    expect_fail "machine 'm3' is not running" berth stop m3
+    expect_fail "machine 'm3' is not running" berth exec m3 -- true
+    expect_fail "machine 'm3' is not running" berth kill m3
+    expect_ok berth start m3
+    expect_fail "machine 'm3' is already running" berth start m3
+    expect_fail "'BOGUS' is not a signal" berth kill m3 -s BOGUS
+    expect_fail "no machine named 'ghost'" berth exec ghost -- true
+    expect_fail "no machine named 'ghost'" berth kill ghost
+    expect_fail "no machine named 'ghost'" berth status ghost
+    expect_ok berth rm --force m3
+    assert_no_machine m3
+    [[ -z $(ls /etc/berth/machines) ]] || fail "definitions left: $(ls /etc/berth/machines)"
+    [[ -z $(ls /var/lib/berth/machines) ]] || fail "roots left: $(ls /var/lib/berth/machines)"
+    [[ -z $(systemctl list-units --no-legend 'machine-*.scope') ]] || fail "scopes left"
+}
