@@ -78,6 +78,18 @@ fn terminal_reply(terminal: Option<OwnedFd>) -> Result<zbus::OwnedFd, BusError> 
     Ok(fd.into())
 }
 
+/// Parses `-p` properties and checks them against the running systemd, before anything is
+/// created.
+async fn check_properties(conn: &Connection, properties: &[String]) -> Result<(), BusError> {
+    let parsed = systemd::properties::parse_all(properties)
+        .map_err(|e| BusError::InvalidArgument(e.to_string()))?;
+    match systemd::check_properties(conn, &parsed).await {
+        Ok(()) => Ok(()),
+        Err(systemd::SystemdError::Property(e)) => Err(BusError::InvalidArgument(e.to_string())),
+        Err(e) => Err(MachineError::from(e).into()),
+    }
+}
+
 fn exit_reply(status: Option<ExitStatus>) -> (i32, String) {
     match status {
         Some(status) => (status.code(), status.describe()),
@@ -168,8 +180,9 @@ impl Manager {
     /// Creates machine `name` from image `image`: copies the image to the machine's root,
     /// gives it a UID range of its own, a machine-id and hostname (`hostname`, or `name` when
     /// empty) and stores its definition in /etc/berth/machines/NAME.machine. `boot` runs the
-    /// image's init; otherwise `command` is run. `binds` are `SRC:DST[:ro]`. Needs
-    /// org.berth.berth1.manage-machines.
+    /// image's init; otherwise `command` is run. `binds` are `SRC:DST[:ro]`; `properties` are
+    /// resource-control `NAME=VALUE` assignments in systemd's syntax, checked against the
+    /// running systemd. Needs org.berth.berth1.manage-machines.
     #[zbus(out_args("machine"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth create`
     async fn create_machine(
@@ -180,10 +193,12 @@ impl Manager {
         command: Vec<String>,
         hostname: String,
         binds: Vec<String>,
+        properties: Vec<String>,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<MachineEntry, BusError> {
         authorize(conn, &header, Action::ManageMachines).await?;
+        check_properties(conn, &properties).await?;
         let mode = match (boot, command.is_empty()) {
             (true, true) => Mode::Boot,
             (false, false) => Mode::App(command),
@@ -205,6 +220,7 @@ impl Manager {
             hostname,
             binds,
             ephemeral: false,
+            properties,
         };
         let machines = self.machines.clone();
         tracing::info!(name = %request.name, image = %request.image, "creating machine");
@@ -253,6 +269,7 @@ impl Manager {
         command: Vec<String>,
         hostname: String,
         binds: Vec<String>,
+        properties: Vec<String>,
         remove: bool,
         tty: bool,
         stdin: zbus::OwnedFd,
@@ -263,6 +280,7 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, zbus::OwnedFd), BusError> {
         authorize(conn, &header, Action::ManageMachines).await?;
+        check_properties(conn, &properties).await?;
         let mode = match (boot, command.is_empty()) {
             (true, true) => Mode::Boot,
             (false, false) => Mode::App(command),
@@ -289,6 +307,7 @@ impl Manager {
             hostname,
             binds,
             ephemeral: remove,
+            properties,
         };
         let machines = self.machines.clone();
         tracing::info!(%name, image = %request.image, remove, tty, "running machine");

@@ -37,6 +37,7 @@ pub trait Manager {
         command: &[String],
         hostname: &str,
         binds: &[String],
+        properties: &[String],
     ) -> zbus::Result<MachineEntry>;
 
     fn remove_machine(&self, name: &str) -> zbus::Result<()>;
@@ -56,6 +57,7 @@ pub trait Manager {
         command: &[String],
         hostname: &str,
         binds: &[String],
+        properties: &[String],
         remove: bool,
         tty: bool,
         stdin: zbus::Fd<'_>,

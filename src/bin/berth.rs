@@ -101,6 +101,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             boot,
             hostname,
             binds,
+            properties,
             command,
         } => {
             if !boot && command.is_empty() {
@@ -114,6 +115,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     &command,
                     hostname.as_deref().unwrap_or(""),
                     &binds,
+                    &properties,
                 )
                 .await?;
             println!(
@@ -159,6 +161,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             boot,
             hostname,
             binds,
+            properties,
             command,
         } => {
             if !boot && command.is_empty() {
@@ -180,6 +183,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     &command,
                     hostname.as_deref().unwrap_or(""),
                     &binds,
+                    &properties,
                     rm,
                     tty,
                     stdin.as_fd().into(),

@@ -96,6 +96,11 @@ pub enum Command {
         /// Bind-mount a host path into the machine; repeatable.
         #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
         binds: Vec<String>,
+        /// A resource-control property of the machine's scope in systemd's syntax
+        /// (systemd.resource-control(5)), e.g. MemoryMax=1G, CPUQuota=50%,
+        /// IOWeight=200, "IODeviceWeight=/dev/vda 500"; repeatable.
+        #[arg(short = 'p', long = "property", value_name = "NAME=VALUE")]
+        properties: Vec<String>,
         /// The command an app machine runs (after '--').
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -142,6 +147,11 @@ pub enum Command {
         /// Bind-mount a host path into the machine; repeatable.
         #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
         binds: Vec<String>,
+        /// A resource-control property of the machine's scope in systemd's syntax
+        /// (systemd.resource-control(5)), e.g. MemoryMax=1G, CPUQuota=50%,
+        /// IOWeight=200, "IODeviceWeight=/dev/vda 500"; repeatable.
+        #[arg(short = 'p', long = "property", value_name = "NAME=VALUE")]
+        properties: Vec<String>,
         /// The command to run (after '--').
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,

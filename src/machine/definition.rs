@@ -16,6 +16,10 @@
 //!
 //! [Files]
 //! Bind=/srv/data:/data:ro
+//!
+//! [Resources]               # -p properties, in systemd's syntax, applied to the scope
+//! MemoryMax=1G
+//! IODeviceWeight=/dev/vda 200
 //! ```
 
 use std::fmt::Write as _;
@@ -111,6 +115,8 @@ pub struct Definition {
     /// Removed (definition and root) once it stops: `berth run --rm`.
     pub ephemeral: bool,
     pub binds: Vec<Bind>,
+    /// Resource-control properties (`NAME=VALUE`, systemd's syntax), in order.
+    pub properties: Vec<String>,
 }
 
 impl Definition {
@@ -147,6 +153,12 @@ impl Definition {
                 let _ = writeln!(out, "Bind={}", bind.to_spec());
             }
         }
+        if !self.properties.is_empty() {
+            out.push_str("\n[Resources]\n");
+            for property in &self.properties {
+                let _ = writeln!(out, "{property}");
+            }
+        }
         out
     }
 
@@ -163,6 +175,7 @@ impl Definition {
         let mut created_usec = 0;
         let mut ephemeral = false;
         let mut binds = Vec::new();
+        let mut properties = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim_start();
             let syntax = |message: &str| DefinitionError::Syntax {
@@ -213,6 +226,12 @@ impl Definition {
                     }
                 }
                 ("Files", "Bind") => binds.push(Bind::parse(value)?),
+                ("Resources", _) => {
+                    let assignment = format!("{key}={value}");
+                    crate::systemd::properties::Property::parse(&assignment)
+                        .map_err(|e| syntax(&e.to_string()))?;
+                    properties.push(assignment);
+                }
                 _ => return Err(syntax(&format!("unknown key {key} in [{section}]"))),
             }
         }
@@ -267,6 +286,7 @@ impl Definition {
             created_usec,
             ephemeral,
             binds,
+            properties,
         })
     }
 }
@@ -297,6 +317,7 @@ mod tests {
             created_usec: 42,
             ephemeral: true,
             binds: vec![Bind::parse("/srv/data:/data:ro").expect("bind")],
+            properties: vec!["MemoryMax=1G".into(), "IODeviceWeight=/dev/vda 200".into()],
         }
     }
 

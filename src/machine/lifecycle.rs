@@ -164,6 +164,16 @@ async fn bring_up(
             leader: u32::try_from(pid)
                 .map_err(|_| MachineError::InvalidArgument("bad pid".into()))?,
             leader_pidfd: pidfd.map(std::os::fd::AsFd::as_fd),
+            properties: crate::systemd::properties::parse_all(&definition.properties)
+                .map_err(|e| MachineError::InvalidArgument(e.to_string()))
+                .and_then(|props| {
+                    crate::systemd::properties::encode(&props).map_err(|source| {
+                        MachineError::Systemd(crate::systemd::SystemdError::Encode {
+                            name: "property",
+                            source,
+                        })
+                    })
+                })?,
         };
         systemd::start_scope(conn, &spec).await?;
         runtime::delegate_payload_cgroup(&Path::new(MACHINE_SLICE_CGROUP).join(&unit), pid, base)?;

@@ -79,6 +79,8 @@ pub struct CreateRequest {
     pub binds: Vec<String>,
     /// `berth run --rm`: remove the machine once it stops.
     pub ephemeral: bool,
+    /// `-p NAME=VALUE` resource properties (checked against systemd by the caller).
+    pub properties: Vec<String>,
 }
 
 /// The machine store.
@@ -147,6 +149,17 @@ impl Machines {
                 Ok(bind)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let properties = crate::systemd::properties::parse_all(&request.properties)
+            .map_err(|e| MachineError::InvalidArgument(e.to_string()))?;
+        if let Some(device) = properties
+            .iter()
+            .filter_map(|p| p.device())
+            .find(|d| !Path::new(d).exists())
+        {
+            return Err(MachineError::InvalidArgument(format!(
+                "device {device} of a -p property does not exist on the host"
+            )));
+        }
         let image = self.pool.get(&request.image)?;
 
         let _guard = self
@@ -172,6 +185,7 @@ impl Machines {
             created_usec: now_usec(),
             ephemeral: request.ephemeral,
             binds,
+            properties: properties.iter().map(|p| p.assignment()).collect(),
         };
 
         self.pool.copy_image(&image.name, &root, |tree| {

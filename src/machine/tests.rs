@@ -44,6 +44,7 @@ fn request(name: &str) -> CreateRequest {
         hostname: String::new(),
         binds: Vec::new(),
         ephemeral: false,
+        properties: Vec::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The only client of systemd1 and machine1: transient scopes for machines, machined
 //! registration, and what systemd knows about a running machine.
 
+pub mod properties;
 mod scope;
 mod status;
 pub mod unit_name;
@@ -23,6 +24,8 @@ pub enum SystemdError {
     JobFailed { unit: String, result: String },
     #[error("systemd-machined refused to register machine '{name}': {message}")]
     Register { name: String, message: String },
+    #[error(transparent)]
+    Property(#[from] properties::PropertyError),
     #[error("encoding the property {name}: {source}")]
     Encode {
         name: &'static str,
@@ -36,6 +39,44 @@ impl SystemdError {
     pub fn is_gone(&self) -> bool {
         matches!(self, Self::Bus(e) if is_gone(e))
     }
+}
+
+/// The properties the running systemd's Scope interface has, and its version: what `-p`
+/// properties are checked against (Debian 12 ships 252; newer ones know more).
+pub async fn scope_property_names(
+    conn: &Connection,
+) -> Result<(std::collections::BTreeSet<String>, String), SystemdError> {
+    let introspect = zbus::fdo::IntrospectableProxy::builder(conn)
+        .destination("org.freedesktop.systemd1")
+        .path("/org/freedesktop/systemd1/unit/init_2escope")
+        .build()
+        .await?;
+    let xml = introspect.introspect().await.map_err(zbus::Error::from)?;
+    let mut names = std::collections::BTreeSet::new();
+    if let Some(start) = xml.find("<interface name=\"org.freedesktop.systemd1.Scope\">") {
+        let body = &xml[start..];
+        let body = &body[..body.find("</interface>").unwrap_or(body.len())];
+        for part in body.split("<property name=\"").skip(1) {
+            if let Some(end) = part.find('"') {
+                names.insert(part[..end].to_owned());
+            }
+        }
+    }
+    let version = SystemdProxy::new(conn).await?.version().await?;
+    Ok((names, version))
+}
+
+/// Checks `-p` properties against what the running systemd supports.
+pub async fn check_properties(
+    conn: &Connection,
+    props: &[properties::Property],
+) -> Result<(), SystemdError> {
+    if props.is_empty() {
+        return Ok(());
+    }
+    let (names, version) = scope_property_names(conn).await?;
+    properties::check_supported(props, &names, &version)?;
+    Ok(())
 }
 
 /// What machined says about a registered machine.

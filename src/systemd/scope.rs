@@ -19,6 +19,8 @@ pub struct ScopeSpec<'a> {
     pub leader: u32,
     /// The leader as a pidfd, for systemd ≥ 255 (race-free); `None` sends only `PIDs`.
     pub leader_pidfd: Option<BorrowedFd<'a>>,
+    /// The machine's `-p` properties, encoded; they win over berth's defaults.
+    pub properties: Vec<(String, OwnedVariant)>,
 }
 
 fn push<'v>(
@@ -45,7 +47,10 @@ pub fn scope_properties(spec: &ScopeSpec<'_>, use_pidfd: bool) -> Result<Propert
     push(&mut props, "CollectMode", "inactive-or-failed")?;
     // No AddRef: it pins the unit to the caller's bus connection, and berthd's lives on, so a
     // stopped machine's scope would never be collected and the next start would fail.
-    push(&mut props, "TasksMax", 16_384u64)?;
+    let user_sets = |name: &str| spec.properties.iter().any(|(n, _)| n.starts_with(name));
+    if !user_sets("TasksMax") {
+        push(&mut props, "TasksMax", 16_384u64)?;
+    }
     push(&mut props, "DevicePolicy", "closed")?;
     push(
         &mut props,
@@ -55,6 +60,13 @@ pub fn scope_properties(spec: &ScopeSpec<'_>, use_pidfd: bool) -> Result<Propert
             ("char-pts".to_owned(), "rw".to_owned()),
         ],
     )?;
+    for (name, value) in &spec.properties {
+        let value = value.try_clone().map_err(|source| SystemdError::Encode {
+            name: "property",
+            source,
+        })?;
+        props.push((name.clone(), value));
+    }
     Ok(props)
 }
 
@@ -125,6 +137,7 @@ mod tests {
             description: "Container web".into(),
             leader: 4242,
             leader_pidfd: None,
+            properties: Vec::new(),
         };
         let props = scope_properties(&spec, true).expect("encode");
         let sigs: Vec<String> = props

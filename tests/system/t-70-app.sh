@@ -8,7 +8,7 @@ assert_no_machine() {
     [[ ! -e /var/lib/berth/machines/$name ]] || fail "root of $name left"
     ! machinectl show "$name" >/dev/null 2>&1 || fail "$name still registered"
     local unit
-    unit=$(systemd-escape --template=machine-@.scope "$name" 2>/dev/null || echo "machine-$name.scope")
+    unit="machine-$(systemd-escape "$name").scope"
     [[ $(systemctl is-active "$unit") != active ]] || fail "$unit still active"
 }
 
@@ -51,6 +51,13 @@ test_70_run_returns_exit_status_and_streams() {
     expect_fail "executing /no/such/command" berth run --name nocmd2 --image deb -- /no/such/command
     assert_no_machine nocmd2
     [[ -z $(machinectl list --no-legend) ]] || fail "registered: $(machinectl list --no-legend)"
+    # On a terminal, the command gets a new terminal of the machine's own devpts, and the
+    # caller's keystrokes reach it.
+    out=$(printf 'typed-in\n' | script -qec "berth run --rm --name tty1 --image deb -- sh -c 'tty; read line; echo got:\$line'" /dev/null)
+    echo "$out"
+    grep -q '^/dev/pts/0' <<<"$out" || fail "no terminal of the machine's devpts"
+    grep -q 'got:typed-in' <<<"$out" || fail "keystrokes did not reach the command"
+    assert_no_machine tty1
 }
 
 test_71_app_machine_logs_to_the_journal() {
@@ -111,6 +118,7 @@ test_71_app_machine_logs_to_the_journal() {
 
 test_72_exec_runs_inside_a_running_machine() {
     [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    local out
     expect_ok berth create app2 --image deb -- sleep infinity
     expect_fail "machine 'app2' is not running" berth exec app2 -- true
     expect_ok berth start app2
@@ -129,6 +137,11 @@ test_72_exec_runs_inside_a_running_machine() {
     [[ $(wc -l </sys/fs/cgroup/machine.slice/machine-app2.scope/payload/cgroup.procs) -ge 3 ]] \
         || fail "exec'd process not in the machine's cgroup"
     wait
+    out=$(script -qec "berth exec app2 -- sh -c 'tty; echo TERM=\$TERM'" /dev/null)
+    echo "$out"
+    # (script may send a NUL at the end of its input, which the terminal echoes as ^@.)
+    grep -q '/dev/pts/[0-9]' <<<"$out" || fail "exec on a terminal got no terminal"
+    grep -q '^TERM=' <<<"$out" || fail "no TERM"
     expect_fail "no user 'ghost' in the machine's /etc/passwd" berth exec --user ghost app2 -- true
     expect_fail "executing /no/such: No such file" berth exec app2 -- /no/such
     expect_fail "not authorized to manage machines" as_tester berth exec app2 -- true
@@ -142,7 +155,7 @@ test_73_bad_input_leaves_nothing() {
     for name in '' '..' 'a/b' '-rf' 'has space' "$(printf 'a%.0s' $(seq 65))" 'my_box' 'web-' 'a..b'; do
         # Through the API (the CLI would take a leading '-' for an option) and through run.
         expect_fail "machine name" busctl call org.berth.Berth1 /org/berth/Berth1 \
-            org.berth.Berth1.Manager CreateMachine ssbassas -- "$name" deb true 0 "" 0
+            org.berth.Berth1.Manager CreateMachine ssbassasas -- "$name" deb true 0 "" 0 0
         expect_fail "machine name" berth run --rm --name="$name" --image deb -- true
     done
     expect_fail "machine name 'a/b' contains '/'" berth create a/b --image deb --boot
@@ -168,4 +181,50 @@ test_73_bad_input_leaves_nothing() {
     [[ -z $(ls /etc/berth/machines) ]] || fail "definitions left: $(ls /etc/berth/machines)"
     [[ -z $(ls /var/lib/berth/machines) ]] || fail "roots left: $(ls /var/lib/berth/machines)"
     [[ -z $(systemctl list-units --no-legend 'machine-*.scope') ]] || fail "scopes left"
+}
+
+# -p: systemd's resource-control properties on the machine's scope, checked before anything
+# is created.
+test_74_properties_reach_the_scope() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    local disk
+    disk=$(lsblk -ndo PATH | head -1)
+    expect_ok berth create lim --image deb -p MemoryMax=256M -p CPUQuota=50% -p TasksMax=100 \
+        -p IOWeight=200 -p "IODeviceWeight=$disk 300" -p CPUWeight=idle -p MemoryHigh=50% -- sleep infinity
+    grep -q '^\[Resources\]' /etc/berth/machines/lim.machine
+    grep -qx 'MemoryMax=256M' /etc/berth/machines/lim.machine
+    expect_ok berth start lim
+    local unit=machine-lim.scope
+    [[ $(systemctl show -P MemoryMax $unit) == 268435456 ]] || fail "MemoryMax $(systemctl show -P MemoryMax $unit)"
+    [[ $(systemctl show -P CPUQuotaPerSecUSec $unit) == 500ms ]] || fail "CPUQuota $(systemctl show -P CPUQuotaPerSecUSec $unit)"
+    [[ $(systemctl show -P TasksMax $unit) == 100 ]] || fail "TasksMax"
+    [[ $(systemctl show -P IOWeight $unit) == 200 ]] || fail "IOWeight"
+    systemctl show -P IODeviceWeight $unit | grep -q "$disk 300" || fail "IODeviceWeight $(systemctl show -P IODeviceWeight $unit)"
+    [[ $(systemctl show -P MemoryHigh $unit) != infinity ]] || fail "MemoryHigh=50% not applied"
+    [[ $(cat /sys/fs/cgroup/machine.slice/$unit/memory.max) == 268435456 ]] || fail "memory.max"
+    [[ $(cat /sys/fs/cgroup/machine.slice/$unit/cpu.max) == "50000 100000" ]] || fail "cpu.max $(cat /sys/fs/cgroup/machine.slice/$unit/cpu.max)"
+    expect_ok berth status lim
+    grep -q "MemoryMax=268435456" "$OUT"
+    expect_ok berth rm --force lim
+    # run takes -p too.
+    berth run --rm --name prun --image deb -p MemoryMax=300M -- sleep 5 &
+    local i
+    for i in $(seq 120); do
+        [[ $(systemctl is-active machine-prun.scope) == active ]] && break
+        sleep 0.5
+    done
+    [[ $(systemctl show -P MemoryMax machine-prun.scope) == 314572800 ]] || fail "run -p MemoryMax"
+    wait
+    assert_no_machine prun
+    # Bad properties: named in the error, nothing created.
+    expect_fail "unknown property 'Bogus'" berth create p1 --image deb -p Bogus=1 --boot
+    assert_no_machine p1
+    expect_fail "MemoryMax=lots: expected a size" berth create p1 --image deb -p MemoryMax=lots --boot
+    assert_no_machine p1
+    expect_fail "CPUQuota=50: expected a percentage" berth run --rm --name p1 --image deb -p CPUQuota=50 -- true
+    assert_no_machine p1
+    expect_fail "device /dev/nosuch of a -p property does not exist" berth create p1 --image deb -p "IOWeight=100" -p "IODeviceWeight=/dev/nosuch 100" --boot
+    assert_no_machine p1
+    expect_fail "is not NAME=VALUE" berth create p1 --image deb -p MemoryMax --boot
+    assert_no_machine p1
 }
