@@ -1,4 +1,4 @@
-//! berth: the command-line client. Every verb is one D-Bus call to berthd; errors arrive as
+//! berth: the command-line client. Every verb is a D-Bus call to berthd; errors arrive as
 //! one line on stderr and a non-zero exit status.
 
 use std::fs::File;

@@ -1,4 +1,4 @@
-//! The `berth` command line: clap definitions and output formatting only. Every verb is one
+//! The `berth` command line: clap definitions and output formatting only. Every verb is a
 //! D-Bus call to berthd (see `src/bin/berth.rs`).
 
 pub mod format;

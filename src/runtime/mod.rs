@@ -257,10 +257,12 @@ impl Launch {
         }
     }
 
-    /// Kills PID 1 of a launch that will not complete.
+    /// Kills PID 1 of a launch that will not complete, and reaps it (it is berthd's child;
+    /// when a reaper task already waits for it, that one gets it instead).
     pub fn abort(&self) {
         if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
         }
     }
 }
