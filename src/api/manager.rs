@@ -13,10 +13,10 @@ use zbus::message::Header;
 use zbus::{Connection, interface};
 
 use super::polkit::{Action, authorize};
-use super::{BusError, ImageEntry, ImportResult, MachineEntry, MachineStatus};
+use super::{BusError, ImageEntry, ImportResult, MachineEntry, MachineStatus, UsageEntry};
 use crate::image::Pool;
 use crate::machine::lifecycle::{Attach, Started};
-use crate::machine::{CreateRequest, MachineError, Machines, Mode, lifecycle, processes};
+use crate::machine::{CreateRequest, MachineError, Machines, Mode, lifecycle, processes, usage};
 use crate::runtime::ExitStatus;
 use crate::runtime::exec::{Exec, ExecConfig};
 use crate::systemd::{self, unit_name};
@@ -509,6 +509,97 @@ impl Manager {
         .await?;
         let definition = self.machines.get(&name)?;
         self.entry(conn, definition).await
+    }
+
+    /// Sets resource-control `properties` (NAME=VALUE, systemd's syntax) of machine `name`:
+    /// applied at once to its running scope with SetUnitProperties, and recorded in its
+    /// definition for the next starts, unless `runtime` (then it must be running). Every value
+    /// is checked first; an invalid one changes nothing. Needs
+    /// org.berth.berth1.manage-machines.
+    async fn set_properties(
+        &self,
+        name: String,
+        properties: Vec<String>,
+        runtime: bool,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        self.machines.get(&name)?;
+        if properties.is_empty() {
+            return Err(BusError::InvalidArgument(
+                "no property to set: give NAME=VALUE, e.g. CPUWeight=80".into(),
+            ));
+        }
+        check_properties(conn, &properties).await?;
+        let parsed = systemd::properties::parse_all(&properties)
+            .map_err(|e| BusError::InvalidArgument(e.to_string()))?;
+        Machines::check_devices(&parsed)?;
+        let running = lifecycle::state(conn, &name).await?;
+        match &running {
+            Some(r) => {
+                tracing::info!(%name, ?properties, "setting properties of running machine");
+                systemd::set_unit_properties(conn, &r.unit, &parsed)
+                    .await
+                    .map_err(MachineError::from)?;
+            }
+            None if runtime => {
+                return Err(BusError::InvalidState(format!(
+                    "machine '{name}' is not running, so --runtime has nothing to change; leave --runtime out to change its definition"
+                )));
+            }
+            None => {}
+        }
+        if !runtime {
+            let machines = self.machines.clone();
+            blocking(move || machines.set_properties(&name, &parsed)).await?;
+        }
+        Ok(())
+    }
+
+    /// What running machines use now (all of them when `names` is empty), read from their
+    /// scopes' cgroup files. Open to everyone.
+    #[zbus(out_args("usage"))]
+    async fn machine_usage(
+        &self,
+        names: Vec<String>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<UsageEntry>, BusError> {
+        let names = if names.is_empty() {
+            let machines = self.machines.clone();
+            blocking(move || machines.list())
+                .await?
+                .into_iter()
+                .map(|d| d.name)
+                .collect()
+        } else {
+            for name in &names {
+                self.machines.get(name)?;
+            }
+            names
+        };
+        let mut out = Vec::new();
+        for name in names {
+            let Some(running) = lifecycle::state(conn, &name).await? else {
+                continue;
+            };
+            let cgroup = Path::new(MACHINE_SLICE_CGROUP).join(&running.unit);
+            let sample = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            let u = blocking(move || Ok::<_, BusError>(usage::read(&cgroup))).await?;
+            let or_max = |v: Option<u64>| v.unwrap_or(u64::MAX);
+            out.push(UsageEntry {
+                name,
+                sample_usec: u64::try_from(sample.tv_sec).unwrap_or(0) * 1_000_000
+                    + u64::try_from(sample.tv_nsec).unwrap_or(0) / 1000,
+                cpu_usec: or_max(u.cpu_usec),
+                memory_bytes: or_max(u.memory_bytes),
+                memory_peak_bytes: or_max(u.memory_peak_bytes),
+                io_read_bytes: or_max(u.io_read_bytes),
+                io_write_bytes: or_max(u.io_write_bytes),
+                tasks: or_max(u.tasks),
+            });
+        }
+        Ok(out)
     }
 
     /// Machine `name` and its scope: state, accounting, limits and processes. Open to

@@ -2,7 +2,7 @@
 
 use zbus::proxy;
 
-use super::{ImageEntry, ImportResult, MachineEntry, MachineStatus};
+use super::{ImageEntry, ImportResult, MachineEntry, MachineStatus, UsageEntry};
 
 #[proxy(
     interface = "org.berth.Berth1.Manager",
@@ -88,6 +88,10 @@ pub trait Manager {
     fn restart_machine(&self, name: &str, timeout_sec: u32) -> zbus::Result<MachineEntry>;
 
     fn machine_status(&self, name: &str) -> zbus::Result<MachineStatus>;
+
+    fn set_properties(&self, name: &str, properties: &[String], runtime: bool) -> zbus::Result<()>;
+
+    fn machine_usage(&self, names: &[String]) -> zbus::Result<Vec<UsageEntry>>;
 
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;

@@ -123,6 +123,22 @@ impl MachineEntry {
     }
 }
 
+/// What a running machine uses now, `(sttttttt)`, read from its scope's cgroup files: name,
+/// sample time (µs, CLOCK_MONOTONIC), CPU time (µs), memory now, memory peak, IO read bytes,
+/// IO written bytes, tasks. `u64::MAX` where the kernel doesn't say (controller off, no
+/// memory.peak before Linux 5.19).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct UsageEntry {
+    pub name: String,
+    pub sample_usec: u64,
+    pub cpu_usec: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
+    pub tasks: u64,
+}
+
 /// `berth status`: the machine, and its scope as systemd sees it. Signature
 /// `((ssssssasustsutbs)sssttta(ss)a(sus))`: machine, active state, sub state, control group,
 /// tasks, memory bytes, CPU time in ns (u64::MAX when unknown), limits (property, value),

@@ -248,12 +248,64 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 machine.name, machine.unit, machine.leader
             );
         }
+        Command::Set {
+            name,
+            properties,
+            runtime,
+        } => {
+            manager.set_properties(&name, &properties, runtime).await?;
+            let running = manager
+                .list_machines()
+                .await?
+                .into_iter()
+                .any(|m| m.name == name && m.state == "running");
+            println!(
+                "Set {} on machine '{name}'{}.",
+                properties.join(" "),
+                match (running, runtime) {
+                    (true, true) => " (running scope only)",
+                    (true, false) => " (running scope and definition)",
+                    _ => " (definition; applies at the next start)",
+                }
+            );
+        }
+        Command::Top { delay, once } => {
+            let interval = std::time::Duration::from_secs_f64(delay.clamp(0.2, 3600.0));
+            let mut before = manager.machine_usage(&[]).await?;
+            let interactive = !once && std::io::stdout().is_terminal();
+            loop {
+                tokio::time::sleep(interval).await;
+                let now = manager.machine_usage(&[]).await?;
+                if interactive {
+                    print!("\x1b[H\x1b[2J");
+                }
+                if now.is_empty() {
+                    println!("No running machines.");
+                } else {
+                    println!("{}", format::usage_table(&before, &now));
+                }
+                if !interactive {
+                    break;
+                }
+                before = now;
+            }
+        }
         Command::Status { name, json } => {
             let status = manager.machine_status(&name).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", format::status(&status, now_usec()));
+                let mut usage = String::new();
+                if status.machine.state == "running" {
+                    let names = [name.clone()];
+                    let before = manager.machine_usage(&names).await?;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    let now = manager.machine_usage(&names).await?;
+                    if let Some(now) = now.first() {
+                        usage = format::usage_lines(before.first(), now);
+                    }
+                }
+                print!("{}", format::status(&status, now_usec(), &usage));
                 let _ = std::io::Write::flush(&mut std::io::stdout());
                 let mut journal = std::process::Command::new("journalctl");
                 journal.args(["--no-pager", "-n", "10", "-q"]);

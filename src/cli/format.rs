@@ -1,6 +1,6 @@
 //! Output formatting for the CLI.
 
-use crate::api::{ImageEntry, MachineEntry, MachineStatus};
+use crate::api::{ImageEntry, MachineEntry, MachineStatus, UsageEntry};
 use crate::machine::RANGE_SIZE;
 
 /// Bytes in the binary units `ls -h` and systemctl use: `512B`, `1.5K`, `271.3M`.
@@ -168,13 +168,93 @@ fn limit(value: u64) -> String {
     }
 }
 
-/// `berth status`: like the top of `systemctl status`.
-pub fn status(st: &MachineStatus, now_usec: u64) -> String {
-    let m = &st.machine;
+/// `berth top`'s table: each machine's use now, CPU % from the two samples.
+pub fn usage_table(before: &[UsageEntry], now: &[UsageEntry]) -> String {
+    let known = |v: u64, f: &dyn Fn(u64) -> String| {
+        if v == u64::MAX { "-".to_owned() } else { f(v) }
+    };
+    let rows: Vec<Vec<String>> = now
+        .iter()
+        .map(|u| {
+            vec![
+                u.name.clone(),
+                cpu_percent(before.iter().find(|b| b.name == u.name), u),
+                known(u.cpu_usec, &|v| format!("{:.1}s", v as f64 / 1e6)),
+                known(u.memory_bytes, &size),
+                known(u.memory_peak_bytes, &size),
+                known(u.io_read_bytes, &size),
+                known(u.io_write_bytes, &size),
+                known(u.tasks, &|v| v.to_string()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "CPU%", "CPU-TIME", "MEMORY", "PEAK", "IO-READ", "IO-WRITE", "TASKS",
+        ],
+        &rows,
+    )
+}
+
+/// CPU use between two samples, in percent of one CPU.
+pub fn cpu_percent(before: Option<&UsageEntry>, now: &UsageEntry) -> String {
+    match before {
+        Some(b)
+            if b.cpu_usec != u64::MAX
+                && now.cpu_usec != u64::MAX
+                && now.sample_usec > b.sample_usec =>
+        {
+            let used = now.cpu_usec.saturating_sub(b.cpu_usec) as f64;
+            let elapsed = (now.sample_usec - b.sample_usec) as f64;
+            format!("{:.1}", 100.0 * used / elapsed)
+        }
+        _ => "-".into(),
+    }
+}
+
+/// The usage lines of `berth status`.
+pub fn usage_lines(before: Option<&UsageEntry>, now: &UsageEntry) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:>12}: {v}\n"));
+    let known = |v: u64, f: &dyn Fn(u64) -> String| {
+        if v == u64::MAX { "-".to_owned() } else { f(v) }
+    };
+    line(
+        "CPU now",
+        format!(
+            "{}% of one CPU, {} in all",
+            cpu_percent(before, now),
+            known(now.cpu_usec, &|v| format!("{:.3}s", v as f64 / 1e6))
+        ),
+    );
+    line(
+        "Memory now",
+        format!(
+            "{} (peak {})",
+            known(now.memory_bytes, &size),
+            known(now.memory_peak_bytes, &size)
+        ),
+    );
+    line(
+        "IO",
+        format!(
+            "{} read, {} written",
+            known(now.io_read_bytes, &size),
+            known(now.io_write_bytes, &size)
+        ),
+    );
+    out
+}
+
+/// `berth status`: like the top of `systemctl status`.
+/// `usage` (from [`usage_lines`]) goes after the scope's accounting.
+pub fn status(st: &MachineStatus, now_usec: u64, usage: &str) -> String {
+    let m = &st.machine;
+    let mut out = String::new();
+    let line = |out: &mut String, k: &str, v: String| out.push_str(&format!("{k:>12}: {v}\n"));
     let dot = if m.state == "running" { "●" } else { "○" };
     line(
+        &mut out,
         &format!("{dot} {}", m.name),
         format!("{} machine from image {}", m.mode, m.image),
     );
@@ -187,39 +267,43 @@ pub fn status(st: &MachineStatus, now_usec: u64) -> String {
             uptime(m.started_usec, now_usec)
         )
     };
-    line("State", format!("{}{since}", m.state));
+    line(&mut out, "State", format!("{}{since}", m.state));
     if !m.last_exit.is_empty() {
-        line("Last exit", m.last_exit.clone());
+        line(&mut out, "Last exit", m.last_exit.clone());
     }
     if !m.unit.is_empty() {
         line(
+            &mut out,
             "Unit",
             format!("{} ({}/{})", m.unit, st.active_state, st.sub_state),
         );
-        line("Leader", m.leader.to_string());
+        line(&mut out, "Leader", m.leader.to_string());
     }
     if m.mode == "app" {
-        line("Command", m.command.join(" "));
+        line(&mut out, "Command", m.command.join(" "));
     }
-    line("Hostname", m.hostname.clone());
-    line("Machine ID", m.machine_id.clone());
+    line(&mut out, "Hostname", m.hostname.clone());
+    line(&mut out, "Machine ID", m.machine_id.clone());
     line(
+        &mut out,
         "UIDs",
         format!("{}-{}", m.uid_base, m.uid_base + (RANGE_SIZE - 1)),
     );
-    line("Root", m.root.clone());
+    line(&mut out, "Root", m.root.clone());
     if !m.unit.is_empty() {
-        line("Tasks", st.tasks_current.to_string());
-        line("Memory", limit(st.memory_current));
+        line(&mut out, "Tasks", st.tasks_current.to_string());
+        line(&mut out, "Memory", limit(st.memory_current));
         if st.cpu_usage_nsec != u64::MAX {
             line(
+                &mut out,
                 "CPU",
                 format!("{:.3}s", st.cpu_usage_nsec as f64 / 1_000_000_000.0),
             );
         }
+        out.push_str(usage);
         let limits: Vec<String> = st.limits.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        line("Limits", limits.join(" "));
-        line("CGroup", st.control_group.clone());
+        line(&mut out, "Limits", limits.join(" "));
+        line(&mut out, "CGroup", st.control_group.clone());
         let mut group = None;
         for (cgroup, pid, command) in &st.processes {
             if group != Some(cgroup) {
@@ -239,6 +323,30 @@ pub fn status(st: &MachineStatus, now_usec: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_percent_comes_from_two_samples() {
+        let sample = |t, cpu| UsageEntry {
+            name: "web".into(),
+            sample_usec: t,
+            cpu_usec: cpu,
+            memory_bytes: 1 << 20,
+            memory_peak_bytes: u64::MAX,
+            io_read_bytes: 0,
+            io_write_bytes: 0,
+            tasks: 3,
+        };
+        let (a, b) = (sample(1_000_000, 500_000), sample(3_000_000, 1_500_000));
+        assert_eq!(cpu_percent(Some(&a), &b), "50.0");
+        assert_eq!(cpu_percent(None, &b), "-");
+        let t = usage_table(&[a], &[b]);
+        assert!(
+            t.lines()
+                .nth(1)
+                .is_some_and(|l| l.contains("50.0") && l.contains("1.0M")),
+            "{t}"
+        );
+    }
 
     #[test]
     fn uptimes_read_like_systemctl() {

@@ -204,6 +204,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change resource-control properties of a machine, live.
+    ///
+    /// Applies the properties to the running machine's scope at once (SetUnitProperties) and
+    /// records them in its definition, so they hold at the next starts too; on a stopped
+    /// machine, only the definition changes. Every value is checked first: an invalid one
+    /// changes nothing. Same syntax as 'create -p'.
+    #[command(
+        after_help = "Examples:\n  berth set web CPUWeight=80 MemoryMax=2G\n  berth set --runtime web 'IOReadBandwidthMax=/dev/vda 10M'"
+    )]
+    Set {
+        /// The machine.
+        name: String,
+        /// NAME=VALUE assignments (see 'berth create --help' and the README).
+        #[arg(required = true, value_name = "NAME=VALUE")]
+        properties: Vec<String>,
+        /// Change only the running scope, not the definition.
+        #[arg(long)]
+        runtime: bool,
+    },
+    /// Show what running machines use, refreshed like top(1).
+    ///
+    /// CPU % (of one CPU, over the last interval), CPU time, memory now and at peak, IO read
+    /// and written, tasks: read from each machine's scope cgroup files. Ctrl-C ends it; when
+    /// standard output is not a terminal, one sample over one interval is printed.
+    Top {
+        /// Seconds between samples.
+        #[arg(long, short = 'd', default_value_t = 2.0)]
+        delay: f64,
+        /// Print one sample (taken over one interval) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Show a machine's logs from the journal.
     ///
     /// An app machine's output is logged by journald for its scope (SYSLOG_IDENTIFIER=NAME);

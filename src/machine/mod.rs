@@ -9,6 +9,7 @@ mod definition;
 pub mod lifecycle;
 pub mod processes;
 mod uid_range;
+pub mod usage;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -151,15 +152,7 @@ impl Machines {
             .collect::<Result<Vec<_>, _>>()?;
         let properties = crate::systemd::properties::parse_all(&request.properties)
             .map_err(|e| MachineError::InvalidArgument(e.to_string()))?;
-        if let Some(device) = properties
-            .iter()
-            .filter_map(|p| p.device())
-            .find(|d| !Path::new(d).exists())
-        {
-            return Err(MachineError::InvalidArgument(format!(
-                "device {device} of a -p property does not exist on the host"
-            )));
-        }
+        Self::check_devices(&properties)?;
         let image = self.pool.get(&request.image)?;
 
         let _guard = self
@@ -281,6 +274,39 @@ impl Machines {
         }
         machines.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(machines)
+    }
+
+    /// Records `properties` in machine `name`'s definition (`berth set`).
+    pub fn set_properties(
+        &self,
+        name: &str,
+        properties: &[crate::systemd::properties::Property],
+    ) -> Result<Definition, MachineError> {
+        let _guard = self
+            .create_lock
+            .lock()
+            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        let mut definition = self.get(name)?;
+        definition.properties =
+            crate::systemd::properties::merge(&definition.properties, properties);
+        self.write_definition(&definition)?;
+        Ok(definition)
+    }
+
+    /// Checks that the devices `-p` properties name exist on the host.
+    pub fn check_devices(
+        properties: &[crate::systemd::properties::Property],
+    ) -> Result<(), MachineError> {
+        match properties
+            .iter()
+            .filter_map(|p| p.device())
+            .find(|d| !Path::new(d).exists())
+        {
+            Some(device) => Err(MachineError::InvalidArgument(format!(
+                "device {device} of a -p property does not exist on the host"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Removes a machine's definition and root.

@@ -20,6 +20,8 @@ pub enum SystemdError {
     Bus(#[from] zbus::Error),
     #[error("systemd refused to start {unit}: {message}")]
     StartRefused { unit: String, message: String },
+    #[error("systemd refused to change {unit}: {message}")]
+    SetRefused { unit: String, message: String },
     #[error("the start job of {unit} ended with '{result}'; see 'journalctl -u {unit}'")]
     JobFailed { unit: String, result: String },
     #[error("systemd-machined refused to register machine '{name}': {message}")]
@@ -186,6 +188,27 @@ pub async fn kill_unit(conn: &Connection, unit: &str, signal: i32) -> Result<(),
         .kill_unit(unit.to_owned(), "all".into(), signal)
         .await?;
     Ok(())
+}
+
+/// Changes properties of a running unit at once (`SetUnitProperties`, runtime: the unit is
+/// transient; berth keeps what persists in the machine's definition).
+pub async fn set_unit_properties(
+    conn: &Connection,
+    unit: &str,
+    props: &[properties::Property],
+) -> Result<(), SystemdError> {
+    let encoded = properties::encode(props).map_err(|source| SystemdError::Encode {
+        name: "property",
+        source,
+    })?;
+    let systemd = SystemdProxy::new(conn).await?;
+    systemd
+        .set_unit_properties(unit.to_owned(), true, encoded)
+        .await
+        .map_err(|e| SystemdError::SetRefused {
+            unit: unit.to_owned(),
+            message: method_error_text(&e),
+        })
 }
 
 /// The message of a D-Bus error reply, or the whole error.

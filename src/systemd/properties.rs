@@ -280,6 +280,20 @@ pub fn encode(properties: &[Property]) -> Result<Vec<(String, OwnedVariant)>, zb
         .collect()
 }
 
+/// A definition's assignments after `berth set`: each new property replaces the earlier one
+/// of the same name (for per-device properties, of the same name and device).
+pub fn merge(existing: &[String], new: &[Property]) -> Vec<String> {
+    let mut out: Vec<String> = existing.to_vec();
+    for p in new {
+        out.retain(|assignment| match Property::parse(assignment) {
+            Ok(old) => !(old.name == p.name && old.device() == p.device()),
+            Err(_) => true,
+        });
+        out.push(p.assignment());
+    }
+    out
+}
+
 fn parse_weight(value: &str, idle_allowed: bool) -> Result<u64, String> {
     if idle_allowed && value == "idle" {
         return Ok(0);
@@ -611,6 +625,25 @@ mod tests {
             .try_into()
             .expect("t");
         assert_eq!(max, 2 << 30);
+    }
+
+    #[test]
+    fn set_replaces_the_same_property_and_device() {
+        let existing = vec![
+            "CPUWeight=50".to_owned(),
+            "IODeviceWeight=/dev/vda 100".to_owned(),
+            "IODeviceWeight=/dev/vdb 100".to_owned(),
+        ];
+        let new = parse_all(&["CPUWeight=80".into(), "IODeviceWeight=/dev/vdb 300".into()])
+            .expect("parse");
+        assert_eq!(
+            merge(&existing, &new),
+            [
+                "IODeviceWeight=/dev/vda 100",
+                "CPUWeight=80",
+                "IODeviceWeight=/dev/vdb 300"
+            ]
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ test_50_create_list_remove_machines() {
     grep -qx 'Bind=/var/tmp:/data:ro' /etc/berth/machines/job.machine
 
     expect_ok berth list
-    grep -Eq '^web +stopped +- +- +base +boot +web +524288-589823 ' "$OUT"
-    grep -Eq '^job +stopped +- +- +base +app +worker +589824-655359 ' "$OUT"
+    grep -Eq '^web +stopped +- +- +- +base +boot +web +524288-589823 ' "$OUT"
+    grep -Eq '^job +stopped +- +- +- +base +app +worker +589824-655359 ' "$OUT"
     expect_ok berth list --json
     jq -e '.[] | select(.name == "job") | .command == ["/bin/sh", "-c", "exit 7"]' "$OUT" >/dev/null
     # Machine roots are not images.
@@ -54,7 +54,7 @@ test_51_bad_create_input_leaves_nothing() {
     done
     # A leading '-' is an option to the CLI; the D-Bus API refuses it too.
     expect_fail "machine name '-x' must not start with '-'" \
-        busctl call org.berth.Berth1 /org/berth/Berth1 org.berth.Berth1.Manager CreateMachine ssbassas -- -x base true 0 "" 0
+        busctl call org.berth.Berth1 /org/berth/Berth1 org.berth.Berth1.Manager CreateMachine ssbassasas -- -x base true 0 "" 0 0
     expect_fail "no image named 'nope'" berth create m --image nope --boot
     expect_fail "cannot be used with" berth create m --image base --boot -- /bin/true
     expect_fail "no command for machine 'm'" berth create m --image base
