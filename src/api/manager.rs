@@ -90,6 +90,28 @@ async fn check_properties(conn: &Connection, properties: &[String]) -> Result<()
     }
 }
 
+/// `--storage` and `--disk-size`: the volume size, or `None` for a snapshot or copy.
+fn storage_request(storage: &str, disk_size: u64) -> Result<Option<u64>, BusError> {
+    match (storage, disk_size) {
+        ("" | "auto", 0) => Ok(None),
+        ("" | "auto", _) => Err(BusError::InvalidArgument(
+            "--disk-size needs --storage volume".into(),
+        )),
+        ("volume", 0) => Err(BusError::InvalidArgument(
+            "--storage volume needs --disk-size SIZE (e.g. --disk-size 2G)".into(),
+        )),
+        ("volume", size) if size < crate::machine::volume::MIN_SIZE => {
+            Err(BusError::InvalidArgument(format!(
+                "--disk-size {size} is too small; a volume needs at least 64M"
+            )))
+        }
+        ("volume", size) => Ok(Some(size)),
+        (other, _) => Err(BusError::InvalidArgument(format!(
+            "unknown storage '{other}': use 'auto' (snapshot or copy of the image) or 'volume'"
+        ))),
+    }
+}
+
 fn exit_reply(status: Option<ExitStatus>) -> (i32, String) {
     match status {
         Some(status) => (status.code(), status.describe()),
@@ -182,7 +204,9 @@ impl Manager {
     /// empty) and stores its definition in /etc/berth/machines/NAME.machine. `boot` runs the
     /// image's init; otherwise `command` is run. `binds` are `SRC:DST[:ro]`; `properties` are
     /// resource-control `NAME=VALUE` assignments in systemd's syntax, checked against the
-    /// running systemd. Needs org.berth.berth1.manage-machines.
+    /// running systemd. `storage` is "" (the root is a snapshot or copy of the image) or
+    /// "volume" (the machine gets its own ext4 filesystem of `disk_size` bytes). Needs
+    /// org.berth.berth1.manage-machines.
     #[zbus(out_args("machine"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth create`
     async fn create_machine(
@@ -194,6 +218,8 @@ impl Manager {
         hostname: String,
         binds: Vec<String>,
         properties: Vec<String>,
+        storage: String,
+        disk_size: u64,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<MachineEntry, BusError> {
@@ -221,6 +247,7 @@ impl Manager {
             binds,
             ephemeral: false,
             properties,
+            disk_size: storage_request(&storage, disk_size)?,
         };
         let machines = self.machines.clone();
         tracing::info!(name = %request.name, image = %request.image, "creating machine");
@@ -270,6 +297,8 @@ impl Manager {
         hostname: String,
         binds: Vec<String>,
         properties: Vec<String>,
+        storage: String,
+        disk_size: u64,
         remove: bool,
         tty: bool,
         stdin: zbus::OwnedFd,
@@ -308,6 +337,7 @@ impl Manager {
             binds,
             ephemeral: remove,
             properties,
+            disk_size: storage_request(&storage, disk_size)?,
         };
         let machines = self.machines.clone();
         tracing::info!(%name, image = %request.image, remove, tty, "running machine");

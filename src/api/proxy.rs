@@ -38,6 +38,8 @@ pub trait Manager {
         hostname: &str,
         binds: &[String],
         properties: &[String],
+        storage: &str,
+        disk_size: u64,
     ) -> zbus::Result<MachineEntry>;
 
     fn remove_machine(&self, name: &str) -> zbus::Result<()>;
@@ -58,6 +60,8 @@ pub trait Manager {
         hostname: &str,
         binds: &[String],
         properties: &[String],
+        storage: &str,
+        disk_size: u64,
         remove: bool,
         tty: bool,
         stdin: zbus::Fd<'_>,

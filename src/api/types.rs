@@ -60,12 +60,14 @@ impl From<ImportReport> for ImportResult {
     }
 }
 
-/// One machine, `(ssssssasustsutbs)`: name, state ("running" or "stopped"; machined's state
+/// One machine, `(ssssssasustsutbsstt)`: name, state ("running" or "stopped"; machined's state
 /// while it starts or stops), unit (`machine-NAME.scope` while running, else empty), image,
 /// mode ("boot" or "app"), hostname, command (app mode), UID base, machine-id, created (µs
 /// since the epoch), root directory, leader PID (0 when stopped), started (µs since the
 /// epoch, 0 when stopped), ephemeral (removed when it stops), last exit ("exited 7",
-/// "killed 9", or empty).
+/// "killed 9", or empty), storage (how its root was made: "btrfs snapshot", "reflink copy"
+/// or "copy", or "volume"), and for a volume its size and the bytes its file takes on the host
+/// (0 otherwise).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct MachineEntry {
     pub name: String,
@@ -83,6 +85,9 @@ pub struct MachineEntry {
     pub started_usec: u64,
     pub ephemeral: bool,
     pub last_exit: String,
+    pub storage: String,
+    pub disk_size: u64,
+    pub disk_allocated: u64,
 }
 
 impl MachineEntry {
@@ -119,6 +124,13 @@ impl MachineEntry {
             started_usec,
             ephemeral: d.ephemeral,
             last_exit: last_exit.map(ExitStatus::to_line).unwrap_or_default(),
+            disk_size: d.volume.as_ref().map_or(0, |(_, size)| *size),
+            disk_allocated: d
+                .volume
+                .as_ref()
+                .and_then(|(path, _)| crate::machine::volume::allocated(path))
+                .unwrap_or(0),
+            storage: d.storage,
         }
     }
 }
@@ -140,7 +152,7 @@ pub struct UsageEntry {
 }
 
 /// `berth status`: the machine, and its scope as systemd sees it. Signature
-/// `((ssssssasustsutbs)sssttta(ss)a(sus))`: machine, active state, sub state, control group,
+/// `((ssssssasustsutbsstt)sssttta(ss)a(sus))`: machine, active state, sub state, control group,
 /// tasks, memory bytes, CPU time in ns (u64::MAX when unknown), limits (property, value),
 /// processes (cgroup relative to the scope, PID, command line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]

@@ -102,6 +102,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             hostname,
             binds,
             properties,
+            storage,
+            disk_size,
             command,
         } => {
             if !boot && command.is_empty() {
@@ -116,14 +118,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     hostname.as_deref().unwrap_or(""),
                     &binds,
                     &properties,
+                    &storage,
+                    disk_size.unwrap_or(0),
                 )
                 .await?;
             println!(
-                "Created machine '{}' from image '{}' ({} mode): root {}, UIDs {}-{}, hostname {}, machine-id {}.",
+                "Created machine '{}' from image '{}' ({} mode): root {} ({}), UIDs {}-{}, hostname {}, machine-id {}.",
                 machine.name,
                 machine.image,
                 machine.mode,
                 machine.root,
+                machine.storage,
                 machine.uid_base,
                 machine.uid_base + (berth::machine::RANGE_SIZE - 1),
                 machine.hostname,
@@ -162,6 +167,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             hostname,
             binds,
             properties,
+            storage,
+            disk_size,
             command,
         } => {
             if !boot && command.is_empty() {
@@ -184,6 +191,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     hostname.as_deref().unwrap_or(""),
                     &binds,
                     &properties,
+                    &storage,
+                    disk_size.unwrap_or(0),
                     rm,
                     tty,
                     stdin.as_fd().into(),
@@ -359,7 +368,10 @@ fn is_error(e: &zbus::Error, name: &str) -> bool {
 /// What journalctl shows for a machine: a boot machine's own journal in its root (what
 /// `journalctl -M` opens, and readable while it is stopped), an app's lines in the host's.
 fn logs_selector(machine: &berth::api::MachineEntry) -> Vec<String> {
-    if machine.mode == "boot" {
+    if machine.mode == "boot" && machine.storage == "volume" {
+        // Its journal is on its volume, mounted only while it runs.
+        vec!["-M".into(), machine.name.clone()]
+    } else if machine.mode == "boot" {
         vec!["-D".into(), format!("{}/var/log/journal", machine.root)]
     } else {
         vec![

@@ -289,7 +289,18 @@ pub fn status(st: &MachineStatus, now_usec: u64, usage: &str) -> String {
         "UIDs",
         format!("{}-{}", m.uid_base, m.uid_base + (RANGE_SIZE - 1)),
     );
-    line(&mut out, "Root", m.root.clone());
+    line(&mut out, "Root", format!("{} ({})", m.root, m.storage));
+    if m.disk_size > 0 {
+        line(
+            &mut out,
+            "Volume",
+            format!(
+                "{} ext4 of its own, {} of the host's disk in use",
+                size(m.disk_size),
+                size(m.disk_allocated)
+            ),
+        );
+    }
     if !m.unit.is_empty() {
         line(&mut out, "Tasks", st.tasks_current.to_string());
         line(&mut out, "Memory", limit(st.memory_current));
@@ -398,6 +409,9 @@ mod tests {
             started_usec: 0,
             ephemeral: false,
             last_exit: String::new(),
+            storage: "copy".into(),
+            disk_size: 0,
+            disk_allocated: 0,
         };
         let t = machines_table(&[m]);
         let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();

@@ -14,6 +14,10 @@ use clap::{Parser, Subcommand};
 /// systemd-machined, so systemctl, machinectl and journalctl work on them. This command is a
 /// thin client of the berthd daemon on the system bus; read-only verbs work for every user,
 /// changes need root or the polkit actions org.berth.berth1.*.
+fn parse_disk_size(text: &str) -> Result<u64, String> {
+    crate::systemd::properties::parse_bytes(text)
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "berth",
@@ -101,6 +105,14 @@ pub enum Command {
         /// IOWeight=200, "IODeviceWeight=/dev/vda 500"; repeatable.
         #[arg(short = 'p', long = "property", value_name = "NAME=VALUE")]
         properties: Vec<String>,
+        /// How the root is made: 'auto' (a btrfs snapshot, reflink copy or copy of the
+        /// image) or 'volume' (an ext4 filesystem of its own, of --disk-size: its own
+        /// journal, so its fsyncs don't wait on other machines' writes, and a hard size limit).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "volume"])]
+        storage: String,
+        /// The size of a --storage volume, e.g. 2G (K, M, G, T: powers of 1024).
+        #[arg(long, value_name = "SIZE", value_parser = parse_disk_size)]
+        disk_size: Option<u64>,
         /// The command an app machine runs (after '--').
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -152,6 +164,14 @@ pub enum Command {
         /// IOWeight=200, "IODeviceWeight=/dev/vda 500"; repeatable.
         #[arg(short = 'p', long = "property", value_name = "NAME=VALUE")]
         properties: Vec<String>,
+        /// How the root is made: 'auto' (a btrfs snapshot, reflink copy or copy of the
+        /// image) or 'volume' (an ext4 filesystem of its own, of --disk-size: its own
+        /// journal, so its fsyncs don't wait on other machines' writes, and a hard size limit).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "volume"])]
+        storage: String,
+        /// The size of a --storage volume, e.g. 2G (K, M, G, T: powers of 1024).
+        #[arg(long, value_name = "SIZE", value_parser = parse_disk_size)]
+        disk_size: Option<u64>,
         /// The command to run (after '--').
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,

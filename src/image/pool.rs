@@ -198,12 +198,14 @@ impl Pool {
     /// Copies image `name` to `target` (a new directory, e.g. a machine's root): staged beside
     /// `target`, adjusted by `prepare` (which gets a writer confined to the copy), then renamed
     /// into place. Nothing is left behind when any step fails.
+    /// Returns how the copy was made: "btrfs snapshot", "reflink copy" (file data shared,
+    /// on btrfs or xfs) or "copy".
     pub fn copy_image(
         &self,
         name: &str,
         target: &Path,
         prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
-    ) -> Result<(), ImageError> {
+    ) -> Result<&'static str, ImageError> {
         let image = self.get(name)?;
         let (parent, leaf) = match (target.parent(), target.file_name()) {
             (Some(parent), Some(leaf)) => (parent, leaf.to_string_lossy().into_owned()),
@@ -215,6 +217,18 @@ impl Pool {
         };
         fs::create_dir_all(parent)
             .map_err(ImageError::io(format!("creating {}", parent.display())))?;
+        if sys::btrfs::is_subvolume(&image.path)
+            && let Some(staging) = Staging::snapshot(parent, "copy", &leaf, &image.path)
+        {
+            let mut tree = TreeWriter::new(staging.open_existing()?);
+            prepare(&mut tree)?;
+            tree.sync()
+                .map_err(ImageError::io("syncing the snapshot"))?;
+            tree.finish()
+                .map_err(ImageError::io("setting directory times"))?;
+            staging.commit(target)?;
+            return Ok("btrfs snapshot");
+        }
         let staging = Staging::create(parent, "copy", &leaf)?;
         let mut tree = TreeWriter::new(staging.open()?);
         let source = rustix::fs::open(
@@ -228,7 +242,38 @@ impl Pool {
         tree.sync().map_err(ImageError::io("syncing the copy"))?;
         tree.finish()
             .map_err(ImageError::io("setting directory times"))?;
-        staging.commit(target)
+        let kind = if staging.subvolume || is_xfs(parent) {
+            "reflink copy"
+        } else {
+            "copy"
+        };
+        staging.commit(target)?;
+        Ok(kind)
+    }
+
+    /// Copies image `name` into the existing, empty directory `dir` (a machine's volume).
+    pub fn copy_image_into(
+        &self,
+        name: &str,
+        dir: &Path,
+        prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
+    ) -> Result<(), ImageError> {
+        let image = self.get(name)?;
+        let open = |path: &Path| {
+            rustix::fs::open(
+                path,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| ImageError::io(format!("opening {}", path.display()))(e.into()))
+        };
+        let mut tree = TreeWriter::new(open(dir)?);
+        fs_import::copy_tree(open(&image.path)?, &mut tree)?;
+        prepare(&mut tree)?;
+        tree.sync().map_err(ImageError::io("syncing the copy"))?;
+        tree.finish()
+            .map(drop)
+            .map_err(ImageError::io("setting directory times"))
     }
 
     /// Removes image `name` and berth's record of it.
@@ -337,6 +382,31 @@ impl Staging {
         })
     }
 
+    /// A staging snapshot of subvolume `source`, when `pool` is on the same btrfs.
+    fn snapshot(pool: &Path, purpose: &str, name: &str, source: &Path) -> Option<Self> {
+        let path = pool.join(staging_name(purpose, name));
+        match sys::btrfs::snapshot_subvolume(source, &path) {
+            Ok(()) => Some(Self {
+                path,
+                subvolume: true,
+                committed: false,
+            }),
+            Err(e) => {
+                tracing::debug!(source = %source.display(), error = %e, "no btrfs snapshot; copying");
+                None
+            }
+        }
+    }
+
+    fn open_existing(&self) -> Result<OwnedFd, ImageError> {
+        rustix::fs::open(
+            &self.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ImageError::io(format!("opening {}", self.path.display()))(e.into()))
+    }
+
     fn open(&self) -> Result<OwnedFd, ImageError> {
         let fd = rustix::fs::open(
             &self.path,
@@ -380,6 +450,13 @@ impl Drop for Staging {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot remove staging directory");
         }
     }
+}
+
+/// Whether `path` is on xfs (where copy_file_range shares file data).
+fn is_xfs(path: &Path) -> bool {
+    const XFS_SUPER_MAGIC: u64 = 0x5846_5342;
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between libcs
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as u64 == XFS_SUPER_MAGIC)
 }
 
 fn staging_name(purpose: &str, name: &str) -> String {

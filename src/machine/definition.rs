@@ -10,7 +10,9 @@
 //! Hostname=web
 //! MachineID=0123456789abcdef0123456789abcdef
 //! UIDBase=524288
-//! Storage=copy
+//! Storage=copy              # btrfs snapshot | reflink copy | copy | volume
+//! Volume=/var/lib/berth/volumes/web.ext4   # Storage=volume: the machine's own filesystem
+//! DiskSize=1073741824       # its size in bytes
 //! Created=1795460082000000
 //! Ephemeral=yes             # only for `berth run --rm`: removed once it stops
 //!
@@ -114,6 +116,8 @@ pub struct Definition {
     pub created_usec: u64,
     /// Removed (definition and root) once it stops: `berth run --rm`.
     pub ephemeral: bool,
+    /// `Storage=volume`: the machine's own filesystem image and its size in bytes.
+    pub volume: Option<(PathBuf, u64)>,
     pub binds: Vec<Bind>,
     /// Resource-control properties (`NAME=VALUE`, systemd's syntax), in order.
     pub properties: Vec<String>,
@@ -143,6 +147,10 @@ impl Definition {
         kv("MachineID", &self.machine_id);
         kv("UIDBase", &self.uid_range.base.to_string());
         kv("Storage", &self.storage);
+        if let Some((path, size)) = &self.volume {
+            kv("Volume", &path.display().to_string());
+            kv("DiskSize", &size.to_string());
+        }
         kv("Created", &self.created_usec.to_string());
         if self.ephemeral {
             kv("Ephemeral", "yes");
@@ -174,6 +182,8 @@ impl Definition {
         let mut storage = String::from("copy");
         let mut created_usec = 0;
         let mut ephemeral = false;
+        let mut volume = None;
+        let mut disk_size = None;
         let mut binds = Vec::new();
         let mut properties = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -212,6 +222,19 @@ impl Definition {
                 ("Machine", "UIDBase") => uid_base = Some(value.to_owned()),
                 ("Machine", "Storage") => storage = value.to_owned(),
                 ("Machine", "Created") => created_usec = value.parse().unwrap_or(0),
+                ("Machine", "Volume") => volume = Some(PathBuf::from(value)),
+                ("Machine", "DiskSize") => {
+                    disk_size =
+                        Some(
+                            value
+                                .parse::<u64>()
+                                .map_err(|_| DefinitionError::BadValue {
+                                    key: "DiskSize",
+                                    value: value.to_owned(),
+                                    message: "expected a size in bytes".into(),
+                                })?,
+                        );
+                }
                 ("Machine", "Ephemeral") => {
                     ephemeral = match value {
                         "yes" | "true" | "1" => true,
@@ -285,6 +308,12 @@ impl Definition {
             storage,
             created_usec,
             ephemeral,
+            volume: match (volume, disk_size) {
+                (Some(path), Some(size)) => Some((path, size)),
+                (None, None) => None,
+                (Some(_), None) => return Err(DefinitionError::Missing("DiskSize")),
+                (None, Some(_)) => return Err(DefinitionError::Missing("Volume")),
+            },
             binds,
             properties,
         })
@@ -316,6 +345,7 @@ mod tests {
             storage: "copy".into(),
             created_usec: 42,
             ephemeral: true,
+            volume: Some(("/var/lib/berth/volumes/web.ext4".into(), 1 << 30)),
             binds: vec![Bind::parse("/srv/data:/data:ro").expect("bind")],
             properties: vec!["MemoryMax=1G".into(), "IODeviceWeight=/dev/vda 200".into()],
         }

@@ -177,7 +177,13 @@ async fn bring_up(
         };
         systemd::start_scope(conn, &spec).await?;
         runtime::delegate_payload_cgroup(&Path::new(MACHINE_SLICE_CGROUP).join(&unit), pid, base)?;
-        let root = machines.root_of(&definition.name).display().to_string();
+        // A volume is mounted only in the machine's namespace: tools reach its files (e.g.
+        // `journalctl -M`) through the leader's root.
+        let root = if definition.volume.is_some() {
+            format!("/proc/{pid}/root")
+        } else {
+            machines.root_of(&definition.name).display().to_string()
+        };
         systemd::register_machine(
             conn,
             &definition.name,
@@ -404,6 +410,7 @@ fn spawn_config(machines: &Machines, d: &Definition) -> SpawnConfig {
         stdio: StdioMode::Journal,
         term: String::new(),
         root: machines.root_of(&d.name),
+        volume: d.volume.as_ref().map(|(path, _)| path.clone()),
         hostname: d.hostname.clone(),
         machine_id: d.machine_id.clone(),
         uid_base: d.uid_range.base,

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod processes;
 mod uid_range;
 pub mod usage;
+pub mod volume;
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -82,6 +83,8 @@ pub struct CreateRequest {
     pub ephemeral: bool,
     /// `-p NAME=VALUE` resource properties (checked against systemd by the caller).
     pub properties: Vec<String>,
+    /// `--storage volume --disk-size SIZE`: the machine gets its own filesystem of SIZE bytes.
+    pub disk_size: Option<u64>,
 }
 
 /// The machine store.
@@ -89,6 +92,8 @@ pub struct CreateRequest {
 pub struct Machines {
     definitions: PathBuf,
     roots: PathBuf,
+    /// Where per-machine volume files live (beside the roots).
+    volumes: PathBuf,
     pool: Pool,
     /// Serializes creation, so two creates never pick the same UID range or name.
     create_lock: Arc<Mutex<()>>,
@@ -96,9 +101,11 @@ pub struct Machines {
 
 impl Machines {
     pub fn new(definitions: impl Into<PathBuf>, roots: impl Into<PathBuf>, pool: Pool) -> Self {
+        let roots: PathBuf = roots.into();
         Self {
             definitions: definitions.into(),
-            roots: roots.into(),
+            volumes: roots.with_file_name("volumes"),
+            roots,
             pool,
             create_lock: Arc::new(Mutex::new(())),
         }
@@ -166,7 +173,7 @@ impl Machines {
         }
         let used: Vec<UidRange> = self.list()?.iter().map(|d| d.uid_range).collect();
         let uid_range = UidRange::allocate(&used).ok_or(MachineError::NoFreeUidRange)?;
-        let definition = Definition {
+        let mut definition = Definition {
             name: request.name.clone(),
             image: image.name.clone(),
             image_digest: image.digest.clone(),
@@ -174,46 +181,92 @@ impl Machines {
             hostname,
             machine_id: new_machine_id()?,
             uid_range,
-            storage: "copy".into(),
+            storage: String::new(),
             created_usec: now_usec(),
             ephemeral: request.ephemeral,
+            volume: None,
             binds,
             properties: properties.iter().map(|p| p.assignment()).collect(),
         };
 
-        self.pool.copy_image(&image.name, &root, |tree| {
-            let identity = [
-                ("etc/hostname", format!("{}\n", definition.hostname), 0o644),
-                (
-                    "etc/machine-id",
-                    format!("{}\n", definition.machine_id),
-                    0o444,
-                ),
-            ];
-            for (path, content, mode) in identity {
-                let meta = Metadata {
-                    mode,
-                    mtime: i64::try_from(definition.created_usec / 1_000_000).unwrap_or(0),
-                    ..Metadata::default()
-                };
-                let path = TreePath::parse(path.as_bytes()).map_err(|r| {
-                    ImageError::io("writing the machine's identity")(io::Error::other(
-                        r.to_string(),
-                    ))
-                })?;
-                let result = tree.file(&path, &meta, Content::Reader(&mut content.as_bytes()));
-                tree.settle(&path.to_string(), result)
-                    .map_err(ImageError::io(
-                        "writing the machine's /etc/hostname and /etc/machine-id",
-                    ))?;
+        let created = definition.created_usec;
+        let identity = [
+            ("etc/hostname", format!("{}\n", definition.hostname), 0o644),
+            (
+                "etc/machine-id",
+                format!("{}\n", definition.machine_id),
+                0o444,
+            ),
+        ];
+        let prepare =
+            move |tree: &mut image::tree::TreeWriter| write_identity(tree, &identity, created);
+        let storage = match request.disk_size {
+            None => self.pool.copy_image(&image.name, &root, prepare)?,
+            Some(size) => {
+                let path = self.volume_path(&request.name);
+                self.make_volume(&image.name, &path, size, &root, prepare)?;
+                definition.volume = Some((path, size));
+                "volume"
             }
-            Ok(())
-        })?;
+        };
+        definition.storage = storage.to_owned();
         if let Err(e) = self.write_definition(&definition) {
             let _ = image::discard(&root);
+            if let Some((path, _)) = &definition.volume {
+                let _ = fs::remove_file(path);
+            }
             return Err(e);
         }
         Ok(definition)
+    }
+
+    fn volume_path(&self, name: &str) -> PathBuf {
+        self.volumes.join(format!("{name}.ext4"))
+    }
+
+    /// Makes the machine's own filesystem, fills it from the image, and leaves an empty
+    /// directory at `root` for it to be mounted on. Nothing stays behind on failure.
+    fn make_volume(
+        &self,
+        image_name: &str,
+        path: &Path,
+        size: u64,
+        root: &Path,
+        prepare: impl FnOnce(&mut image::tree::TreeWriter) -> Result<(), ImageError>,
+    ) -> Result<(), MachineError> {
+        volume::create(
+            path,
+            size,
+            &root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )?;
+        let filled = (|| {
+            let staging = self.roots.join(format!(
+                ".#berth-volume-{}-{}",
+                root.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                std::process::id()
+            ));
+            fs::create_dir_all(&self.roots).map_err(|source| MachineError::Io {
+                context: format!("creating {}", self.roots.display()),
+                source,
+            })?;
+            let mounted = volume::Mounted::new(path, staging)?;
+            self.pool
+                .copy_image_into(image_name, &mounted.dir, prepare)?;
+            mounted.finish()?;
+            fs::create_dir(root).map_err(|source| MachineError::Io {
+                context: format!("creating {}", root.display()),
+                source,
+            })
+        })();
+        if filled.is_err() {
+            let _ = fs::remove_file(path);
+        }
+        filled
     }
 
     fn write_definition(&self, definition: &Definition) -> Result<(), MachineError> {
@@ -309,9 +362,21 @@ impl Machines {
         }
     }
 
-    /// Removes a machine's definition and root.
+    /// Removes a machine's definition, root and volume.
     pub fn remove(&self, name: &str) -> Result<(), MachineError> {
-        self.get(name)?;
+        let definition = self.get(name)?;
+        if let Some((path, _)) = &definition.volume {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(MachineError::Io {
+                        context: format!("removing {}", path.display()),
+                        source,
+                    });
+                }
+            }
+        }
         let root = self.root_of(name);
         if root.symlink_metadata().is_ok() {
             image::discard(&root)?;
@@ -331,6 +396,30 @@ impl Machines {
 /// A name for a machine `berth run` creates without `--name`: `run-` and 8 hex digits.
 pub fn generated_name() -> Result<String, MachineError> {
     Ok(format!("run-{}", &new_machine_id()?[..8]))
+}
+
+/// Writes the machine's /etc/hostname and /etc/machine-id into its new root.
+fn write_identity(
+    tree: &mut image::tree::TreeWriter,
+    identity: &[(&str, String, u32)],
+    created_usec: u64,
+) -> Result<(), ImageError> {
+    for (path, content, mode) in identity {
+        let meta = Metadata {
+            mode: *mode,
+            mtime: i64::try_from(created_usec / 1_000_000).unwrap_or(0),
+            ..Metadata::default()
+        };
+        let path = TreePath::parse(path.as_bytes()).map_err(|r| {
+            ImageError::io("writing the machine's identity")(io::Error::other(r.to_string()))
+        })?;
+        let result = tree.file(&path, &meta, Content::Reader(&mut content.as_bytes()));
+        tree.settle(&path.to_string(), result)
+            .map_err(ImageError::io(
+                "writing the machine's /etc/hostname and /etc/machine-id",
+            ))?;
+    }
+    Ok(())
 }
 
 fn new_machine_id() -> Result<String, MachineError> {

@@ -45,6 +45,7 @@ fn request(name: &str) -> CreateRequest {
         binds: Vec::new(),
         ephemeral: false,
         properties: Vec::new(),
+        disk_size: None,
     }
 }
 

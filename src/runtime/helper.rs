@@ -131,6 +131,9 @@ fn outer(
             MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
         ),
     )?;
+    if let Some(volume) = &config.volume {
+        mount_volume(volume, root)?;
+    }
     // Mount points, created in the plain tree (so they belong to container root).
     for dir in ["proc", "sys", "dev", "run", "tmp"] {
         ensure_dir(&root.join(dir))?;
@@ -233,6 +236,28 @@ fn outer(
             std::process::exit(code)
         }
     }
+}
+
+/// Mounts the machine's own filesystem on its root, in this mount namespace only: when the
+/// machine ends, so does the mount (and the loop device, which mount sets to autoclear).
+fn mount_volume(volume: &Path, root: &Path) -> Result<(), RuntimeError> {
+    let output = step(
+        "running mount (util-linux) for the machine's volume",
+        Command::new("mount")
+            .args(["-o", "loop,nosuid,nodev"])
+            .arg(volume)
+            .arg(root)
+            .env("LC_ALL", "C")
+            .output(),
+    )?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(RuntimeError::Machine(format!(
+        "mounting the machine's volume {}: {}",
+        volume.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    )))
 }
 
 /// Replaces the root with an idmapped mount of itself: on-disk owner N shows as host UID

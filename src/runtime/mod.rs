@@ -76,6 +76,8 @@ pub struct SpawnConfig {
     pub machine_id: String,
     pub uid_base: u32,
     pub binds: Vec<SpawnBind>,
+    /// The machine's own filesystem image, mounted on `root` in the machine's namespace.
+    pub volume: Option<PathBuf>,
     pub payload: Payload,
     /// Where PID 1's standard input and output go.
     pub stdio: StdioMode,

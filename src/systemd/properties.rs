@@ -342,6 +342,14 @@ fn parse_percent_scale(percent: &str) -> Result<u32, String> {
     }
 }
 
+/// A size in bytes as systemd writes it (`1G`, `512M`; K, M, G, T are powers of 1024).
+pub fn parse_bytes(value: &str) -> Result<u64, String> {
+    match parse_size(value, 1024) {
+        Ok(u64::MAX) => Err("expected a size such as 512M or 2G".into()),
+        other => other,
+    }
+}
+
 /// Sizes as systemd parses them: `1G`, `512M`, `1.5K`, plain bytes, `infinity`.
 fn parse_size(value: &str, base: u64) -> Result<u64, String> {
     if value == "infinity" {

@@ -19,3 +19,34 @@ test_40_images_on_btrfs_are_subvolumes() {
     expect_ok berth rmi sub
     [[ -z $(btrfs subvolume list /var/lib/machines) ]] || fail "subvolume left after rmi"
 }
+
+# With images and machine roots on the same btrfs, a machine's root is a snapshot of its
+# image, not a copy; elsewhere berth says it copied.
+test_41_machine_roots_are_btrfs_snapshots() {
+    modprobe btrfs
+    truncate -s 1G /var/tmp/both.btrfs
+    mkfs.btrfs -q /var/tmp/both.btrfs
+    mkdir -p /mnt/both
+    mount -o loop /var/tmp/both.btrfs /mnt/both
+    btrfs -q subvolume create /mnt/both/images
+    btrfs -q subvolume create /mnt/both/roots
+    mkdir -p /var/lib/berth/machines
+    mount --bind /mnt/both/images /var/lib/machines
+    mount --bind /mnt/both/roots /var/lib/berth/machines
+    trap 'umount /var/lib/berth/machines; umount /var/lib/machines; umount /mnt/both' RETURN
+    expect_ok berth import-tar "$FIXTURES/small.tar" snapbase
+    expect_ok berth create snap --image snapbase --boot
+    grep -q "(btrfs snapshot)" "$OUT" || fail "create did not say it snapshotted"
+    grep -qx 'Storage=btrfs snapshot' /etc/berth/machines/snap.machine
+    btrfs subvolume show /var/lib/berth/machines/snap | grep -Eq 'Parent UUID:[[:space:]]+[0-9a-f-]{36}' \
+        || fail "not a snapshot: $(btrfs subvolume show /var/lib/berth/machines/snap)"
+    [[ $(cat /var/lib/berth/machines/snap/etc/hostname) == snap ]]
+    [[ $(cat /var/lib/berth/machines/snap/etc/motd) == "berth fixture" ]]
+    # The image is untouched by the machine's identity files.
+    [[ ! -e /var/lib/machines/snapbase/etc/hostname ]] || fail "image changed"
+    expect_ok berth status snap
+    grep -q "(btrfs snapshot)" "$OUT"
+    expect_ok berth rm snap
+    [[ -z $(btrfs subvolume list /mnt/both | grep 'roots/') ]] || fail "snapshot left: $(btrfs subvolume list /mnt/both)"
+    expect_ok berth rmi snapbase
+}

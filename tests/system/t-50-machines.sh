@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Machine definitions: create, list, rm (start/stop come with the rest of issue #3).
+# Machine definitions: create, list, rm.
 
 machine_files() {
     find /etc/berth/machines /var/lib/berth/machines -mindepth 1 -maxdepth 1 2>/dev/null | sort
@@ -8,7 +8,9 @@ machine_files() {
 test_50_create_list_remove_machines() {
     expect_ok berth import-tar "$FIXTURES/small.tar" base
     expect_ok berth create web --image base --boot
-    grep -q "Created machine 'web' from image 'base' (boot mode): root /var/lib/berth/machines/web, UIDs 524288-589823, hostname web" "$OUT"
+    # The VM's /var/lib is ext4: no snapshot or reflink, and berth says so.
+    grep -q "Created machine 'web' from image 'base' (boot mode): root /var/lib/berth/machines/web (copy), UIDs 524288-589823, hostname web" "$OUT"
+    grep -qx 'Storage=copy' /etc/berth/machines/web.machine
     expect_ok berth create job --image base --hostname worker --bind /var/tmp:/data:ro -- /bin/sh -c 'exit 7'
     grep -q "UIDs 589824-655359, hostname worker" "$OUT"
 
@@ -54,7 +56,7 @@ test_51_bad_create_input_leaves_nothing() {
     done
     # A leading '-' is an option to the CLI; the D-Bus API refuses it too.
     expect_fail "machine name '-x' must not start with '-'" \
-        busctl call org.berth.Berth1 /org/berth/Berth1 org.berth.Berth1.Manager CreateMachine ssbassasas -- -x base true 0 "" 0 0
+        busctl call org.berth.Berth1 /org/berth/Berth1 org.berth.Berth1.Manager CreateMachine ssbassasasst -- -x base true 0 "" 0 0 "" 0
     expect_fail "no image named 'nope'" berth create m --image nope --boot
     expect_fail "cannot be used with" berth create m --image base --boot -- /bin/true
     expect_fail "no command for machine 'm'" berth create m --image base

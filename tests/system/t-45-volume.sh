@@ -1,0 +1,40 @@
+# shellcheck shell=bash
+# --storage volume: a machine on an ext4 filesystem of its own, mounted only inside it.
+
+test_45_volume_is_its_own_filesystem() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_fail "--storage volume needs --disk-size" berth create v0 --image deb --storage volume -- true
+    expect_fail "--disk-size needs --storage volume" berth create v0 --image deb --disk-size 1G -- true
+    expect_fail "too small; a volume needs at least 64M" berth create v0 --image deb --storage volume --disk-size 1M -- true
+    expect_fail "invalid value 'lots'" berth create v0 --image deb --storage volume --disk-size lots -- true
+    [[ ! -e /etc/berth/machines/v0.machine && ! -e /var/lib/berth/machines/v0 && ! -e /var/lib/berth/volumes/v0.ext4 ]] \
+        || fail "a refused create left something"
+    expect_ok berth create vol --image deb --storage volume --disk-size 1G -- sleep infinity
+    grep -q "(volume)" "$OUT" || fail "create did not say volume"
+    grep -qx 'Storage=volume' /etc/berth/machines/vol.machine
+    grep -qx 'DiskSize=1073741824' /etc/berth/machines/vol.machine
+    [[ $(stat -c %s /var/lib/berth/volumes/vol.ext4) == 1073741824 ]] || fail "volume size"
+    [[ -z $(ls -A /var/lib/berth/machines/vol) ]] || fail "the host sees files in the volume's mount point"
+    ! findmnt -rn -o TARGET | grep -q berth || fail "something of berth is mounted on the host"
+    expect_ok berth start vol
+    ! findmnt -rn -o TARGET | grep -q /var/lib/berth/machines/vol || fail "the volume is mounted on the host"
+    [[ $(berth exec vol -- findmnt -n -o FSTYPE /) == ext4 ]] || fail "root is not the volume"
+    berth exec vol -- findmnt -n -o SOURCE / | grep -q '^/dev/loop' || fail "root is not a loop device"
+    local size rc=0
+    size=$(berth exec vol -- df -B1 --output=size / | tail -1)
+    ((size <= 1073741824)) || fail "filesystem size $size"
+    # It cannot write more than its size.
+    berth exec vol -- dd if=/dev/zero of=/fill bs=1M count=1200 status=none 2>/dev/null || rc=$?
+    ((rc != 0)) || fail "wrote 1200M into a 1G volume"
+    (( $(berth exec vol -- stat -c %s /fill) < 1073741824 )) || fail "/fill is too big"
+    (( $(stat -c %b /var/lib/berth/volumes/vol.ext4) * 512 <= 1073741824 )) || fail "the file grew past 1G"
+    expect_ok berth status vol
+    grep -q "Volume: 1.0G ext4 of its own" "$OUT"
+    expect_ok berth stop vol
+    ! losetup -a | grep -q vol.ext4 || fail "loop device left: $(losetup -a)"
+    # Its data stays on the volume across starts.
+    expect_ok berth start vol
+    berth exec vol -- test -e /fill || fail "data lost across a restart"
+    expect_ok berth rm --force vol
+    [[ ! -e /var/lib/berth/volumes/vol.ext4 && ! -e /var/lib/berth/machines/vol ]] || fail "volume left after rm"
+}
