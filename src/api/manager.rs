@@ -587,6 +587,30 @@ impl Manager {
         Ok(())
     }
 
+    /// Whether IO properties can be enforced for machine `name` (or, when empty, for berth's
+    /// machine directory as a whole): its disk, that disk's scheduler, the io controller, and
+    /// whether it shares a filesystem journal. Each finding is (ok, what, how to fix). Open to
+    /// everyone.
+    #[zbus(out_args("findings"))]
+    async fn check_io(&self, name: String) -> Result<Vec<(bool, String, String)>, BusError> {
+        let (data, own_fs) = if name.is_empty() {
+            (self.machines.root_of(""), None)
+        } else {
+            let d = self.machines.get(&name)?;
+            match &d.volume {
+                Some((path, _)) => (path.clone(), Some(true)),
+                None => (self.machines.root_of(&name), Some(false)),
+            }
+        };
+        let findings =
+            blocking(move || Ok::<_, BusError>(crate::machine::io_check::check(&data, own_fs)))
+                .await?;
+        Ok(findings
+            .into_iter()
+            .map(|f| (f.ok, f.text, f.fix))
+            .collect())
+    }
+
     /// What running machines use now (all of them when `names` is empty), read from their
     /// scopes' cgroup files. Open to everyone.
     #[zbus(out_args("usage"))]

@@ -97,6 +97,8 @@ pub trait Manager {
 
     fn machine_usage(&self, names: &[String]) -> zbus::Result<Vec<UsageEntry>>;
 
+    fn check_io(&self, name: &str) -> zbus::Result<Vec<(bool, String, String)>>;
+
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
 

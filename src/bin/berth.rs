@@ -299,6 +299,31 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 before = now;
             }
         }
+        Command::Doctor { name } => {
+            let mut targets = vec![(String::new(), "berth's machine directory".to_owned())];
+            match name {
+                Some(name) => targets = vec![(name.clone(), format!("machine '{name}'"))],
+                None => {
+                    for m in manager.list_machines().await? {
+                        targets.push((m.name.clone(), format!("machine '{}'", m.name)));
+                    }
+                }
+            }
+            let mut problems = 0;
+            for (name, label) in targets {
+                println!("{label}:");
+                for (ok, text, fix) in manager.check_io(&name).await? {
+                    println!("  {} {text}", if ok { "ok  " } else { "FIX " });
+                    if !ok {
+                        problems += 1;
+                        println!("       how: {fix}");
+                    }
+                }
+            }
+            if problems > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Status { name, json } => {
             let status = manager.machine_status(&name).await?;
             if json {
@@ -315,6 +340,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     }
                 }
                 print!("{}", format::status(&status, now_usec(), &usage));
+                for (_, text, _) in manager
+                    .check_io(&name)
+                    .await?
+                    .into_iter()
+                    .filter(|(ok, _, _)| !ok)
+                {
+                    println!("{:>12}: {text} (see 'berth doctor {name}')", "IO warning");
+                }
                 let _ = std::io::Write::flush(&mut std::io::stdout());
                 let mut journal = std::process::Command::new("journalctl");
                 journal.args(["--no-pager", "-n", "10", "-q"]);

@@ -256,6 +256,17 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Check whether the host can enforce berth's IO limits, and say how to fix what can't.
+    ///
+    /// For berth's machine directory (and each machine, or only NAME): the disk under it, its
+    /// scheduler (BFQ or io.cost make IOWeight work), the io cgroup controller, and whether a
+    /// machine shares its filesystem journal with others (then a neighbour's writes stall its
+    /// fsyncs whatever the limits; --storage volume avoids that). berth never changes these
+    /// host settings itself. Exits 1 when something can't be enforced.
+    Doctor {
+        /// Check only this machine.
+        name: Option<String>,
+    },
     /// Show a machine's logs from the journal.
     ///
     /// An app machine's output is logged by journald for its scope (SYSLOG_IDENTIFIER=NAME);

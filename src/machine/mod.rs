@@ -6,6 +6,7 @@
 //! the definition; a failure at any step leaves nothing behind.
 
 mod definition;
+pub mod io_check;
 pub mod lifecycle;
 pub mod processes;
 mod uid_range;

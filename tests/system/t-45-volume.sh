@@ -38,3 +38,33 @@ test_45_volume_is_its_own_filesystem() {
     expect_ok berth rm --force vol
     [[ ! -e /var/lib/berth/volumes/vol.ext4 && ! -e /var/lib/berth/machines/vol ]] || fail "volume left after rm"
 }
+
+# berth doctor / status: what can't be enforced, and how to fix it; never changes the host.
+test_46_doctor_explains_io_enforcement() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    local disk old
+    disk=$(lsblk -ndo NAME | head -1)
+    old=$(sed 's/.*\[\(.*\)\].*/\1/' "/sys/block/$disk/queue/scheduler")
+    echo "${old/bfq/none}" >"/sys/block/$disk/queue/scheduler" || true
+    expect_ok berth create shared --image deb -- sleep infinity
+    local rc=0
+    OUT=$(mktemp)
+    berth doctor >"$OUT" || rc=$?
+    cat "$OUT"
+    ((rc == 1)) || fail "berth doctor exited $rc with problems to report"
+    grep -q "scheduler without io.cost: IOWeight and IODeviceWeight have no effect" "$OUT"
+    grep -q "how: echo bfq > /sys/block/$disk/queue/scheduler" "$OUT"
+    grep -q "shares its filesystem" "$OUT"
+    [[ $(sed 's/.*\[\(.*\)\].*/\1/' "/sys/block/$disk/queue/scheduler") != bfq ]] || fail "doctor changed the scheduler"
+    expect_ok berth status shared
+    grep -q "IO warning: .*shares its filesystem" "$OUT"
+    # With BFQ and a volume of its own, nothing is left to fix for that machine.
+    modprobe bfq 2>/dev/null || true
+    echo bfq >"/sys/block/$disk/queue/scheduler"
+    expect_ok berth create own --image deb --storage volume --disk-size 256M -- sleep infinity
+    expect_ok berth doctor own
+    grep -q "uses the BFQ scheduler: IOWeight and IODeviceWeight are enforced" "$OUT"
+    grep -q "has a filesystem of its own" "$OUT"
+    echo "$old" >"/sys/block/$disk/queue/scheduler"
+    expect_ok berth rm shared own
+}
