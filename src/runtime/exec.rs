@@ -102,6 +102,11 @@ impl Exec {
         self.reader
             .read_line(&mut line)
             .map_err(|e| RuntimeError::step("waiting for the command", e))?;
+        // The helper lives in the machine's cgroup: when the machine is killed (berth kill,
+        // machinectl terminate, a stop that timed out), it dies with the command, unheard.
+        if line.is_empty() {
+            return Ok(ExitStatus::Killed(libc::SIGKILL));
+        }
         ExitStatus::parse(&line).ok_or_else(|| {
             RuntimeError::Exec(format!(
                 "the exec helper ended without an exit status ('{}')",
