@@ -65,8 +65,10 @@ pub fn create(path: &Path, size: u64, label: &str) -> Result<(), MachineError> {
                     "-F",
                     "-L",
                     &label,
+                    // Inode tables and journal written now, not by a background thread
+                    // that would compete with the machine's first IO.
                     "-E",
-                    "root_owner=0:0",
+                    "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0",
                     &path.to_string_lossy(),
                 ],
             )
