@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,9 +20,6 @@ use crate::machine::{CreateRequest, MachineError, Machines, Mode, lifecycle, pro
 use crate::runtime::ExitStatus;
 use crate::runtime::exec::{Exec, ExecConfig};
 use crate::systemd::{self, unit_name};
-
-/// Where systemd puts machine scopes in the cgroup tree.
-const MACHINE_SLICE_CGROUP: &str = "/sys/fs/cgroup/machine.slice";
 
 type ExecResult = Result<ExitStatus, String>;
 
@@ -78,13 +75,30 @@ fn terminal_reply(terminal: Option<OwnedFd>) -> Result<zbus::OwnedFd, BusError> 
     Ok(fd.into())
 }
 
+/// `--boot` or a command, not both and not neither.
+fn mode(boot: bool, command: Vec<String>) -> Result<Mode, BusError> {
+    match (boot, command.is_empty()) {
+        (true, true) => Ok(Mode::Boot),
+        (false, false) => Ok(Mode::App(command)),
+        (true, false) => Err(BusError::InvalidArgument(
+            "give either --boot or a command, not both".into(),
+        )),
+        (false, true) => Err(BusError::InvalidArgument(
+            "no command: give --boot, or the command after '--'".into(),
+        )),
+    }
+}
+
 /// Parses `-p` properties and checks them against the running systemd, before anything is
-/// created.
-async fn check_properties(conn: &Connection, properties: &[String]) -> Result<(), BusError> {
+/// created; returns them parsed.
+async fn check_properties(
+    conn: &Connection,
+    properties: &[String],
+) -> Result<Vec<systemd::properties::Property>, BusError> {
     let parsed = systemd::properties::parse_all(properties)
         .map_err(|e| BusError::InvalidArgument(e.to_string()))?;
     match systemd::check_properties(conn, &parsed).await {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(parsed),
         Err(systemd::SystemdError::Property(e)) => Err(BusError::InvalidArgument(e.to_string())),
         Err(e) => Err(MachineError::from(e).into()),
     }
@@ -225,20 +239,7 @@ impl Manager {
     ) -> Result<MachineEntry, BusError> {
         authorize(conn, &header, Action::ManageMachines).await?;
         check_properties(conn, &properties).await?;
-        let mode = match (boot, command.is_empty()) {
-            (true, true) => Mode::Boot,
-            (false, false) => Mode::App(command),
-            (true, false) => {
-                return Err(BusError::InvalidArgument(
-                    "give either --boot or a command, not both".into(),
-                ));
-            }
-            (false, true) => {
-                return Err(BusError::InvalidArgument(
-                    "no command: give --boot, or the command after '--'".into(),
-                ));
-            }
-        };
+        let mode = mode(boot, command)?;
         let request = CreateRequest {
             name,
             image,
@@ -310,20 +311,7 @@ impl Manager {
     ) -> Result<(String, zbus::OwnedFd), BusError> {
         authorize(conn, &header, Action::ManageMachines).await?;
         check_properties(conn, &properties).await?;
-        let mode = match (boot, command.is_empty()) {
-            (true, true) => Mode::Boot,
-            (false, false) => Mode::App(command),
-            (true, false) => {
-                return Err(BusError::InvalidArgument(
-                    "give either --boot or a command, not both".into(),
-                ));
-            }
-            (false, true) => {
-                return Err(BusError::InvalidArgument(
-                    "no command: give --boot, or the command after '--'".into(),
-                ));
-            }
-        };
+        let mode = mode(boot, command)?;
         let name = if name.is_empty() {
             crate::machine::generated_name()?
         } else {
@@ -431,7 +419,7 @@ impl Manager {
         };
         let config = ExecConfig {
             leader: i32::try_from(running.leader).unwrap_or(0),
-            scope_cgroup: Path::new(MACHINE_SLICE_CGROUP).join(unit_name::machine_scope(&name)),
+            scope_cgroup: lifecycle::scope_cgroup(&unit_name::machine_scope(&name)),
             user,
             command,
             tty,
@@ -561,9 +549,7 @@ impl Manager {
                 "no property to set: give NAME=VALUE, e.g. CPUWeight=80".into(),
             ));
         }
-        check_properties(conn, &properties).await?;
-        let parsed = systemd::properties::parse_all(&properties)
-            .map_err(|e| BusError::InvalidArgument(e.to_string()))?;
+        let parsed = check_properties(conn, &properties).await?;
         Machines::check_devices(&parsed)?;
         let running = lifecycle::state(conn, &name).await?;
         match &running {
@@ -637,7 +623,7 @@ impl Manager {
             let Some(running) = lifecycle::state(conn, &name).await? else {
                 continue;
             };
-            let cgroup = Path::new(MACHINE_SLICE_CGROUP).join(&running.unit);
+            let cgroup = lifecycle::scope_cgroup(&running.unit);
             let sample = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
             let u = blocking(move || Ok::<_, BusError>(usage::read(&cgroup))).await?;
             let or_max = |v: Option<u64>| v.unwrap_or(u64::MAX);

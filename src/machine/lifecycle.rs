@@ -49,6 +49,11 @@ const INITS: [&str; 3] = [
 /// Where systemd puts machine scopes in the cgroup tree.
 const MACHINE_SLICE_CGROUP: &str = "/sys/fs/cgroup/machine.slice";
 
+/// The cgroup directory of scope `unit` (`machine-NAME.scope`).
+pub fn scope_cgroup(unit: &str) -> PathBuf {
+    Path::new(MACHINE_SLICE_CGROUP).join(unit)
+}
+
 /// The state `berth list` shows: machined's view, so it survives berthd restarts and sees
 /// machines stopped by any tool.
 pub async fn state(conn: &Connection, name: &str) -> Result<Option<RunningMachine>, MachineError> {
@@ -176,7 +181,7 @@ async fn bring_up(
                 })?,
         };
         systemd::start_scope(conn, &spec).await?;
-        runtime::delegate_payload_cgroup(&Path::new(MACHINE_SLICE_CGROUP).join(&unit), pid, base)?;
+        runtime::delegate_payload_cgroup(&scope_cgroup(&unit), pid, base)?;
         // A volume is mounted only in the machine's namespace: tools reach its files (e.g.
         // `journalctl -M`) through the leader's root.
         let root = if definition.volume.is_some() {

@@ -192,7 +192,8 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
     )?;
     let user = User::lookup(&config.user)?;
     let (stdio, terminal) = if config.tty {
-        let (master, subsidiary) = open_terminal(&user)?;
+        // Group tty (5), as a login terminal is.
+        let (master, subsidiary) = super::open_pty(Path::new("/dev/pts/ptmx"), user.uid, 5)?;
         let dup = |fd: &OwnedFd| step("dup", fd.try_clone());
         (
             [dup(&subsidiary)?, dup(&subsidiary)?, subsidiary],
@@ -333,59 +334,10 @@ impl User {
     }
 }
 
-/// A terminal of the machine's devpts, owned by `user` (group tty when the machine has one).
-fn open_terminal(user: &User) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
-    let master = step(
-        "opening the machine's /dev/pts/ptmx",
-        rustix::fs::open(
-            "/dev/pts/ptmx",
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(io::Error::from),
-    )?;
-    step(
-        "unlocking the terminal",
-        rustix::pty::unlockpt(&master).map_err(io::Error::from),
-    )?;
-    let subsidiary = step(
-        "opening the terminal",
-        rustix::pty::ioctl_tiocgptpeer(
-            &master,
-            rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY,
-        )
-        .map_err(io::Error::from),
-    )?;
-    step(
-        "handing the terminal to the user",
-        rustix::fs::fchown(
-            &subsidiary,
-            Some(rustix::fs::Uid::from_raw(user.uid)),
-            Some(rustix::fs::Gid::from_raw(5)),
-        )
-        .map_err(io::Error::from),
-    )?;
-    Ok((master, subsidiary))
-}
-
 /// In the forked child: session, terminal, credentials, environment, exec. Returns the error.
 fn run_child(config: &ExecConfig, user: &User, stdio: [OwnedFd; 3]) -> String {
-    let _ = SigSet::all().thread_unblock();
-    if let Err(e) = rustix::process::setsid() {
-        return format!("new session: {e}");
-    }
-    let [stdin, stdout, stderr] = &stdio;
-    let dup = rustix::stdio::dup2_stdin(stdin)
-        .and_then(|()| rustix::stdio::dup2_stdout(stdout))
-        .and_then(|()| rustix::stdio::dup2_stderr(stderr));
-    if let Err(e) = dup {
-        return format!("setting up standard input and output: {e}");
-    }
-    drop(stdio);
-    if config.tty
-        && let Err(e) = rustix::process::ioctl_tiocsctty(io::stdin().as_fd())
-    {
-        return format!("taking the terminal: {e}");
+    if let Err(e) = init::enter_session(stdio, config.tty) {
+        return e;
     }
     let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     let gid = Gid::from_raw(user.gid);

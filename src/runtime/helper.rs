@@ -471,31 +471,8 @@ fn open_terminal(
     base: u32,
     console: bool,
 ) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
-    let master = errno(
-        "opening the machine's /dev/pts/ptmx",
-        rustix::fs::open(
-            root.join("dev/pts/ptmx"),
-            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ),
-    )?;
-    errno("unlocking the terminal", rustix::pty::unlockpt(&master))?;
-    let subsidiary = errno(
-        "opening the terminal",
-        rustix::pty::ioctl_tiocgptpeer(
-            &master,
-            rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY,
-        ),
-    )?;
     // Owned by the machine's root and its tty group (GID 5), as a login terminal is.
-    errno(
-        "handing the terminal to the machine",
-        rustix::fs::fchown(
-            &subsidiary,
-            Some(rustix::fs::Uid::from_raw(base)),
-            Some(rustix::fs::Gid::from_raw(base + 5)),
-        ),
-    )?;
+    let (master, subsidiary) = super::open_pty(&root.join("dev/pts/ptmx"), base, base + 5)?;
     if console {
         let name = errno(
             "naming the terminal",

@@ -133,20 +133,8 @@ fn exec_payload(
     stdio: [OwnedFd; 3],
     tty: bool,
 ) -> String {
-    let _ = SigSet::all().thread_unblock();
-    if let Err(e) = rustix::process::setsid() {
-        return format!("new session: {e}");
-    }
-    let [stdin, stdout, stderr] = &stdio;
-    let dup = rustix::stdio::dup2_stdin(stdin)
-        .and_then(|()| rustix::stdio::dup2_stdout(stdout))
-        .and_then(|()| rustix::stdio::dup2_stderr(stderr));
-    if let Err(e) = dup {
-        return format!("setting up standard input and output: {e}");
-    }
-    drop(stdio);
-    if tty && let Err(e) = rustix::process::ioctl_tiocsctty(io::stdin().as_fd()) {
-        return format!("taking the terminal: {e}");
+    if let Err(e) = enter_session(stdio, tty) {
+        return e;
     }
     let error = Command::new(&command[0])
         .args(&command[1..])
@@ -154,6 +142,24 @@ fn exec_payload(
         .envs(env.iter().map(|(k, v)| (k, v)))
         .exec();
     error.to_string()
+}
+
+/// In a forked child about to exec: unblocks signals, starts a new session, makes `stdio`
+/// its standard streams and, for a terminal, takes it as the controlling one.
+pub(super) fn enter_session(stdio: [OwnedFd; 3], tty: bool) -> Result<(), String> {
+    let _ = SigSet::all().thread_unblock();
+    rustix::process::setsid().map_err(|e| format!("new session: {e}"))?;
+    let [stdin, stdout, stderr] = &stdio;
+    rustix::stdio::dup2_stdin(stdin)
+        .and_then(|()| rustix::stdio::dup2_stdout(stdout))
+        .and_then(|()| rustix::stdio::dup2_stderr(stderr))
+        .map_err(|e| format!("setting up standard input and output: {e}"))?;
+    drop(stdio);
+    if tty {
+        rustix::process::ioctl_tiocsctty(io::stdin().as_fd())
+            .map_err(|e| format!("taking the terminal: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Forwards signals to `child` and reaps until it ends; returns how it ended.

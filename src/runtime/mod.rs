@@ -269,6 +269,38 @@ impl Launch {
     }
 }
 
+/// A new pseudo-terminal from the devpts instance whose `ptmx` is given: (master, subsidiary),
+/// the subsidiary owned by `uid`:`gid` (host IDs, or the machine's after entering its user
+/// namespace).
+pub(crate) fn open_pty(
+    ptmx: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::pty::OpenptFlags;
+    fn errno(what: &str) -> impl FnOnce(rustix::io::Errno) -> RuntimeError + '_ {
+        move |e| RuntimeError::step(what, e.into())
+    }
+    let master = rustix::fs::open(
+        ptmx,
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno("opening the machine's /dev/pts/ptmx"))?;
+    rustix::pty::unlockpt(&master).map_err(errno("unlocking the terminal"))?;
+    let subsidiary =
+        rustix::pty::ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY)
+            .map_err(errno("opening the terminal"))?;
+    rustix::fs::fchown(
+        &subsidiary,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .map_err(errno("handing the terminal to the machine"))?;
+    Ok((master, subsidiary))
+}
+
 /// Moves `pid` into `CGROUP/payload` and hands that cgroup to the machine's root, so systemd
 /// inside can manage its own subtree (the scope itself stays systemd's).
 pub fn delegate_payload_cgroup(
