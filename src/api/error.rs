@@ -59,6 +59,9 @@ impl From<MachineError> for BusError {
             MachineError::AlreadyRunning(_)
             | MachineError::NotRunning(_)
             | MachineError::Running(_) => Self::InvalidState(message),
+            MachineError::Runtime(crate::runtime::RuntimeError::Setting(_)) => {
+                Self::InvalidArgument(message)
+            }
             MachineError::NoFreeUidRange
             | MachineError::Runtime(_)
             | MachineError::Systemd(_)

@@ -56,6 +56,79 @@ impl Manager {
         let last_exit = lifecycle::read_status(&d.name);
         Ok(MachineEntry::new(d, root, running, last_exit))
     }
+
+    /// The definition and leader PID of running machine `name`.
+    async fn running_machine(
+        &self,
+        conn: &Connection,
+        name: &str,
+    ) -> Result<(crate::machine::Definition, i32), BusError> {
+        let definition = self.machines.get(name)?;
+        let Some(running) = lifecycle::state(conn, name).await? else {
+            return Err(MachineError::NotRunning(name.to_owned()).into());
+        };
+        Ok((definition, i32::try_from(running.leader).unwrap_or(0)))
+    }
+
+    /// Starts the exec helper; returns the id WaitExec takes and the terminal's master side.
+    async fn start_exec(
+        &self,
+        config: ExecConfig,
+        stdio: Option<[OwnedFd; 3]>,
+    ) -> Result<(u32, zbus::OwnedFd), BusError> {
+        let helper = self.helper.clone();
+        let mut exec =
+            blocking(move || Exec::start(&helper, &config, stdio).map_err(MachineError::from))
+                .await?;
+        let terminal = exec.terminal.take();
+        let id = self.next_exec.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        self.execs
+            .lock()
+            .map_err(|_| BusError::Failed("internal lock poisoned".into()))?
+            .insert(id, receiver);
+        tokio::task::spawn_blocking(move || {
+            let _ = sender.send(exec.wait().map_err(|e| e.to_string()));
+        });
+        Ok((id, terminal_reply(terminal)?))
+    }
+}
+
+/// What the exec helper needs to run `command` in `definition`'s machine.
+fn exec_config(
+    definition: &crate::machine::Definition,
+    leader: i32,
+    user: String,
+    command: Vec<String>,
+    tty: bool,
+    environment: Vec<(String, String)>,
+) -> ExecConfig {
+    ExecConfig {
+        leader,
+        scope_cgroup: lifecycle::scope_cgroup(&unit_name::machine_scope(&definition.name)),
+        join_payload: definition.mode != Mode::Boot,
+        user,
+        command,
+        tty,
+        environment,
+        window: (0, 0),
+        machine_id: definition.machine_id.clone(),
+    }
+}
+
+/// The caller's `NAME=VALUE` environment: only TERM and COLORTERM pass into a machine.
+fn caller_environment(assignments: &[String]) -> Result<Vec<(String, String)>, BusError> {
+    assignments
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((key @ ("TERM" | "COLORTERM"), value)) if !value.contains('\n') => {
+                Ok((key.to_owned(), value.to_owned()))
+            }
+            _ => Err(BusError::InvalidArgument(format!(
+                "environment '{a}': only TERM=VALUE and COLORTERM=VALUE are passed on"
+            ))),
+        })
+        .collect()
 }
 
 /// The three standard streams a client passed.
@@ -219,9 +292,11 @@ impl Manager {
     /// image's init; otherwise `command` is run. `binds` are `SRC:DST[:ro]`; `properties` are
     /// resource-control `NAME=VALUE` assignments in systemd's syntax, checked against the
     /// running systemd. `storage` is "" (the root is a snapshot or copy of the image) or
-    /// "volume" (the machine gets its own ext4 filesystem of `disk_size` bytes). Needs
-    /// org.berth.berth1.manage-machines.
-    #[zbus(out_args("machine"))]
+    /// "volume" (the machine gets its own ext4 filesystem of `disk_size` bytes).
+    /// `timezone_locale` is (zone, locale), each "host" or "" (follow the host, refreshed at
+    /// each start) or a value written once into the guest's /etc. Returns the machine and warnings (what
+    /// the guest lacks). Needs org.berth.berth1.manage-machines.
+    #[zbus(out_args("machine", "warnings"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth create`
     async fn create_machine(
         &self,
@@ -234,9 +309,11 @@ impl Manager {
         properties: Vec<String>,
         storage: String,
         disk_size: u64,
+        timezone_locale: (String, String),
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<MachineEntry, BusError> {
+    ) -> Result<(MachineEntry, Vec<String>), BusError> {
+        let (timezone, locale) = timezone_locale;
         authorize(conn, &header, Action::ManageMachines).await?;
         check_properties(conn, &properties).await?;
         let mode = mode(boot, command)?;
@@ -249,12 +326,14 @@ impl Manager {
             ephemeral: false,
             properties,
             disk_size: storage_request(&storage, disk_size)?,
+            timezone,
+            locale,
         };
         let machines = self.machines.clone();
         tracing::info!(name = %request.name, image = %request.image, "creating machine");
-        let definition = blocking(move || machines.create(&request)).await?;
-        tracing::info!(name = %definition.name, uid_base = definition.uid_range.base, "created machine");
-        self.entry(conn, definition).await
+        let (definition, warnings) = blocking(move || machines.create(&request)).await?;
+        tracing::info!(name = %definition.name, uid_base = definition.uid_range.base, ?warnings, "created machine");
+        Ok((self.entry(conn, definition).await?, warnings))
     }
 
     /// Starts machine `name` in the transient scope `machine-NAME.scope` (machine.slice,
@@ -306,9 +385,11 @@ impl Manager {
         stdout: zbus::OwnedFd,
         stderr: zbus::OwnedFd,
         term: String,
+        timezone_locale: (String, String),
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, zbus::OwnedFd), BusError> {
+        let (timezone, locale) = timezone_locale;
         authorize(conn, &header, Action::ManageMachines).await?;
         check_properties(conn, &properties).await?;
         let mode = mode(boot, command)?;
@@ -326,10 +407,15 @@ impl Manager {
             ephemeral: remove,
             properties,
             disk_size: storage_request(&storage, disk_size)?,
+            timezone,
+            locale,
         };
         let machines = self.machines.clone();
         tracing::info!(%name, image = %request.image, remove, tty, "running machine");
-        blocking(move || machines.create(&request)).await?;
+        let (_, warnings) = blocking(move || machines.create(&request)).await?;
+        for warning in warnings {
+            tracing::warn!(%name, "{warning}");
+        }
         let attach = if tty {
             Attach::Terminal {
                 term: if term.is_empty() {
@@ -390,8 +476,10 @@ impl Manager {
 
     /// Runs `command` in running machine `name` (all its namespaces, its cgroup, its root) as
     /// `user` (a name or UID of the machine's /etc/passwd; empty for root), attached like
-    /// RunMachine. Returns an id for WaitExec and the terminal's master side (else /dev/null).
-    /// Needs org.berth.berth1.manage-machines.
+    /// RunMachine (with `tty`, a new terminal of `window` rows and columns), with a login environment built from the guest's own files (PATH, HOME,
+    /// SHELL, USER, LANG and LC_*, /etc/environment). `environment` passes the caller's TERM
+    /// and COLORTERM (`NAME=VALUE`). Returns an id for WaitExec and the terminal's master side
+    /// (else /dev/null). Needs org.berth.berth1.manage-machines.
     #[zbus(out_args("id", "terminal"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth exec`
     async fn exec_machine(
@@ -400,53 +488,71 @@ impl Manager {
         user: String,
         command: Vec<String>,
         tty: bool,
+        window: (u16, u16),
         stdin: zbus::OwnedFd,
         stdout: zbus::OwnedFd,
         stderr: zbus::OwnedFd,
-        term: String,
+        environment: Vec<String>,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(u32, zbus::OwnedFd), BusError> {
         authorize(conn, &header, Action::ManageMachines).await?;
-        let definition = self.machines.get(&name)?;
         if command.first().is_none_or(String::is_empty) {
             return Err(BusError::InvalidArgument(
                 "no command: give the command to run after '--'".into(),
             ));
         }
-        let Some(running) = lifecycle::state(conn, &name).await? else {
-            return Err(MachineError::NotRunning(name).into());
-        };
-        let config = ExecConfig {
-            leader: i32::try_from(running.leader).unwrap_or(0),
-            scope_cgroup: lifecycle::scope_cgroup(&unit_name::machine_scope(&name)),
-            user,
-            command,
-            tty,
-            term: if term.is_empty() {
-                "vt220".into()
-            } else {
-                term
-            },
-            machine_id: definition.machine_id,
-        };
-        let stdio = (!tty).then(|| streams(stdin, stdout, stderr));
-        let helper = self.helper.clone();
-        tracing::info!(%name, command = ?config.command, user = %config.user, "exec in machine");
-        let mut exec =
-            blocking(move || Exec::start(&helper, &config, stdio).map_err(MachineError::from))
-                .await?;
-        let terminal = exec.terminal.take();
-        let id = self.next_exec.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = oneshot::channel();
-        self.execs
-            .lock()
-            .map_err(|_| BusError::Failed("internal lock poisoned".into()))?
-            .insert(id, receiver);
-        tokio::task::spawn_blocking(move || {
-            let _ = sender.send(exec.wait().map_err(|e| e.to_string()));
-        });
-        Ok((id, terminal_reply(terminal)?))
+        let environment = caller_environment(&environment)?;
+        let (definition, leader) = self.running_machine(conn, &name).await?;
+        tracing::info!(%name, ?command, %user, "exec in machine");
+        let mut config = exec_config(&definition, leader, user, command, tty, environment);
+        config.window = window;
+        self.start_exec(config, (!tty).then(|| streams(stdin, stdout, stderr)))
+            .await
+    }
+
+    /// Opens a login session in running boot machine `name`: its own systemd runs `command`
+    /// (empty: `user`'s login shell) as a transient service with PAMName=login, so logind
+    /// registers the session and pam_env applies the guest's /etc/environment and locale;
+    /// attached like ExecMachine. `environment` passes the caller's TERM and COLORTERM.
+    /// WaitExec returns the command's exit status. Needs org.berth.berth1.manage-machines.
+    #[zbus(out_args("id", "terminal"))]
+    #[allow(clippy::too_many_arguments)] // one argument per option of `berth shell`
+    async fn open_shell(
+        &self,
+        name: String,
+        user: String,
+        command: Vec<String>,
+        tty: bool,
+        window: (u16, u16),
+        stdin: zbus::OwnedFd,
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+        environment: Vec<String>,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(u32, zbus::OwnedFd), BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        if command.first().is_some_and(String::is_empty) {
+            return Err(BusError::InvalidArgument(
+                "empty command: give the command after '--', or none for a login shell".into(),
+            ));
+        }
+        crate::runtime::shell::validate_user(&user).map_err(MachineError::from)?;
+        let environment = caller_environment(&environment)?;
+        let (definition, leader) = self.running_machine(conn, &name).await?;
+        if definition.mode != Mode::Boot {
+            return Err(BusError::InvalidState(format!(
+                "machine '{name}' runs an app, not an init system, so it has no login sessions; \
+                 use 'berth exec {name} -- CMD' (it gets a login environment too)"
+            )));
+        }
+        tracing::info!(%name, ?command, %user, "shell in machine");
+        let argv = crate::runtime::shell::systemd_run_command(&user, &command, tty, &environment);
+        let mut config = exec_config(&definition, leader, String::new(), argv, tty, environment);
+        config.window = window;
+        self.start_exec(config, (!tty).then(|| streams(stdin, stdout, stderr)))
+            .await
     }
 
     /// Waits for the command ExecMachine started as `id`; returns its exit code (128 + the
@@ -531,9 +637,11 @@ impl Manager {
 
     /// Sets resource-control `properties` (NAME=VALUE, systemd's syntax) of machine `name`:
     /// applied at once to its running scope with SetUnitProperties, and recorded in its
-    /// definition for the next starts, unless `runtime` (then it must be running). Every value
-    /// is checked first; an invalid one changes nothing. Needs
-    /// org.berth.berth1.manage-machines.
+    /// definition for the next starts, unless `runtime` (then it must be running).
+    /// `Timezone=` and `Locale=` ("host" or a value) are written into the machine's /etc and
+    /// its definition. Every value is checked first; an invalid one changes nothing. Returns
+    /// warnings (what the guest lacks). Needs org.berth.berth1.manage-machines.
+    #[zbus(out_args("warnings"))]
     async fn set_properties(
         &self,
         name: String,
@@ -541,7 +649,7 @@ impl Manager {
         runtime: bool,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), BusError> {
+    ) -> Result<Vec<String>, BusError> {
         authorize(conn, &header, Action::ManageMachines).await?;
         self.machines.get(&name)?;
         if properties.is_empty() {
@@ -549,12 +657,51 @@ impl Manager {
                 "no property to set: give NAME=VALUE, e.g. CPUWeight=80".into(),
             ));
         }
-        let parsed = check_properties(conn, &properties).await?;
+        let (mut timezone, mut locale) = (None, None);
+        let mut resources = Vec::new();
+        for assignment in properties {
+            match assignment.split_once('=') {
+                Some(("Timezone", value)) => timezone = Some(value.trim().to_owned()),
+                Some(("Locale", value)) => locale = Some(value.trim().to_owned()),
+                _ => resources.push(assignment),
+            }
+        }
+        if let Some(zone) = &timezone {
+            crate::runtime::guest_etc::validate_timezone(zone).map_err(MachineError::from)?;
+        }
+        if let Some(locale) = &locale {
+            crate::runtime::guest_etc::validate_locale(locale).map_err(MachineError::from)?;
+        }
+        if runtime && (timezone.is_some() || locale.is_some()) {
+            return Err(BusError::InvalidArgument(
+                "Timezone and Locale are written into the machine's /etc, which --runtime \
+                 doesn't change; leave --runtime out"
+                    .into(),
+            ));
+        }
+        let parsed = if resources.is_empty() {
+            Vec::new()
+        } else {
+            check_properties(conn, &resources).await?
+        };
         Machines::check_devices(&parsed)?;
         let running = lifecycle::state(conn, &name).await?;
+        let mut warnings = Vec::new();
+        if timezone.is_some() || locale.is_some() {
+            let machines = self.machines.clone();
+            let (setting, is_running) = (name.clone(), running.is_some());
+            tracing::info!(%name, ?timezone, ?locale, "setting the machine's timezone/locale");
+            warnings = blocking(move || {
+                machines.set_guest_settings(&setting, timezone, locale, is_running)
+            })
+            .await?;
+        }
+        if parsed.is_empty() {
+            return Ok(warnings);
+        }
         match &running {
             Some(r) => {
-                tracing::info!(%name, ?properties, "setting properties of running machine");
+                tracing::info!(%name, ?resources, "setting properties of running machine");
                 systemd::set_unit_properties(conn, &r.unit, &parsed)
                     .await
                     .map_err(MachineError::from)?;
@@ -570,7 +717,7 @@ impl Manager {
             let machines = self.machines.clone();
             blocking(move || machines.set_properties(&name, &parsed)).await?;
         }
-        Ok(())
+        Ok(warnings)
     }
 
     /// Whether IO properties can be enforced for machine `name` (or, when empty, for berth's
@@ -745,5 +892,25 @@ impl Manager {
     #[zbus(property)]
     async fn image_directory(&self) -> String {
         self.pool.image_dir().display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_term_and_colorterm_pass_into_a_machine() {
+        let passed = caller_environment(&["TERM=xterm".into(), "COLORTERM=truecolor".into()])
+            .expect("TERM and COLORTERM");
+        assert_eq!(passed.len(), 2);
+        for bad in ["LD_PRELOAD=/x.so", "TERM", "TERM=a\nb"] {
+            let e = caller_environment(&[bad.into()]).expect_err(bad);
+            assert!(
+                e.to_string()
+                    .contains("only TERM=VALUE and COLORTERM=VALUE"),
+                "{e}"
+            );
+        }
     }
 }

@@ -40,7 +40,8 @@ pub trait Manager {
         properties: &[String],
         storage: &str,
         disk_size: u64,
-    ) -> zbus::Result<MachineEntry>;
+        timezone_locale: (&str, &str),
+    ) -> zbus::Result<(MachineEntry, Vec<String>)>;
 
     fn remove_machine(&self, name: &str) -> zbus::Result<()>;
 
@@ -68,6 +69,7 @@ pub trait Manager {
         stdout: zbus::Fd<'_>,
         stderr: zbus::Fd<'_>,
         term: &str,
+        timezone_locale: (&str, &str),
     ) -> zbus::Result<(String, zbus::OwnedFd)>;
 
     fn wait_machine(&self, name: &str) -> zbus::Result<(i32, String)>;
@@ -79,10 +81,25 @@ pub trait Manager {
         user: &str,
         command: &[String],
         tty: bool,
+        window: (u16, u16),
         stdin: zbus::Fd<'_>,
         stdout: zbus::Fd<'_>,
         stderr: zbus::Fd<'_>,
-        term: &str,
+        environment: &[String],
+    ) -> zbus::Result<(u32, zbus::OwnedFd)>;
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_shell(
+        &self,
+        name: &str,
+        user: &str,
+        command: &[String],
+        tty: bool,
+        window: (u16, u16),
+        stdin: zbus::Fd<'_>,
+        stdout: zbus::Fd<'_>,
+        stderr: zbus::Fd<'_>,
+        environment: &[String],
     ) -> zbus::Result<(u32, zbus::OwnedFd)>;
 
     fn wait_exec(&self, id: u32) -> zbus::Result<(i32, String)>;
@@ -93,7 +110,12 @@ pub trait Manager {
 
     fn machine_status(&self, name: &str) -> zbus::Result<MachineStatus>;
 
-    fn set_properties(&self, name: &str, properties: &[String], runtime: bool) -> zbus::Result<()>;
+    fn set_properties(
+        &self,
+        name: &str,
+        properties: &[String],
+        runtime: bool,
+    ) -> zbus::Result<Vec<String>>;
 
     fn machine_usage(&self, names: &[String]) -> zbus::Result<Vec<UsageEntry>>;
 

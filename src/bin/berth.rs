@@ -104,12 +104,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             properties,
             storage,
             disk_size,
+            timezone,
+            locale,
             command,
         } => {
             if !boot && command.is_empty() {
                 bail!("no command for machine '{name}': give --boot, or the command after '--'");
             }
-            let machine = manager
+            let (machine, warnings) = manager
                 .create_machine(
                     &name,
                     &image,
@@ -120,8 +122,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     &properties,
                     &storage,
                     disk_size.unwrap_or(0),
+                    (&timezone, &locale),
                 )
                 .await?;
+            print_warnings(&warnings);
             println!(
                 "Created machine '{}' from image '{}' ({} mode): root {} ({}), UIDs {}-{}, hostname {}, machine-id {}.",
                 machine.name,
@@ -169,6 +173,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             properties,
             storage,
             disk_size,
+            timezone,
+            locale,
             command,
         } => {
             if !boot && command.is_empty() {
@@ -199,11 +205,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     stdout.as_fd().into(),
                     stderr.as_fd().into(),
                     &term,
+                    (&timezone, &locale),
                 )
                 .await?;
-            let relay = tty
-                .then(|| berth::terminal::Relay::start(terminal.into()))
-                .transpose()?;
+            let relay = tty.then(|| start_relay(terminal)).transpose()?;
             let waited =
                 wait_forwarding_signals(&manager, &name, manager.wait_machine(&name)).await;
             return finish(relay, waited);
@@ -214,7 +219,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             command,
         } => {
             let tty = std::io::stdin().is_terminal();
-            let term = std::env::var("TERM").unwrap_or_default();
             let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
             let (id, terminal) = manager
                 .exec_machine(
@@ -222,15 +226,38 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     user.as_deref().unwrap_or(""),
                     &command,
                     tty,
+                    window_size(),
                     stdin.as_fd().into(),
                     stdout.as_fd().into(),
                     stderr.as_fd().into(),
-                    &term,
+                    &caller_environment(),
                 )
                 .await?;
-            let relay = tty
-                .then(|| berth::terminal::Relay::start(terminal.into()))
-                .transpose()?;
+            let relay = tty.then(|| start_relay(terminal)).transpose()?;
+            let waited = manager.wait_exec(id).await;
+            return finish(relay, waited);
+        }
+        Command::Shell {
+            name,
+            user,
+            command,
+        } => {
+            let tty = std::io::stdin().is_terminal();
+            let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+            let (id, terminal) = manager
+                .open_shell(
+                    &name,
+                    user.as_deref().unwrap_or(""),
+                    &command,
+                    tty,
+                    window_size(),
+                    stdin.as_fd().into(),
+                    stdout.as_fd().into(),
+                    stderr.as_fd().into(),
+                    &caller_environment(),
+                )
+                .await?;
+            let relay = tty.then(|| start_relay(terminal)).transpose()?;
             let waited = manager.wait_exec(id).await;
             return finish(relay, waited);
         }
@@ -262,7 +289,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             properties,
             runtime,
         } => {
-            manager.set_properties(&name, &properties, runtime).await?;
+            let warnings = manager.set_properties(&name, &properties, runtime).await?;
+            print_warnings(&warnings);
             let running = manager
                 .list_machines()
                 .await?
@@ -454,6 +482,45 @@ async fn wait_forwarding_signals(
 
 /// Restores the terminal, copies out the rest of the output and turns the command's exit
 /// code into ours.
+/// This terminal's window size (rows, columns); (0, 0) when stdin is no terminal.
+fn window_size() -> (u16, u16) {
+    rustix::termios::tcgetwinsize(std::io::stdin().as_fd())
+        .map_or((0, 0), |size| (size.ws_row, size.ws_col))
+}
+
+/// The caller's TERM and COLORTERM, passed into the machine.
+fn caller_environment() -> Vec<String> {
+    ["TERM", "COLORTERM"]
+        .iter()
+        .filter_map(|key| {
+            let value = std::env::var(key).ok().filter(|v| !v.is_empty())?;
+            Some(format!("{key}={value}"))
+        })
+        .collect()
+}
+
+/// Relays this terminal to the machine's, and keeps its window size in step.
+fn start_relay(terminal: zbus::OwnedFd) -> anyhow::Result<berth::terminal::Relay> {
+    let master: std::os::fd::OwnedFd = terminal.into();
+    let resized = master.try_clone()?;
+    if let Ok(mut winch) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+    {
+        tokio::spawn(async move {
+            while winch.recv().await.is_some() {
+                berth::terminal::resize(&resized);
+            }
+        });
+    }
+    Ok(berth::terminal::Relay::start(master)?)
+}
+
+fn print_warnings(warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+}
+
 fn finish(
     relay: Option<berth::terminal::Relay>,
     waited: zbus::Result<(i32, String)>,

@@ -113,6 +113,16 @@ pub enum Command {
         /// The size of a --storage volume, e.g. 2G (K, M, G, T: powers of 1024).
         #[arg(long, value_name = "SIZE", value_parser = parse_disk_size)]
         disk_size: Option<u64>,
+        /// The machine's timezone: 'host' (follow the host's zone, refreshed at each start)
+        /// or a zone of the machine's tzdata, e.g. Europe/Berlin, written once as its
+        /// /etc/localtime (the machine may change it; its /etc wins).
+        #[arg(long, value_name = "ZONE", default_value = "host")]
+        timezone: String,
+        /// The machine's locale (LANG): 'host' (the host's LANG, refreshed at each start) or
+        /// a locale, e.g. de_DE.UTF-8, written once to its /etc/locale.conf and
+        /// /etc/default/locale; generated with the machine's locale-gen when it lacks it.
+        #[arg(long, value_name = "LOCALE", default_value = "host")]
+        locale: String,
         /// The command an app machine runs (after '--').
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -172,6 +182,16 @@ pub enum Command {
         /// The size of a --storage volume, e.g. 2G (K, M, G, T: powers of 1024).
         #[arg(long, value_name = "SIZE", value_parser = parse_disk_size)]
         disk_size: Option<u64>,
+        /// The machine's timezone: 'host' (follow the host's zone, refreshed at each start)
+        /// or a zone of the machine's tzdata, e.g. Europe/Berlin, written once as its
+        /// /etc/localtime (the machine may change it; its /etc wins).
+        #[arg(long, value_name = "ZONE", default_value = "host")]
+        timezone: String,
+        /// The machine's locale (LANG): 'host' (the host's LANG, refreshed at each start) or
+        /// a locale, e.g. de_DE.UTF-8, written once to its /etc/locale.conf and
+        /// /etc/default/locale; generated with the machine's locale-gen when it lacks it.
+        #[arg(long, value_name = "LOCALE", default_value = "host")]
+        locale: String,
         /// The command to run (after '--').
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -192,6 +212,28 @@ pub enum Command {
         user: Option<String>,
         /// The command (after '--').
         #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Open a login session in a running boot machine.
+    ///
+    /// The machine's own systemd runs the command (default: USER's login shell) as a
+    /// transient service with PAMName=login, as 'machinectl shell' does: logind inside
+    /// registers the session (XDG_SESSION_ID, XDG_RUNTIME_DIR) and PAM applies the machine's
+    /// /etc/environment and locale. It gets this terminal's TERM and COLORTERM; on a terminal
+    /// it gets a new one of the machine (window size kept in step), otherwise these pipes, so
+    /// it can be scripted. Unlike 'machinectl shell', exits with the command's exit status.
+    #[command(after_help = "Examples:
+  berth shell web
+  berth shell --user alice web
+  berth shell web -- date +%Z")]
+    Shell {
+        /// The machine (a boot machine; for app machines use 'berth exec').
+        name: String,
+        /// The user to log in as: a name or UID of the machine (default root).
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// The command to run instead of the login shell (after '--').
+        #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
     /// Send a signal to a machine's processes.
@@ -224,14 +266,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Change resource-control properties of a machine, live.
+    /// Change resource-control properties, timezone or locale of a machine, live.
     ///
     /// Applies the properties to the running machine's scope at once (SetUnitProperties) and
     /// records them in its definition, so they hold at the next starts too; on a stopped
-    /// machine, only the definition changes. Every value is checked first: an invalid one
-    /// changes nothing. Same syntax as 'create -p'.
+    /// machine, only the definition changes. Timezone=ZONE|host and Locale=LOCALE|host are
+    /// written into the machine's /etc at once (as --timezone and --locale of create). Every
+    /// value is checked first: an invalid one changes nothing. Same syntax as 'create -p'.
     #[command(
-        after_help = "Examples:\n  berth set web CPUWeight=80 MemoryMax=2G\n  berth set --runtime web 'IOReadBandwidthMax=/dev/vda 10M'"
+        after_help = "Examples:\n  berth set web CPUWeight=80 MemoryMax=2G\n  berth set --runtime web 'IOReadBandwidthMax=/dev/vda 10M'\n  berth set web Timezone=Asia/Tokyo Locale=ja_JP.UTF-8"
     )]
     Set {
         /// The machine.

@@ -218,6 +218,11 @@ impl TreeWriter {
         }
     }
 
+    /// The directory the tree is confined to.
+    pub fn root(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
     /// Bytes of regular-file content written so far.
     pub fn bytes_written(&self) -> u64 {
         self.bytes

@@ -24,8 +24,9 @@
 //! IODeviceWeight=/dev/vda 200
 //! ```
 
+use crate::runtime::guest_etc::{self, GuestEtc, HOST};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
@@ -121,9 +122,42 @@ pub struct Definition {
     pub binds: Vec<Bind>,
     /// Resource-control properties (`NAME=VALUE`, systemd's syntax), in order.
     pub properties: Vec<String>,
+    /// `host` (follow the host's zone, refreshed at each start) or a zone written once.
+    pub timezone: String,
+    /// `host` (the host's LANG, refreshed at each start) or a locale written once.
+    pub locale: String,
 }
 
 impl Definition {
+    /// What to write into the guest's /etc at create or `berth set`: fixed settings as they
+    /// are, `host` ones resolved from the host's /etc now.
+    pub fn guest_etc(&self) -> GuestEtc {
+        let resolve = |value: &str, host: fn(&Path) -> Option<String>| {
+            if value == HOST {
+                host(Path::new("/etc"))
+            } else {
+                Some(value.to_owned())
+            }
+        };
+        GuestEtc {
+            timezone: resolve(&self.timezone, guest_etc::host_timezone),
+            locale: resolve(&self.locale, guest_etc::host_locale),
+        }
+    }
+
+    /// What a start refreshes: only the settings that follow the host. What the guest's own
+    /// /etc says about the others wins.
+    pub fn host_following_etc(&self) -> GuestEtc {
+        let mut etc = self.guest_etc();
+        if self.timezone != HOST {
+            etc.timezone = None;
+        }
+        if self.locale != HOST {
+            etc.locale = None;
+        }
+        etc
+    }
+
     pub fn to_ini(&self) -> String {
         let mut out = String::from("# berth machine definition; see 'man berth' / README.\n");
         out.push_str("[Machine]\n");
@@ -151,6 +185,8 @@ impl Definition {
             kv("Volume", &path.display().to_string());
             kv("DiskSize", &size.to_string());
         }
+        kv("Timezone", &self.timezone);
+        kv("Locale", &self.locale);
         kv("Created", &self.created_usec.to_string());
         if self.ephemeral {
             kv("Ephemeral", "yes");
@@ -186,6 +222,8 @@ impl Definition {
         let mut disk_size = None;
         let mut binds = Vec::new();
         let mut properties = Vec::new();
+        let mut timezone = String::from(HOST);
+        let mut locale = String::from(HOST);
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim_start();
             let syntax = |message: &str| DefinitionError::Syntax {
@@ -223,6 +261,22 @@ impl Definition {
                 ("Machine", "Storage") => storage = value.to_owned(),
                 ("Machine", "Created") => created_usec = value.parse().unwrap_or(0),
                 ("Machine", "Volume") => volume = Some(PathBuf::from(value)),
+                ("Machine", "Timezone") => {
+                    guest_etc::validate_timezone(value).map_err(|e| DefinitionError::BadValue {
+                        key: "Timezone",
+                        value: value.to_owned(),
+                        message: e.to_string(),
+                    })?;
+                    value.clone_into(&mut timezone);
+                }
+                ("Machine", "Locale") => {
+                    guest_etc::validate_locale(value).map_err(|e| DefinitionError::BadValue {
+                        key: "Locale",
+                        value: value.to_owned(),
+                        message: e.to_string(),
+                    })?;
+                    value.clone_into(&mut locale);
+                }
                 ("Machine", "DiskSize") => {
                     disk_size =
                         Some(
@@ -316,6 +370,8 @@ impl Definition {
             },
             binds,
             properties,
+            timezone,
+            locale,
         })
     }
 }
@@ -348,6 +404,8 @@ mod tests {
             volume: Some(("/var/lib/berth/volumes/web.ext4".into(), 1 << 30)),
             binds: vec![Bind::parse("/srv/data:/data:ro").expect("bind")],
             properties: vec!["MemoryMax=1G".into(), "IODeviceWeight=/dev/vda 200".into()],
+            timezone: "Europe/Berlin".into(),
+            locale: HOST.into(),
         }
     }
 

@@ -14,6 +14,7 @@ use zbus::Connection;
 use super::{Definition, MachineError, Machines, Mode};
 use crate::runtime::{
     self, ExitStatus, Launch, Payload, SpawnBind, SpawnConfig, SpawnFds, StdioMode,
+    exec::{Exec, ExecConfig},
 };
 use crate::systemd::{self, RunningMachine, ScopeSpec, unit_name};
 
@@ -105,6 +106,7 @@ async fn start_machine(
         stdio: streams,
     };
     let base = definition.uid_range.base;
+    let helper_path = helper.clone();
     let reboot = (definition.mode == Mode::Boot).then(|| Reboot {
         conn: conn.clone(),
         machines: machines.clone(),
@@ -149,7 +151,62 @@ async fn start_machine(
             )));
         }
     };
+    if running.state == "running" {
+        generate_locale(&helper_path, &definition, running.leader);
+    }
     Ok(Started { running, terminal })
+}
+
+/// Compiles the machine's locale with its own `locale-gen`, in the background, when the
+/// guest can but hasn't yet (a locale it lacked at create, or the host's new LANG).
+fn generate_locale(helper: &std::path::Path, definition: &Definition, leader: u32) {
+    let Some(locale) = definition.guest_etc().locale else {
+        return;
+    };
+    let needed = fs::File::open(format!("/proc/{leader}/root"))
+        .is_ok_and(|root| runtime::guest_etc::needs_locale_gen(&root, &locale));
+    if !needed {
+        return;
+    }
+    let name = definition.name.clone();
+    let helper = helper.to_owned();
+    let config = ExecConfig {
+        leader: i32::try_from(leader).unwrap_or(0),
+        scope_cgroup: scope_cgroup(&unit_name::machine_scope(&name)),
+        join_payload: definition.mode != Mode::Boot,
+        user: String::new(),
+        command: vec!["locale-gen".into()],
+        tty: false,
+        environment: Vec::new(),
+        window: (0, 0),
+        machine_id: definition.machine_id.clone(),
+    };
+    tracing::info!(%name, %locale, "generating the machine's locale (locale-gen)");
+    tokio::task::spawn_blocking(move || {
+        let null = || {
+            fs::File::options()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|e| runtime::RuntimeError::step("opening /dev/null", e))
+        };
+        let result = (|| {
+            let stdio = [null()?, null()?, null()?];
+            Exec::start(&helper, &config, Some(stdio))?.wait()
+        })();
+        match result {
+            Ok(ExitStatus::Exited(0)) => {
+                tracing::info!(%name, %locale, "generated the machine's locale");
+            }
+            Ok(status) => {
+                tracing::warn!(%name, %locale, ?status, "locale-gen failed in the machine")
+            }
+            Err(e) => {
+                tracing::warn!(%name, %locale, error = %e, "could not run locale-gen in the machine")
+            }
+        }
+    });
 }
 
 async fn bring_up(
@@ -420,6 +477,7 @@ fn spawn_config(machines: &Machines, d: &Definition) -> SpawnConfig {
         machine_id: d.machine_id.clone(),
         uid_base: d.uid_range.base,
         binds: d.binds.iter().map(SpawnBind::from).collect(),
+        etc: d.host_following_etc(),
     }
 }
 

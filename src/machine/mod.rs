@@ -27,6 +27,7 @@ pub use uid_range::{RANGE_SIZE, UidRange};
 use crate::image::tree::{Content, Metadata, TreePath};
 use crate::image::{self, ImageError, Pool};
 use crate::name::{self, NameError};
+use crate::runtime::guest_etc;
 
 /// Where machine definitions live (admin-readable, and editable while a machine is stopped).
 pub const DEFAULT_DEFINITION_DIR: &str = "/etc/berth/machines";
@@ -86,6 +87,10 @@ pub struct CreateRequest {
     pub properties: Vec<String>,
     /// `--storage volume --disk-size SIZE`: the machine gets its own filesystem of SIZE bytes.
     pub disk_size: Option<u64>,
+    /// `--timezone`: a zone, or `host`/empty to follow the host.
+    pub timezone: String,
+    /// `--locale`: a locale, or `host`/empty to follow the host's LANG.
+    pub locale: String,
 }
 
 /// The machine store.
@@ -120,8 +125,12 @@ impl Machines {
         self.definitions.join(format!("{name}.machine"))
     }
 
-    /// Creates a machine: validates everything first, then copies the image.
-    pub fn create(&self, request: &CreateRequest) -> Result<Definition, MachineError> {
+    /// Creates a machine: validates everything first, then copies the image. Returns its
+    /// definition and warnings (what the guest lacks: a compiled locale, say).
+    pub fn create(
+        &self,
+        request: &CreateRequest,
+    ) -> Result<(Definition, Vec<String>), MachineError> {
         name::validate_machine(&request.name)?;
         let hostname = if request.hostname.is_empty() {
             request.name.clone()
@@ -162,6 +171,19 @@ impl Machines {
             .map_err(|e| MachineError::InvalidArgument(e.to_string()))?;
         Self::check_devices(&properties)?;
         let image = self.pool.get(&request.image)?;
+        let setting = |value: &str| {
+            if value.is_empty() {
+                guest_etc::HOST.to_owned()
+            } else {
+                value.to_owned()
+            }
+        };
+        let (timezone, locale) = (setting(&request.timezone), setting(&request.locale));
+        guest_etc::validate_timezone(&timezone)?;
+        guest_etc::validate_locale(&locale)?;
+        if timezone != guest_etc::HOST {
+            Self::check_zone_in(&image.path, &format!("image '{}'", image.name), &timezone)?;
+        }
 
         let _guard = self
             .create_lock
@@ -188,6 +210,8 @@ impl Machines {
             volume: None,
             binds,
             properties: properties.iter().map(|p| p.assignment()).collect(),
+            timezone,
+            locale,
         };
 
         let created = definition.created_usec;
@@ -199,8 +223,13 @@ impl Machines {
                 0o444,
             ),
         ];
-        let prepare =
-            move |tree: &mut image::tree::TreeWriter| write_identity(tree, &identity, created);
+        let etc = definition.guest_etc();
+        let mut warnings = Vec::new();
+        let prepare = |tree: &mut image::tree::TreeWriter| {
+            write_identity(tree, &identity, created)?;
+            warnings = guest_etc::apply(tree, &etc, mtime_of(created));
+            Ok(())
+        };
         let storage = match request.disk_size {
             None => self.pool.copy_image(&image.name, &root, prepare)?,
             Some(size) => {
@@ -218,7 +247,22 @@ impl Machines {
             }
             return Err(e);
         }
-        Ok(definition)
+        Ok((definition, warnings))
+    }
+
+    /// Refuses a zone the tree's tzdata doesn't have; `whose` names the tree.
+    fn check_zone_in(tree: &Path, whose: &str, zone: &str) -> Result<(), MachineError> {
+        let root = fs::File::open(tree).map_err(|source| MachineError::Io {
+            context: format!("opening {}", tree.display()),
+            source,
+        })?;
+        if guest_etc::has_zone(&root, zone) {
+            return Ok(());
+        }
+        Err(MachineError::InvalidArgument(format!(
+            "unknown timezone '{zone}': {whose} has no /usr/share/zoneinfo/{zone}; \
+             give a zone its tzdata has (e.g. Europe/Berlin, UTC) or 'host'"
+        )))
     }
 
     fn volume_path(&self, name: &str) -> PathBuf {
@@ -347,6 +391,85 @@ impl Machines {
         Ok(definition)
     }
 
+    /// Sets the machine's `Timezone=` and/or `Locale=` (`host` or a value): checked against
+    /// its own tree, written into its /etc now and kept in its definition. A running machine
+    /// on a volume of its own can't be written from outside (its filesystem is mounted only
+    /// in its namespace). Returns warnings (what the guest lacks).
+    pub fn set_guest_settings(
+        &self,
+        name: &str,
+        timezone: Option<String>,
+        locale: Option<String>,
+        running: bool,
+    ) -> Result<Vec<String>, MachineError> {
+        if let Some(zone) = &timezone {
+            guest_etc::validate_timezone(zone)?;
+        }
+        if let Some(locale) = &locale {
+            guest_etc::validate_locale(locale)?;
+        }
+        let _guard = self
+            .create_lock
+            .lock()
+            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        let mut definition = self.get(name)?;
+        let mounted = match &definition.volume {
+            Some(_) if running => {
+                return Err(MachineError::InvalidArgument(format!(
+                    "machine '{name}' runs on a volume of its own, which berth can't write \
+                     while it runs: stop it first, or change it inside ('berth shell {name} \
+                     -- timedatectl set-timezone ZONE' / 'localectl set-locale LANG=...')"
+                )));
+            }
+            Some((path, _)) => Some(volume::Mounted::new(
+                path,
+                self.roots
+                    .join(format!(".#berth-settings-{name}-{}", std::process::id())),
+            )?),
+            None => None,
+        };
+        let tree = mounted
+            .as_ref()
+            .map_or_else(|| self.root_of(name), |m| m.dir.clone());
+        if let Some(zone) = timezone.as_ref().filter(|z| *z != guest_etc::HOST) {
+            Self::check_zone_in(&tree, &format!("machine '{name}'"), zone)?;
+        }
+        let (zone_given, locale_given) = (timezone.is_some(), locale.is_some());
+        if let Some(zone) = timezone {
+            definition.timezone = zone;
+        }
+        if let Some(locale) = locale {
+            definition.locale = locale;
+        }
+        let resolved = definition.guest_etc();
+        let etc = guest_etc::GuestEtc {
+            timezone: resolved.timezone.filter(|_| zone_given),
+            locale: resolved.locale.filter(|_| locale_given),
+        };
+        let root = File::open(&tree)
+            .map(std::os::fd::OwnedFd::from)
+            .map_err(|source| MachineError::Io {
+                context: format!("opening {}", tree.display()),
+                source,
+            })?;
+        let mut writer = image::tree::TreeWriter::new(root);
+        let mut warnings = guest_etc::apply(&mut writer, &etc, mtime_of(now_usec()));
+        let refused = writer.finish().map_err(|source| MachineError::Io {
+            context: format!("writing the /etc of machine '{name}'"),
+            source,
+        })?;
+        warnings.extend(
+            refused
+                .into_iter()
+                .map(|r| format!("not written into the machine: {}: {}", r.path, r.reason)),
+        );
+        if let Some(mounted) = mounted {
+            mounted.finish()?;
+        }
+        self.write_definition(&definition)?;
+        Ok(warnings)
+    }
+
     /// Checks that the devices `-p` properties name exist on the host.
     pub fn check_devices(
         properties: &[crate::systemd::properties::Property],
@@ -435,6 +558,10 @@ fn new_machine_id() -> Result<String, MachineError> {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn mtime_of(usec: u64) -> i64 {
+    i64::try_from(usec / 1_000_000).unwrap_or(0)
 }
 
 fn now_usec() -> u64 {

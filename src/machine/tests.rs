@@ -46,13 +46,15 @@ fn request(name: &str) -> CreateRequest {
         ephemeral: false,
         properties: Vec::new(),
         disk_size: None,
+        timezone: String::new(),
+        locale: String::new(),
     }
 }
 
 #[test]
 fn create_writes_identity_and_a_definition() {
     let f = fixture();
-    let def = f.machines.create(&request("web")).expect("create");
+    let (def, _) = f.machines.create(&request("web")).expect("create");
     assert_eq!(def.hostname, "web");
     assert!(is_machine_id(&def.machine_id));
     assert_eq!(def.uid_range.base, 524_288);
@@ -81,12 +83,12 @@ fn create_writes_identity_and_a_definition() {
 #[test]
 fn uid_ranges_never_overlap_and_are_reused_after_removal() {
     let f = fixture();
-    let a = f.machines.create(&request("a")).expect("a");
-    let b = f.machines.create(&request("b")).expect("b");
+    let (a, _) = f.machines.create(&request("a")).expect("a");
+    let (b, _) = f.machines.create(&request("b")).expect("b");
     assert_eq!(b.uid_range.base, a.uid_range.base + RANGE_SIZE);
     assert_ne!(a.machine_id, b.machine_id);
     f.machines.remove("a").expect("rm a");
-    let c = f.machines.create(&request("c")).expect("c");
+    let (c, _) = f.machines.create(&request("c")).expect("c");
     assert_eq!(c.uid_range, a.uid_range);
 }
 

@@ -33,12 +33,20 @@ pub struct ExecConfig {
     pub leader: i32,
     /// The machine's scope cgroup directory (`/sys/fs/cgroup/machine.slice/machine-N.scope`).
     pub scope_cgroup: PathBuf,
+    /// Join the machine's `payload` cgroup (an app machine's, where berth's init runs);
+    /// otherwise (a boot machine, whose systemd owns `payload` and may be enabling
+    /// controllers there, which a process in it would make fail) `exec` beside it.
+    pub join_payload: bool,
     /// A user name or number of the machine's /etc/passwd; empty for root.
     pub user: String,
     pub command: Vec<String>,
     /// Give the command a new terminal of the machine's devpts.
     pub tty: bool,
-    pub term: String,
+    /// The caller's TERM and COLORTERM (`NAME`, `VALUE`).
+    pub environment: Vec<(String, String)>,
+    /// The caller's window size (rows, columns), set on the new terminal before the command
+    /// starts; (0, 0) when unknown.
+    pub window: (u16, u16),
     pub machine_id: String,
 }
 
@@ -159,7 +167,7 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
     if config.command.first().is_none_or(String::is_empty) {
         return Err(RuntimeError::Exec("no command to run".into()));
     }
-    join_cgroup(&config.scope_cgroup)?;
+    join_cgroup(&config.scope_cgroup, config.join_payload)?;
     let leader = rustix::process::Pid::from_raw(config.leader)
         .ok_or_else(|| RuntimeError::Exec(format!("bad leader PID {}", config.leader)))?;
     let pidfd = step(
@@ -194,6 +202,16 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
     let (stdio, terminal) = if config.tty {
         // Group tty (5), as a login terminal is.
         let (master, subsidiary) = super::open_pty(Path::new("/dev/pts/ptmx"), user.uid, 5)?;
+        let (rows, columns) = config.window;
+        if rows > 0 && columns > 0 {
+            let size = rustix::termios::Winsize {
+                ws_row: rows,
+                ws_col: columns,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            let _ = rustix::termios::tcsetwinsize(&master, size);
+        }
         let dup = |fd: &OwnedFd| step("dup", fd.try_clone());
         (
             [dup(&subsidiary)?, dup(&subsidiary)?, subsidiary],
@@ -241,10 +259,10 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
     Ok(init::supervise(child, &all))
 }
 
-/// Joins the machine's payload cgroup, or, when that is an inner node of the machine's own
-/// systemd, an `exec` cgroup beside it in the same scope.
-fn join_cgroup(scope: &Path) -> Result<(), RuntimeError> {
-    if fs::write(scope.join("payload/cgroup.procs"), "0").is_ok() {
+/// Joins the machine's payload cgroup, or, for a boot machine (or when the payload is an
+/// inner node), an `exec` cgroup beside it in the same scope.
+fn join_cgroup(scope: &Path, payload: bool) -> Result<(), RuntimeError> {
+    if payload && fs::write(scope.join("payload/cgroup.procs"), "0").is_ok() {
         return Ok(());
     }
     let exec = scope.join("exec");
@@ -271,6 +289,7 @@ pub struct User {
     pub uid: u32,
     pub gid: u32,
     pub home: String,
+    pub shell: String,
     pub groups: Vec<u32>,
 }
 
@@ -291,7 +310,7 @@ impl User {
         let numeric: Option<u32> = who.parse().ok();
         let mut user = passwd.lines().find_map(|line| {
             let fields: Vec<&str> = line.split(':').collect();
-            let [name, _, uid, gid, _, home, ..] = fields.as_slice() else {
+            let [name, _, uid, gid, _, home, rest @ ..] = fields.as_slice() else {
                 return None;
             };
             let uid: u32 = uid.parse().ok()?;
@@ -300,6 +319,11 @@ impl User {
                 uid,
                 gid: gid.parse().unwrap_or(uid),
                 home: (*home).to_owned(),
+                shell: rest
+                    .first()
+                    .filter(|s| !s.is_empty())
+                    .map_or("/bin/sh", |s| *s)
+                    .to_owned(),
                 groups: Vec::new(),
             })
         });
@@ -312,6 +336,7 @@ impl User {
                 uid,
                 gid: uid,
                 home: "/".into(),
+                shell: "/bin/sh".into(),
                 groups: Vec::new(),
             });
         }
@@ -354,28 +379,145 @@ fn run_child(config: &ExecConfig, user: &User, stdio: [OwnedFd; 3]) -> String {
         "/"
     };
     let _ = std::env::set_current_dir(home);
+    let files = GuestFiles::read();
     let mut command = Command::new(&config.command[0]);
     command
         .args(&config.command[1..])
         .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("HOME", home)
-        .env("USER", &user.name)
-        .env("LOGNAME", &user.name)
+        .envs(login_environment(user, home, &files, &config.environment))
         .env("container", "berth")
         .env("container_uuid", super::helper::uuid(&config.machine_id));
-    if config.tty {
-        command.env("TERM", &config.term);
+    if config.tty && !config.environment.iter().any(|(k, _)| k == "TERM") {
+        command.env("TERM", "vt220");
     }
     command.exec().to_string()
+}
+
+/// The guest files a login reads its environment from (empty when missing).
+#[derive(Debug, Default)]
+pub struct GuestFiles {
+    pub environment: String,
+    pub locale_conf: String,
+    pub default_locale: String,
+    pub login_defs: String,
+}
+
+impl GuestFiles {
+    /// Reads them from the machine's /etc (the helper runs inside the machine).
+    fn read() -> Self {
+        let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
+        Self {
+            environment: read("/etc/environment"),
+            locale_conf: read("/etc/locale.conf"),
+            default_locale: read("/etc/default/locale"),
+            login_defs: read("/etc/login.defs"),
+        }
+    }
+}
+
+/// The environment a login of `user` gets from the guest's own files, as login(1) and
+/// pam_env build it: PATH from login.defs (ENV_SUPATH for root, ENV_PATH for others), then
+/// /etc/environment, the locale (LANG, LANGUAGE, LC_*) of /etc/locale.conf and
+/// /etc/default/locale, HOME, SHELL, USER and LOGNAME from passwd; last the caller's TERM
+/// and COLORTERM.
+pub fn login_environment(
+    user: &User,
+    home: &str,
+    files: &GuestFiles,
+    caller: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |key: &str, value: &str| {
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value.to_owned()));
+    };
+    let path_key = if user.uid == 0 {
+        "ENV_SUPATH"
+    } else {
+        "ENV_PATH"
+    };
+    let path = files
+        .login_defs
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix(path_key))
+        .filter_map(|rest| rest.trim().strip_prefix("PATH="))
+        .next_back()
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            if user.uid == 0 {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+            } else {
+                "/usr/local/bin:/usr/bin:/bin".into()
+            }
+        });
+    set("PATH", &path);
+    for (key, value) in super::guest_etc::parse_env_file(&files.environment) {
+        set(&key, &value);
+    }
+    for text in [&files.locale_conf, &files.default_locale] {
+        for (key, value) in super::guest_etc::parse_env_file(text) {
+            if key == "LANG" || key == "LANGUAGE" || key.starts_with("LC_") {
+                set(&key, &value);
+            }
+        }
+    }
+    set("HOME", home);
+    set("SHELL", &user.shell);
+    set("USER", &user.name);
+    set("LOGNAME", &user.name);
+    for (key, value) in caller {
+        if (key == "TERM" || key == "COLORTERM") && !value.is_empty() {
+            set(key, value);
+        }
+    }
+    env
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_environment_comes_from_the_guests_files() {
+        let alice = User::find(PASSWD, GROUP, "alice").expect("alice");
+        let files = GuestFiles {
+            environment: "EDITOR=vi\n".into(),
+            locale_conf: String::new(),
+            default_locale: "LANG=de_DE.UTF-8\nLC_TIME=en_GB.UTF-8\nFOO=bar\n".into(),
+            login_defs: "ENV_SUPATH\tPATH=/sbin:/bin\nENV_PATH\tPATH=/usr/bin:/bin:/usr/games\n"
+                .into(),
+        };
+        let env = login_environment(
+            &alice,
+            "/home/alice",
+            &files,
+            &[
+                ("TERM".into(), "xterm-256color".into()),
+                ("COLORTERM".into(), "truecolor".into()),
+                ("LD_PRELOAD".into(), "/x.so".into()),
+            ],
+        );
+        let get = |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("PATH"), Some("/usr/bin:/bin:/usr/games"));
+        assert_eq!(get("LANG"), Some("de_DE.UTF-8"));
+        assert_eq!(get("LC_TIME"), Some("en_GB.UTF-8"));
+        assert_eq!(get("FOO"), None);
+        assert_eq!(get("EDITOR"), Some("vi"));
+        assert_eq!(get("HOME"), Some("/home/alice"));
+        assert_eq!(get("SHELL"), Some("/bin/sh"));
+        assert_eq!(get("LOGNAME"), Some("alice"));
+        assert_eq!(get("TERM"), Some("xterm-256color"));
+        assert_eq!(get("COLORTERM"), Some("truecolor"));
+        assert_eq!(get("LD_PRELOAD"), None);
+        let root = User::find(PASSWD, GROUP, "root").expect("root");
+        let env = login_environment(&root, "/root", &files, &[]);
+        assert!(env.contains(&("PATH".into(), "/sbin:/bin".into())));
+        assert!(env.contains(&("SHELL".into(), "/bin/bash".into())));
+    }
 
     const PASSWD: &str =
         "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n";

@@ -134,6 +134,9 @@ fn outer(
     if let Some(volume) = &config.volume {
         mount_volume(volume, root)?;
     }
+    if !config.etc.is_empty() {
+        write_guest_etc(root, &config.etc)?;
+    }
     // Mount points, created in the plain tree (so they belong to container root).
     for dir in ["proc", "sys", "dev", "run", "tmp"] {
         ensure_dir(&root.join(dir))?;
@@ -241,21 +244,71 @@ fn outer(
 /// Mounts the machine's own filesystem on its root, in this mount namespace only: when the
 /// machine ends, so does the mount (and the loop device, which mount sets to autoclear).
 fn mount_volume(volume: &Path, root: &Path) -> Result<(), RuntimeError> {
+    // A loop device with direct IO, as systemd-nspawn --image uses: the machine's writes go
+    // to the disk in the machine's own IO cgroup (so IOWeight and bandwidth limits apply to
+    // them) instead of through the host's page cache, and its fsyncs don't wait on a
+    // neighbour's dirty pages. A backing filesystem without O_DIRECT falls back to buffered.
+    let device = match tool("losetup", &["--find", "--show", "--direct-io=on"], volume) {
+        Ok(device) => device,
+        Err(_) => tool("losetup", &["--find", "--show"], volume)?,
+    };
+    let mounted = tool("mount", &["-o", "nosuid,nodev", &device], root);
+    // Detaching a mounted loop device only marks it autoclear: it goes away with the last
+    // mount, that is with the machine's mount namespace.
+    let _ = tool("losetup", &["-d"], Path::new(&device));
+    mounted.map(drop)
+}
+
+/// Refreshes the host-following timezone and locale in the plain tree (before it is
+/// idmapped); what the guest lacks is logged, not fatal.
+fn write_guest_etc(root: &Path, etc: &super::guest_etc::GuestEtc) -> Result<(), RuntimeError> {
+    let dir = step(
+        "opening the machine's root",
+        fs::File::open(root).map(OwnedFd::from),
+    )?;
+    let mut tree = crate::image::tree::TreeWriter::new(dir);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    let mut warnings = super::guest_etc::apply(&mut tree, etc, now);
+    match tree.finish() {
+        Ok(refused) => warnings.extend(
+            refused
+                .into_iter()
+                .map(|r| format!("not written into the machine: {}: {}", r.path, r.reason)),
+        ),
+        Err(e) => warnings.push(format!("writing the machine's /etc: {e}")),
+    }
+    for warning in warnings {
+        eprintln!("berthd --spawn-machine: {}: {warning}", config_name(root));
+    }
+    Ok(())
+}
+
+fn config_name(root: &Path) -> String {
+    root.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Runs a util-linux tool with `args` then `path`; its trimmed stdout, or its stderr as the
+/// error.
+fn tool(program: &str, args: &[&str], path: &Path) -> Result<String, RuntimeError> {
     let output = step(
-        "running mount (util-linux) for the machine's volume",
-        Command::new("mount")
-            .args(["-o", "loop,nosuid,nodev"])
-            .arg(volume)
-            .arg(root)
+        &format!("running {program} (util-linux) for the machine's volume"),
+        Command::new(program)
+            .args(args)
+            .arg(path)
             .env("LC_ALL", "C")
             .output(),
     )?;
     if output.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&output.stdout).trim().to_string());
     }
     Err(RuntimeError::Machine(format!(
-        "mounting the machine's volume {}: {}",
-        volume.display(),
+        "{program} {} {}: {}",
+        args.join(" "),
+        path.display(),
         String::from_utf8_lossy(&output.stderr).trim()
     )))
 }

@@ -6,8 +6,10 @@
 
 pub mod exec;
 mod fdpass;
+pub mod guest_etc;
 pub mod helper;
 mod init;
+pub mod shell;
 
 pub use init::ExitStatus;
 
@@ -37,6 +39,9 @@ pub enum RuntimeError {
     /// `berth exec` could not run its command.
     #[error("{0}")]
     Exec(String),
+    /// A timezone or locale berth can't use.
+    #[error("{0}")]
+    Setting(String),
 }
 
 impl RuntimeError {
@@ -83,6 +88,9 @@ pub struct SpawnConfig {
     pub stdio: StdioMode,
     /// `TERM` for a terminal (the caller's).
     pub term: String,
+    /// Timezone and locale to write into the machine's /etc before it starts (the settings
+    /// that follow the host).
+    pub etc: guest_etc::GuestEtc,
 }
 
 /// What PID 1 is.

@@ -20,6 +20,10 @@ test_45_volume_is_its_own_filesystem() {
     ! findmnt -rn -o TARGET | grep -q /var/lib/berth/machines/vol || fail "the volume is mounted on the host"
     [[ $(berth exec vol -- findmnt -n -o FSTYPE /) == ext4 ]] || fail "root is not the volume"
     berth exec vol -- findmnt -n -o SOURCE / | grep -q '^/dev/loop' || fail "root is not a loop device"
+    # Direct IO (as nspawn --image): the machine's writes reach the disk in its own IO
+    # cgroup, not through the host's page cache; and the device is autoclear.
+    losetup -n -O BACK-FILE,DIO,AUTOCLEAR | grep -Eq '/var/lib/berth/volumes/vol.ext4 +1 +1' \
+        || fail "loop device is not direct-io + autoclear: $(losetup -n -O BACK-FILE,DIO,AUTOCLEAR)"
     local size rc=0
     size=$(berth exec vol -- df -B1 --output=size / | tail -1)
     ((size <= 1073741824)) || fail "filesystem size $size"
