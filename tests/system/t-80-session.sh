@@ -145,6 +145,9 @@ test_81_timezone_locale_follow_the_host_and_exec_gets_a_login_environment() {
     # Nothing else of the caller's environment passes in.
     [[ -z $(LD_LIBRARY_PATH=/x FOO=bar berth exec tzapp -- sh -c 'echo $LD_LIBRARY_PATH$FOO') ]] || fail "caller's environment leaked in"
     expect_ok berth rm --force tzapp
+    # run takes the same settings.
+    [[ $(berth run --rm --image deb --timezone Asia/Tokyo --locale C.UTF-8 -- sh -c 'date +%Z; echo $LANG') == $'JST\nC.UTF-8' ]] \
+        || fail "run --timezone/--locale"
 
     # A running machine on its own volume can't be written from outside: a clear refusal.
     expect_ok berth create tzvol --image deb --storage volume --disk-size 256M -- sleep infinity
