@@ -57,6 +57,7 @@ impl From<MachineError> for BusError {
             MachineError::NotFound(_) => Self::NoSuchMachine(message),
             MachineError::Image(inner) => Self::from(inner),
             MachineError::AlreadyRunning(_)
+            | MachineError::NotReady(_)
             | MachineError::NotRunning(_)
             | MachineError::Running(_) => Self::InvalidState(message),
             MachineError::Runtime(crate::runtime::RuntimeError::Setting(_)) => {

@@ -862,9 +862,65 @@ impl Manager {
         if lifecycle::state(conn, &name).await?.is_some() {
             return Err(MachineError::Running(name).into());
         }
+        // A machine that is gone must not be started at boot.
+        if systemd::machine_service_state(conn, &name)
+            .await
+            .is_ok_and(|state| state == "enabled")
+        {
+            systemd::disable_machine_service(conn, &name)
+                .await
+                .map_err(MachineError::from)?;
+        }
         let machines = self.machines.clone();
         tracing::info!(%name, "removing machine");
         blocking(move || machines.remove(&name)).await
+    }
+
+    /// Makes machine `name` start at boot: enables `berth@NAME.service` (wanted by
+    /// machines.target) and machines.target. Returns systemd's changes (kind, link, target).
+    /// Needs org.berth.berth1.manage-machines.
+    #[zbus(out_args("changes"))]
+    async fn enable_machine(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<(String, String, String)>, BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        self.machines.get(&name)?;
+        tracing::info!(%name, "enabling the machine at boot");
+        Ok(systemd::enable_machine_service(conn, &name)
+            .await
+            .map_err(MachineError::from)?)
+    }
+
+    /// Stops machine `name` from starting at boot (disables `berth@NAME.service`). Needs
+    /// org.berth.berth1.manage-machines.
+    #[zbus(out_args("changes"))]
+    async fn disable_machine(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<(String, String, String)>, BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        self.machines.get(&name)?;
+        tracing::info!(%name, "disabling the machine at boot");
+        Ok(systemd::disable_machine_service(conn, &name)
+            .await
+            .map_err(MachineError::from)?)
+    }
+
+    /// Waits until running machine `name` is ready: its systemd reported READY=1 (boot), or
+    /// its command runs (app); at most `timeout_sec` seconds. Open to everyone.
+    async fn wait_ready(
+        &self,
+        name: String,
+        timeout_sec: u32,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), BusError> {
+        self.machines.get(&name)?;
+        Ok(lifecycle::wait_ready(conn, &name, Duration::from_secs(timeout_sec.into())).await?)
     }
 
     /// Lists the machines. Open to everyone.

@@ -45,6 +45,12 @@ pub trait Manager {
 
     fn remove_machine(&self, name: &str) -> zbus::Result<()>;
 
+    fn enable_machine(&self, name: &str) -> zbus::Result<Vec<(String, String, String)>>;
+
+    fn disable_machine(&self, name: &str) -> zbus::Result<Vec<(String, String, String)>>;
+
+    fn wait_ready(&self, name: &str, timeout_sec: u32) -> zbus::Result<()>;
+
     fn start_machine(&self, name: &str) -> zbus::Result<MachineEntry>;
 
     fn stop_machine(&self, name: &str, timeout_sec: u32) -> zbus::Result<()>;

@@ -139,12 +139,43 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 machine.machine_id
             );
         }
-        Command::Start { name } => {
+        Command::Start {
+            name,
+            wait,
+            watch,
+            timeout,
+        } => {
+            if watch {
+                return watch_machine(&manager, &name, timeout).await;
+            }
             let machine = manager.start_machine(&name).await?;
+            if wait {
+                manager.wait_ready(&name, timeout).await?;
+            }
             println!(
-                "Started machine '{}': {} (leader PID {}). 'machinectl status {}' shows it.",
-                machine.name, machine.unit, machine.leader, machine.name
+                "Started machine '{}'{}: {} (leader PID {}). 'machinectl status {}' shows it.",
+                machine.name,
+                if wait { ", ready" } else { "" },
+                machine.unit,
+                machine.leader,
+                machine.name
             );
+        }
+        Command::Enable { names } => {
+            for name in names {
+                let changes = manager.enable_machine(&name).await?;
+                print_unit_file_changes(&changes);
+                println!(
+                    "Machine '{name}' starts at boot (berth@{name}.service, machines.target)."
+                );
+            }
+        }
+        Command::Disable { names } => {
+            for name in names {
+                let changes = manager.disable_machine(&name).await?;
+                print_unit_file_changes(&changes);
+                println!("Machine '{name}' no longer starts at boot.");
+            }
         }
         Command::Stop { name, timeout } => {
             manager.stop_machine(&name, timeout).await?;
@@ -513,6 +544,99 @@ fn start_relay(terminal: zbus::OwnedFd) -> anyhow::Result<berth::terminal::Relay
         });
     }
     Ok(berth::terminal::Relay::start(master)?)
+}
+
+/// As systemctl reports them: "Created symlink LINK → TARGET." / "Removed LINK.".
+fn print_unit_file_changes(changes: &[(String, String, String)]) {
+    for (kind, link, target) in changes {
+        match kind.as_str() {
+            "symlink" => println!("Created symlink {link} → {target}."),
+            "unlink" => println!("Removed \"{link}\"."),
+            _ => println!("{kind}: {link} {target}"),
+        }
+    }
+}
+
+/// `berth start --watch`, as berth@NAME.service runs it: starts the machine (unless it
+/// runs), tells systemd when it is ready, stops it on SIGTERM (systemctl stop), and exits
+/// with its status once it stops. A berthd restart (package upgrade) is waited out.
+async fn watch_machine(
+    manager: &ManagerProxy<'_>,
+    name: &str,
+    timeout: u32,
+) -> anyhow::Result<ExitCode> {
+    use sd_notify::NotifyState;
+    // Handled from the start, so `systemctl stop` during a slow boot stops the machine too.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    match manager.start_machine(name).await {
+        Ok(machine) => eprintln!("Started machine '{name}' (leader PID {}).", machine.leader),
+        Err(e) if is_error(&e, "InvalidState") => {
+            eprintln!("Machine '{name}' runs already; watching it.")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tokio::select! {
+        ready = manager.wait_ready(name, timeout) => ready?,
+        _ = term.recv() => {
+            eprintln!("Stopping machine '{name}' before it was ready.");
+            manager.stop_machine(name, 90).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let _ = sd_notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("Machine '{name}' is ready.")),
+    ]);
+    eprintln!("Machine '{name}' is ready.");
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            waited = manager.wait_machine(name) => match waited {
+                Ok((code, description)) => {
+                    // A reboot (machinectl reboot) stops and starts it again.
+                    if !stopping && code == 128 + libc::SIGHUP && running_again(manager, name).await {
+                        continue;
+                    }
+                    eprintln!("Machine '{name}' {description}.");
+                    return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+                }
+                Err(e) if is_error(&e, "InvalidState") => {
+                    eprintln!("Machine '{name}' stopped.");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                // berthd went away (an upgrade restarts it): ask again; that activates it.
+                Err(e) => {
+                    eprintln!("Lost berthd while watching '{name}' ({e}); asking again.");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            },
+            _ = term.recv(), if !stopping => {
+                stopping = true;
+                let _ = sd_notify::notify(&[NotifyState::Stopping]);
+                eprintln!("Stopping machine '{name}'.");
+                match manager.stop_machine(name, 90).await {
+                    Ok(()) => {}
+                    Err(e) if is_error(&e, "InvalidState") => {}
+                    Err(e) => eprintln!("Stopping machine '{name}' failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Whether machine `name` runs again within 60 s (after a reboot).
+async fn running_again(manager: &ManagerProxy<'_>, name: &str) -> bool {
+    for _ in 0..120 {
+        if let Ok(machines) = manager.list_machines().await
+            && machines
+                .iter()
+                .any(|m| m.name == name && m.state == "running")
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    false
 }
 
 fn print_warnings(warnings: &[String]) {

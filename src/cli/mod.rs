@@ -8,16 +8,17 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+fn parse_disk_size(text: &str) -> Result<u64, String> {
+    crate::systemd::properties::parse_bytes(text)
+}
+
 /// berth: machines as first-class systemd citizens.
 ///
 /// berth runs Linux containers ("machines") as transient systemd scopes registered with
 /// systemd-machined, so systemctl, machinectl and journalctl work on them. This command is a
 /// thin client of the berthd daemon on the system bus; read-only verbs work for every user,
-/// changes need root or the polkit actions org.berth.berth1.*.
-fn parse_disk_size(text: &str) -> Result<u64, String> {
-    crate::systemd::properties::parse_bytes(text)
-}
-
+/// changes need root or the polkit actions org.berth.berth1.*. Machine definitions are
+/// described in berth.machine(5), the daemon in berthd(8).
 #[derive(Debug, Parser)]
 #[command(
     name = "berth",
@@ -135,10 +136,42 @@ pub enum Command {
     /// systemd-machined, so systemctl, machinectl and journalctl see it. A boot machine's PID
     /// 1 is its systemd; an app machine's is berth's small init, which runs the command,
     /// reaps zombies and forwards signals; the command's output goes to the journal
-    /// ('berth logs NAME'). Returns once the init or command runs.
+    /// ('berth logs NAME'). Returns once the init or command runs; with --wait, once the
+    /// machine is ready (a boot machine's systemd has reported READY=1: booting finished).
+    #[command(after_help = "Examples:
+  berth start web
+  berth start --wait web && berth shell web -- systemctl is-system-running")]
     Start {
         /// The machine to start.
         name: String,
+        /// Return once the machine is ready, not just started.
+        #[arg(long)]
+        wait: bool,
+        /// Stay in the foreground while the machine runs (as berth@NAME.service runs it): tell
+        /// systemd when it is ready (sd_notify), stop it on SIGTERM, exit with its status. A
+        /// machine already running is watched, not started again.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds --wait and --watch wait for readiness.
+        #[arg(long, default_value_t = 300)]
+        timeout: u32,
+    },
+    /// Start a machine at boot.
+    ///
+    /// Enables berth@NAME.service, which machines.target wants (and machines.target itself,
+    /// as 'machinectl enable' does), so the machine starts at boot; 'systemctl
+    /// start|stop|status berth@NAME.service' then manage it too. The machine itself still runs
+    /// in machine-NAME.scope.
+    Enable {
+        /// The machines.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop starting a machine at boot (disables berth@NAME.service).
+    Disable {
+        /// The machines.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// Create a machine, start it attached to this terminal or these pipes, and wait.
     ///

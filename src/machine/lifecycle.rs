@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use zbus::Connection;
 
-use super::{Definition, MachineError, Machines, Mode};
+use super::{Definition, MachineError, Machines, Mode, readiness};
 use crate::runtime::{
     self, ExitStatus, Launch, Payload, SpawnBind, SpawnConfig, SpawnFds, StdioMode,
     exec::{Exec, ExecConfig},
@@ -101,6 +101,13 @@ async fn start_machine(
     let mut config = spawn_config(machines, &definition);
     config.stdio = stdio;
     config.term = term;
+    readiness::clear(name);
+    let notify = if definition.mode == Mode::Boot {
+        config.notify_socket = Some(readiness::socket_path(name));
+        Some(readiness::bind(name, definition.uid_range.base)?)
+    } else {
+        None
+    };
     let fds = SpawnFds {
         status: new_status_file(name)?,
         stdio: streams,
@@ -126,6 +133,14 @@ async fn start_machine(
     let pidfd = rustix::process::Pid::from_raw(pid)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok());
     let result = bring_up(conn, machines, &definition, launch, pidfd.as_ref()).await;
+    if let (Some(socket), Some(pid)) = (notify, rustix::process::Pid::from_raw(pid)) {
+        match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
+            Ok(exited) => {
+                tokio::spawn(readiness::listen(name.to_owned(), socket, exited));
+            }
+            Err(e) => tracing::warn!(%name, "cannot watch the machine's readiness: {e}"),
+        }
+    }
     match pidfd {
         Some(pidfd) => {
             tokio::spawn(reap(name.to_owned(), pidfd, reboot));
@@ -153,6 +168,10 @@ async fn start_machine(
     };
     if running.state == "running" {
         generate_locale(&helper_path, &definition, running.leader);
+    }
+    if matches!(definition.mode, Mode::App(_)) {
+        // An app machine is up once its command runs.
+        readiness::mark_ready(name);
     }
     Ok(Started { running, terminal })
 }
@@ -349,6 +368,12 @@ async fn reap(name: String, pidfd: OwnedFd, reboot: Option<Reboot>) {
         },
         _ => None,
     };
+    // A guest systemd ends a poweroff or halt by raising SIGINT (a reboot: SIGHUP), as
+    // systemd-nspawn expects; that is a clean shutdown, reported as exit status 0 as nspawn does.
+    let status = match status {
+        Some(ExitStatus::Killed(libc::SIGINT)) if reboot.is_some() => Some(ExitStatus::Exited(0)),
+        other => other,
+    };
     tracing::info!(%name, ?status, "machine's PID 1 exited");
     if let Some(status) = status
         && read_status(&name).is_none()
@@ -397,6 +422,36 @@ fn new_status_file(name: &str) -> Result<OwnedFd, MachineError> {
 /// The last exit status recorded for machine `name`.
 pub fn read_status(name: &str) -> Option<ExitStatus> {
     ExitStatus::parse(&fs::read_to_string(status_path(name)).ok()?)
+}
+
+/// Waits until running machine `name` is ready: its systemd reported READY=1 (boot), or its
+/// command runs (app). An error when it stops first or `timeout` passes.
+pub async fn wait_ready(
+    conn: &Connection,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), MachineError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if readiness::is_ready(name) {
+            return Ok(());
+        }
+        if state(conn, name).await?.is_none() {
+            return Err(MachineError::NotReady(format!(
+                "machine '{name}' stopped before it was ready ({}); see 'berth logs {name}'",
+                read_status(name)
+                    .map_or_else(|| "exit status unknown".into(), ExitStatus::describe)
+            )));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(MachineError::NotReady(format!(
+                "machine '{name}' runs but is not ready after {} s: its init has not reported \
+                 READY=1 (is it systemd?); see 'berth logs {name}', or wait longer with --timeout",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until machine `name` has stopped; returns how its payload ended (`None` when that
@@ -478,6 +533,7 @@ fn spawn_config(machines: &Machines, d: &Definition) -> SpawnConfig {
         uid_base: d.uid_range.base,
         binds: d.binds.iter().map(SpawnBind::from).collect(),
         etc: d.host_following_etc(),
+        notify_socket: None,
     }
 }
 

@@ -9,6 +9,7 @@ mod definition;
 pub mod io_check;
 pub mod lifecycle;
 pub mod processes;
+pub mod readiness;
 mod uid_range;
 pub mod usage;
 pub mod volume;
@@ -50,6 +51,9 @@ pub enum MachineError {
     NotRunning(String),
     #[error("machine '{0}' is running; stop it first with 'berth stop {0}'")]
     Running(String),
+    /// A started machine that did not become ready.
+    #[error("{0}")]
+    NotReady(String),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]

@@ -403,8 +403,8 @@ pub struct GuestFiles {
 }
 
 impl GuestFiles {
-    /// Reads them from the machine's /etc (the helper runs inside the machine).
-    fn read() -> Self {
+    /// Reads them from the machine's /etc (the caller runs inside the machine).
+    pub fn read() -> Self {
         let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
         Self {
             environment: read("/etc/environment"),

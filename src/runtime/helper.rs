@@ -564,6 +564,16 @@ fn populate_run_host(config: &SpawnConfig) -> Result<(), RuntimeError> {
         step("populating /run/host", fs::write(host.join(name), content))?;
         chown(&host.join(name), config.uid_base)?;
     }
+    if let Some(socket) = &config.notify_socket {
+        // The socket berthd listens on, where the guest's systemd reports READY=1.
+        let target = host.join("notify");
+        step("creating /run/host/notify", File::create(&target).map(drop))?;
+        chown(&target, config.uid_base)?;
+        errno(
+            "bind-mounting the notify socket to /run/host/notify",
+            rustix::mount::mount_bind(socket, &target),
+        )?;
+    }
     chown(&host, config.uid_base)
 }
 
@@ -718,6 +728,17 @@ fn inner(
     if let Payload::App(command) = &config.payload {
         let tty = config.stdio == StdioMode::Terminal;
         let mut env = base_env(config);
+        // The app gets root's login environment from the guest's own files (LANG and LC_*
+        // of its locale configuration, /etc/environment, PATH, SHELL), as `berth exec` does.
+        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let group = fs::read_to_string("/etc/group").unwrap_or_default();
+        if let Some(root) = super::exec::User::find(&passwd, &group, "root") {
+            let files = super::exec::GuestFiles::read();
+            for (key, value) in super::exec::login_environment(&root, &root.home, &files, &[]) {
+                env.retain(|(k, _)| *k != key);
+                env.push((key, value));
+            }
+        }
         if tty {
             env.push(("TERM".into(), config.term.clone()));
         }
@@ -748,6 +769,9 @@ fn inner(
         .stderr(File::from(stderr));
     if config.stdio == StdioMode::Terminal {
         command.env("TERM", &config.term);
+    }
+    if config.notify_socket.is_some() {
+        command.env("NOTIFY_SOCKET", "/run/host/notify");
     }
     let error = command.exec();
     Err(RuntimeError::step(&format!("executing {init}"), error))

@@ -91,6 +91,9 @@ pub struct SpawnConfig {
     /// Timezone and locale to write into the machine's /etc before it starts (the settings
     /// that follow the host).
     pub etc: guest_etc::GuestEtc,
+    /// A boot machine's notify socket on the host, bound at /run/host/notify inside, where
+    /// its systemd reports READY=1 (NOTIFY_SOCKET).
+    pub notify_socket: Option<PathBuf>,
 }
 
 /// What PID 1 is.

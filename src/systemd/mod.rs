@@ -190,6 +190,49 @@ pub async fn kill_unit(conn: &Connection, unit: &str, signal: i32) -> Result<(),
     Ok(())
 }
 
+/// One change systemd made to unit files: (kind, symlink, target), as EnableUnitFiles
+/// reports it.
+pub type UnitFileChange = (String, String, String);
+
+/// Makes machine `name` start at boot: enables `berth@NAME.service` (WantedBy=
+/// machines.target) and machines.target itself, as `machinectl enable` does, then reloads.
+pub async fn enable_machine_service(
+    conn: &Connection,
+    name: &str,
+) -> Result<Vec<UnitFileChange>, SystemdError> {
+    let systemd = SystemdProxy::new(conn).await?;
+    let (_, changes) = systemd
+        .enable_unit_files(
+            vec![unit_name::machine_service(name), "machines.target".into()],
+            false,
+            false,
+        )
+        .await?;
+    systemd.reload().await?;
+    Ok(changes)
+}
+
+/// Undoes [`enable_machine_service`] for `berth@NAME.service` (machines.target stays).
+pub async fn disable_machine_service(
+    conn: &Connection,
+    name: &str,
+) -> Result<Vec<UnitFileChange>, SystemdError> {
+    let systemd = SystemdProxy::new(conn).await?;
+    let changes = systemd
+        .disable_unit_files(vec![unit_name::machine_service(name)], false)
+        .await?;
+    systemd.reload().await?;
+    Ok(changes)
+}
+
+/// `enabled`, `disabled`, ... of `berth@NAME.service`.
+pub async fn machine_service_state(conn: &Connection, name: &str) -> Result<String, SystemdError> {
+    let systemd = SystemdProxy::new(conn).await?;
+    Ok(systemd
+        .get_unit_file_state(unit_name::machine_service(name))
+        .await?)
+}
+
 /// Changes properties of a running unit at once (`SetUnitProperties`, runtime: the unit is
 /// transient; berth keeps what persists in the machine's definition).
 pub async fn set_unit_properties(

@@ -23,6 +23,12 @@ pub fn machine_scope(name: &str) -> String {
     format!("machine-{}.scope", escape(name))
 }
 
+/// The boot-time service of machine `name`: `berth@NAME.service`, the instance escaped the
+/// same way (as `systemd-nspawn@NAME.service` is).
+pub fn machine_service(name: &str) -> String {
+    format!("berth@{}.service", escape(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +39,6 @@ mod tests {
         assert_eq!(machine_scope("web-1"), "machine-web\\x2d1.scope");
         assert_eq!(machine_scope("a.b_c"), "machine-a.b_c.scope");
         assert_eq!(escape(".x"), "\\x2ex");
+        assert_eq!(machine_service("web-1"), "berth@web\\x2d1.service");
     }
 }

@@ -34,8 +34,8 @@ test_11_live_bus_interface_is_the_documented_one() {
 test_12_help_is_complete() {
     expect_ok berth --help
     local top=$OUT verb
-    for verb in import-tar import-fs images rmi create list start stop rm run exec kill restart \
-        status logs set top doctor; do
+    for verb in import-tar import-fs images rmi create list start stop rm run exec shell kill restart \
+        status logs set top doctor enable disable; do
         grep -q "^  $verb " "$top" || fail "berth --help lacks $verb"
         expect_ok berth "$verb" --help
         grep -q "Usage: berth $verb" "$OUT"
