@@ -102,12 +102,7 @@ async fn start_machine(
     config.stdio = stdio;
     config.term = term;
     readiness::clear(name);
-    let notify = if definition.mode == Mode::Boot {
-        config.notify_socket = Some(readiness::socket_path(name));
-        Some(readiness::bind(name, definition.uid_range.base)?)
-    } else {
-        None
-    };
+    config.notify = definition.mode == Mode::Boot;
     let fds = SpawnFds {
         status: new_status_file(name)?,
         stdio: streams,
@@ -119,13 +114,30 @@ async fn start_machine(
         machines: machines.clone(),
         helper: helper.clone(),
     });
-    let mut launch = blocking(move || {
+    let notify_dir = config.notify.then(|| config.root.join("run/host"));
+    let (mut launch, notify) = blocking_machine(move || {
         let mut launch = Launch::spawn(&helper, &config, &fds)?;
         if let Err(e) = launch.map_ids(base) {
             launch.abort();
-            return Err(e);
+            return Err(e.into());
         }
-        Ok(launch)
+        // The notify socket, bound in the machine's own /run/host (a tmpfs of its mount
+        // namespace, reached through its PID 1) before PID 1 execs: no host path shows inside.
+        let notify = match notify_dir {
+            Some(dir) => {
+                let dir = Path::new(&format!("/proc/{}/root", launch.pid))
+                    .join(dir.strip_prefix("/").unwrap_or(&dir));
+                match readiness::bind(&dir, base) {
+                    Ok(socket) => Some(socket),
+                    Err(e) => {
+                        launch.abort();
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        Ok::<_, MachineError>((launch, notify))
     })
     .await?;
     let pid = launch.pid;
@@ -533,7 +545,7 @@ fn spawn_config(machines: &Machines, d: &Definition) -> SpawnConfig {
         uid_base: d.uid_range.base,
         binds: d.binds.iter().map(SpawnBind::from).collect(),
         etc: d.host_following_etc(),
-        notify_socket: None,
+        notify: false,
     }
 }
 

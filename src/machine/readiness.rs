@@ -1,27 +1,20 @@
 //! When a started machine counts as up. A boot machine's systemd says so itself: berth binds
 //! a notify socket of its own at `/run/host/notify` inside and gives PID 1
 //! `NOTIFY_SOCKET=/run/host/notify`, as `systemd-nspawn --notify-ready=yes` does; the guest's
-//! systemd sends `READY=1` once it has finished booting. An app machine is ready once its
+//! systemd sends `READY=1` once it has finished booting. The socket lives in the machine's
+//! own /run (berthd binds it there through PID 1's root before PID 1 execs), so no host path
+//! shows in the machine's mount table. An app machine is ready once its
 //! command runs. Readiness is recorded as `/run/berth/machines/NAME.ready`, so it survives a
 //! berthd restart.
 
 use std::fs;
-use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
 use super::MachineError;
 use super::lifecycle::STATUS_DIR;
-
-/// Where berthd binds each boot machine's notify socket on the host.
-pub const NOTIFY_DIR: &str = "/run/berth/notify";
-
-/// The host path of machine `name`'s notify socket.
-pub fn socket_path(name: &str) -> PathBuf {
-    Path::new(NOTIFY_DIR).join(name)
-}
 
 fn ready_path(name: &str) -> PathBuf {
     Path::new(STATUS_DIR).join(format!("{name}.ready"))
@@ -43,23 +36,25 @@ pub fn is_ready(name: &str) -> bool {
     ready_path(name).exists()
 }
 
-/// A fresh notify socket for machine `name`, owned by its root (host UID `base`), so the
-/// guest's systemd may send to it and nobody else on the host can.
-pub fn bind(name: &str, base: u32) -> Result<UnixDatagram, MachineError> {
-    let path = socket_path(name);
+/// Binds the notify socket `notify` in `dir` (the machine's /run/host, reached through its
+/// PID 1's root), owned by the machine's root (host UID `base`), so the guest's systemd may
+/// send to it.
+pub fn bind(dir: &Path, base: u32) -> Result<UnixDatagram, MachineError> {
     let io_error = |source| MachineError::Io {
-        context: format!("creating the notify socket {}", path.display()),
+        context: format!("creating the notify socket in {}", dir.display()),
         source,
     };
-    fs::create_dir_all(NOTIFY_DIR).map_err(io_error)?;
-    match fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error(e)),
-    }
-    let socket = UnixDatagram::bind(&path).map_err(io_error)?;
-    std::os::unix::fs::chown(&path, Some(base), Some(base)).map_err(io_error)?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(io_error)?;
+    // A short path for bind() (sun_path holds 108 bytes; `dir` may be longer).
+    let dirfd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| io_error(e.into()))?;
+    let short = format!("/proc/self/fd/{}/notify", dirfd.as_raw_fd());
+    let socket = UnixDatagram::bind(&short).map_err(io_error)?;
+    std::os::unix::fs::chown(&short, Some(base), Some(base)).map_err(io_error)?;
+    fs::set_permissions(&short, fs::Permissions::from_mode(0o600)).map_err(io_error)?;
     socket.set_nonblocking(true).map_err(io_error)?;
     Ok(socket)
 }
@@ -72,9 +67,8 @@ pub fn says_ready(datagram: &[u8]) -> bool {
 }
 
 /// Reads machine `name`'s notify socket until its PID 1 (`pidfd`) exits, recording
-/// `READY=1`; then removes the socket.
+/// `READY=1`. (The socket file goes away with the machine's /run.)
 pub async fn listen(name: String, socket: UnixDatagram, pidfd: OwnedFd) {
-    let path = socket_path(&name);
     let (Ok(socket), Ok(exited)) = (
         tokio::net::UnixDatagram::from_std(socket),
         crate::sys::process::register_async(pidfd),
@@ -99,7 +93,6 @@ pub async fn listen(name: String, socket: UnixDatagram, pidfd: OwnedFd) {
             _ = exited.readable() => break,
         }
     }
-    let _ = fs::remove_file(path);
 }
 
 #[cfg(test)]

@@ -319,10 +319,11 @@ pub fn apply(tree: &mut TreeWriter, etc: &GuestEtc, mtime: i64) -> Vec<String> {
                 );
                 settle(tree, "etc/timezone", result);
             }
-        } else {
+        } else if exists_in_root(&root, "usr/share/zoneinfo") {
+            // (A guest without tzdata at all runs in UTC; nothing to say about that.)
             warnings.push(format!(
-                "the machine has no timezone '{zone}' in its /usr/share/zoneinfo (is tzdata \
-                 installed in it?); its /etc/localtime was left as it is"
+                "the machine has no timezone '{zone}' in its /usr/share/zoneinfo; its \
+                 /etc/localtime was left as it is"
             ));
         }
     }

@@ -564,16 +564,6 @@ fn populate_run_host(config: &SpawnConfig) -> Result<(), RuntimeError> {
         step("populating /run/host", fs::write(host.join(name), content))?;
         chown(&host.join(name), config.uid_base)?;
     }
-    if let Some(socket) = &config.notify_socket {
-        // The socket berthd listens on, where the guest's systemd reports READY=1.
-        let target = host.join("notify");
-        step("creating /run/host/notify", File::create(&target).map(drop))?;
-        chown(&target, config.uid_base)?;
-        errno(
-            "bind-mounting the notify socket to /run/host/notify",
-            rustix::mount::mount_bind(socket, &target),
-        )?;
-    }
     chown(&host, config.uid_base)
 }
 
@@ -770,7 +760,7 @@ fn inner(
     if config.stdio == StdioMode::Terminal {
         command.env("TERM", &config.term);
     }
-    if config.notify_socket.is_some() {
+    if config.notify {
         command.env("NOTIFY_SOCKET", "/run/host/notify");
     }
     let error = command.exec();

@@ -91,9 +91,9 @@ pub struct SpawnConfig {
     /// Timezone and locale to write into the machine's /etc before it starts (the settings
     /// that follow the host).
     pub etc: guest_etc::GuestEtc,
-    /// A boot machine's notify socket on the host, bound at /run/host/notify inside, where
-    /// its systemd reports READY=1 (NOTIFY_SOCKET).
-    pub notify_socket: Option<PathBuf>,
+    /// Give a boot machine's PID 1 `NOTIFY_SOCKET=/run/host/notify`, where berthd binds a
+    /// socket before PID 1 execs and its systemd reports READY=1.
+    pub notify: bool,
 }
 
 /// What PID 1 is.

@@ -57,6 +57,11 @@ test_90_enable_start_at_boot_and_systemctl() {
     [[ $(systemctl is-active berth@web9.service) == active ]] || fail "berth@web9 ended with the upgrade"
     expect_ok berth status web9
     grep -q "running" "$OUT"
+    # Removing the package stops nothing but berthd; installing it again picks up.
+    expect_ok dpkg -r berth
+    [[ $(machinectl show -p Leader --value web9) == "$leader" ]] || fail "removing the package stopped the machine"
+    [[ -e /etc/berth/machines/web9.machine && -d /var/lib/berth/machines/web9 ]] || fail "removal deleted the machine"
+    expect_ok dpkg -i "$deb"
     expect_ok systemctl stop berth@web9.service
     [[ $(systemctl is-active machine-web9.scope) != active ]] || fail "scope still active after stop (after upgrade)"
 
@@ -76,6 +81,15 @@ test_90_enable_start_at_boot_and_systemctl() {
     expect_ok berth create app9 --image deb -- sleep infinity
     expect_ok berth start --wait app9
     expect_ok berth rm --force app9
+
+    # Purging keeps machines that are left (and says so); without machines it cleans up.
+    expect_ok berth create keep9 --image deb -- true
+    expect_ok dpkg -P berth
+    grep -q "machines remain in /etc/berth/machines" "$ERR" || fail "purge did not say it kept machines"
+    [[ -e /etc/berth/machines/keep9.machine && -d /var/lib/berth/machines/keep9 ]] || fail "purge deleted a machine"
+    [[ -d /var/lib/machines/deb ]] || fail "purge deleted an image"
+    expect_ok dpkg -i "$deb"
+    expect_ok berth rm keep9
 }
 
 test_91_man_pages_and_completions_are_installed() {
