@@ -8,6 +8,8 @@
 //! - [`api`]: berthd's D-Bus interface, its typed errors and polkit checks; no syscalls.
 //! - [`image`]: the image pool under `/var/lib/machines`, safe tar and directory import.
 //! - [`machine`]: machine definitions, roots, and the start/stop lifecycle.
+//! - [`build`]: images built from a Containerfile in transient machines.
+//! - [`source`]: the client's side of a build: a git commit or directory as a tar stream.
 //! - [`runtime`]: namespaces, mounts, ID maps, berth's init and exec; never D-Bus.
 //! - [`systemd`]: the only client of systemd1 and machine1.
 //! - [`terminal`]: the CLI's relay to a machine's terminal.
@@ -15,12 +17,14 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod build;
 pub mod cli;
 pub mod image;
 pub mod logging;
 pub mod machine;
 pub mod name;
 pub mod runtime;
+pub mod source;
 pub mod sys;
 pub mod systemd;
 pub mod terminal;

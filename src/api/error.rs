@@ -1,5 +1,6 @@
 //! Errors berthd returns over D-Bus, with stable names under `org.berth.Berth1.Error`.
 
+use crate::build::BuildError;
 use crate::image::ImageError;
 use crate::machine::MachineError;
 
@@ -20,6 +21,8 @@ pub enum BusError {
     ImageExists(String),
     /// The input could not be imported (not a tar, unsupported compression).
     BadImageInput(String),
+    /// A build's Containerfile is wrong or one of its steps failed.
+    BuildFailed(String),
     /// Anything else; the message says what.
     Failed(String),
 }
@@ -34,14 +37,33 @@ impl From<ImageError> for BusError {
     fn from(e: ImageError) -> Self {
         let message = e.to_string();
         match e {
-            ImageError::InvalidName(_) => Self::InvalidArgument(message),
-            ImageError::Exists(_) => Self::ImageExists(message),
-            ImageError::NotFound(_) => Self::NoSuchImage(message),
+            ImageError::InvalidName(_)
+            | ImageError::InvalidVersion(_)
+            | ImageError::ReservedName(_)
+            | ImageError::HasVersions { .. } => Self::InvalidArgument(message),
+            ImageError::Exists(_) | ImageError::Unversioned(_) => Self::ImageExists(message),
+            ImageError::NotFound(_) | ImageError::NoSuchVersion { .. } => {
+                Self::NoSuchImage(message)
+            }
             ImageError::NotATar(_)
             | ImageError::EmptyInput
             | ImageError::NoEntries
             | ImageError::UnsupportedCompression(_) => Self::BadImageInput(message),
             ImageError::Io { .. } => Self::Failed(message),
+        }
+    }
+}
+
+impl From<BuildError> for BusError {
+    fn from(e: BuildError) -> Self {
+        match e {
+            BuildError::Image(inner) => Self::from(inner),
+            BuildError::Machine(inner) => Self::from(inner),
+            BuildError::Io { .. } => Self::Failed(e.to_string()),
+            BuildError::Containerfile { .. }
+            | BuildError::NoContainerfile(_)
+            | BuildError::Step { .. }
+            | BuildError::StepFailed { .. } => Self::BuildFailed(e.to_string()),
         }
     }
 }

@@ -14,12 +14,13 @@ use zbus::{Connection, interface};
 
 use super::polkit::{Action, authorize};
 use super::{BusError, ImageEntry, ImportResult, MachineEntry, MachineStatus, UsageEntry};
-use crate::image::Pool;
+use crate::build;
+use crate::image::{ImageRef, Pool};
 use crate::machine::lifecycle::{Attach, Started};
 use crate::machine::{CreateRequest, MachineError, Machines, Mode, lifecycle, processes, usage};
 use crate::runtime::ExitStatus;
 use crate::runtime::exec::{Exec, ExecConfig};
-use crate::systemd::{self, unit_name};
+use crate::systemd;
 
 type ExecResult = Result<ExitStatus, String>;
 
@@ -91,28 +92,6 @@ impl Manager {
             let _ = sender.send(exec.wait().map_err(|e| e.to_string()));
         });
         Ok((id, terminal_reply(terminal)?))
-    }
-}
-
-/// What the exec helper needs to run `command` in `definition`'s machine.
-fn exec_config(
-    definition: &crate::machine::Definition,
-    leader: i32,
-    user: String,
-    command: Vec<String>,
-    tty: bool,
-    environment: Vec<(String, String)>,
-) -> ExecConfig {
-    ExecConfig {
-        leader,
-        scope_cgroup: lifecycle::scope_cgroup(&unit_name::machine_scope(&definition.name)),
-        join_payload: definition.mode != Mode::Boot,
-        user,
-        command,
-        tty,
-        environment,
-        window: (0, 0),
-        machine_id: definition.machine_id.clone(),
     }
 }
 
@@ -222,8 +201,8 @@ async fn blocking<T: Send + 'static, E: Into<BusError> + Send + 'static>(
 
 #[interface(name = "org.berth.Berth1.Manager")]
 impl Manager {
-    /// Imports a tar archive (plain, gzip, xz or zstd) read from `file` as image `name`.
-    /// `origin` is recorded as where it came from (a path, or `-` for stdin). Unsafe entries
+    /// Imports a tar archive (plain, gzip, xz or zstd) read from `file` as image `name`, as
+    /// its version `version` when that is not empty. `origin` is recorded as where it came from (a path, or `-` for stdin). Unsafe entries
     /// (absolute paths, `..`, paths through symlinks, hard links leaving the tree, device
     /// nodes) are not written and are listed in the result. Needs
     /// org.berth.berth1.manage-images.
@@ -232,6 +211,7 @@ impl Manager {
         &self,
         file: zbus::OwnedFd,
         name: String,
+        version: String,
         origin: String,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
@@ -239,19 +219,22 @@ impl Manager {
         authorize(conn, &header, Action::ManageImages).await?;
         let pool = self.pool.clone();
         let file = File::from(OwnedFd::from(file));
-        tracing::info!(%name, %origin, "importing tar");
-        let report = blocking(move || pool.import_tar(&name, file, &origin)).await?;
+        let target = ImageRef::new(&name, &version)?.to_string();
+        tracing::info!(%target, %origin, "importing tar");
+        let report = blocking(move || pool.import_tar(&target, file, &origin)).await?;
         tracing::info!(name = %report.name, digest = %report.record.digest, refused = report.refused.len(), "imported tar");
         Ok(report.into())
     }
 
-    /// Copies the directory tree open as `directory` into image `name`. Needs
+    /// Copies the directory tree open as `directory` into image `name` (version `version`
+    /// when not empty). Needs
     /// org.berth.berth1.manage-images.
     #[zbus(out_args("result"))]
     async fn import_fs(
         &self,
         directory: zbus::OwnedFd,
         name: String,
+        version: String,
         origin: String,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
@@ -259,10 +242,96 @@ impl Manager {
         authorize(conn, &header, Action::ManageImages).await?;
         let pool = self.pool.clone();
         let directory = OwnedFd::from(directory);
-        tracing::info!(%name, %origin, "importing directory");
-        let report = blocking(move || pool.import_fs(&name, directory, &origin)).await?;
+        let target = ImageRef::new(&name, &version)?.to_string();
+        tracing::info!(%target, %origin, "importing directory");
+        let report = blocking(move || pool.import_fs(&target, directory, &origin)).await?;
         tracing::info!(name = %report.name, refused = report.refused.len(), "imported directory");
         Ok(report.into())
+    }
+
+    /// Builds image `name` at `version` from the build context tar read from `context` (the
+    /// tree of the commit `commit` of `source` at ref `reference`, as the client resolved
+    /// it; recorded for rebuilds) by the Containerfile at `containerfile` in it. RUN steps
+    /// run in a transient machine made from the Containerfile's FROM image; progress and
+    /// their output go to `stdout` and `stderr`. Nothing is stored when a step fails. Needs
+    /// org.berth.berth1.manage-images.
+    #[zbus(out_args("result"))]
+    #[allow(clippy::too_many_arguments)] // one argument per fact of the build
+    async fn build_image(
+        &self,
+        context: zbus::OwnedFd,
+        containerfile: String,
+        name: String,
+        version: String,
+        source_reference_commit: (String, String, String),
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<ImportResult, BusError> {
+        authorize(conn, &header, Action::ManageImages).await?;
+        let (source, reference, commit) = source_reference_commit;
+        let target = ImageRef::new(&name, &version)?;
+        if target.version.is_none() {
+            return Err(BusError::InvalidArgument(
+                "a build needs a version (berth build gives the commit's date by default)".into(),
+            ));
+        }
+        let request = build::BuildRequest {
+            target: target.to_string(),
+            containerfile,
+            source,
+            reference,
+            commit,
+        };
+        let output = build::BuildOutput {
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        };
+        tracing::info!(target = %request.target, source = %request.source, commit = %request.commit, "building image");
+        let report = build::build(
+            conn,
+            &self.pool,
+            &self.machines,
+            self.helper.clone(),
+            request,
+            File::from(OwnedFd::from(context)),
+            output,
+        )
+        .await?;
+        tracing::info!(name = %report.name, "built image");
+        Ok(report.into())
+    }
+
+    /// How image `name` (`NAME` for its newest version, or `NAME@VERSION`) was built:
+    /// (version, source, ref, commit, Containerfile path, FROM as written, base version).
+    /// Empty strings for an image that was not built. Open to everyone.
+    #[zbus(out_args(
+        "version",
+        "source",
+        "reference",
+        "commit",
+        "containerfile",
+        "from",
+        "base_version"
+    ))]
+    async fn image_build(
+        &self,
+        name: String,
+    ) -> Result<(String, String, String, String, String, String, String), BusError> {
+        let pool = self.pool.clone();
+        let info = blocking(move || pool.get(&name)).await?;
+        let build = info.record.build.unwrap_or_default();
+        let base_version = info.record.base.map(|b| b.version).unwrap_or_default();
+        Ok((
+            info.version,
+            build.source,
+            build.reference,
+            build.commit,
+            build.containerfile,
+            build.from,
+            base_version,
+        ))
     }
 
     /// Lists the images in /var/lib/machines. Open to everyone.
@@ -273,17 +342,19 @@ impl Manager {
         Ok(images.into_iter().map(ImageEntry::from).collect())
     }
 
-    /// Removes image `name`. Needs org.berth.berth1.manage-images.
+    /// Removes image `name` (`NAME@VERSION` for one version; `NAME` of an image with
+    /// versions only with `all_versions`). Needs org.berth.berth1.manage-images.
     async fn remove_image(
         &self,
         name: String,
+        all_versions: bool,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), BusError> {
         authorize(conn, &header, Action::ManageImages).await?;
         let pool = self.pool.clone();
-        tracing::info!(%name, "removing image");
-        blocking(move || pool.remove(&name)).await
+        tracing::info!(%name, all_versions, "removing image");
+        blocking(move || pool.remove(&name, all_versions)).await
     }
 
     /// Creates machine `name` from image `image`: copies the image to the machine's root,
@@ -505,7 +576,8 @@ impl Manager {
         let environment = caller_environment(&environment)?;
         let (definition, leader) = self.running_machine(conn, &name).await?;
         tracing::info!(%name, ?command, %user, "exec in machine");
-        let mut config = exec_config(&definition, leader, user, command, tty, environment);
+        let mut config =
+            lifecycle::exec_config(&definition, leader, user, command, tty, environment);
         config.window = window;
         self.start_exec(config, (!tty).then(|| streams(stdin, stdout, stderr)))
             .await
@@ -549,7 +621,8 @@ impl Manager {
         }
         tracing::info!(%name, ?command, %user, "shell in machine");
         let argv = crate::runtime::shell::systemd_run_command(&user, &command, tty, &environment);
-        let mut config = exec_config(&definition, leader, String::new(), argv, tty, environment);
+        let mut config =
+            lifecycle::exec_config(&definition, leader, String::new(), argv, tty, environment);
         config.window = window;
         self.start_exec(config, (!tty).then(|| streams(stdin, stdout, stderr)))
             .await
@@ -874,6 +947,80 @@ impl Manager {
         let machines = self.machines.clone();
         tracing::info!(%name, "removing machine");
         blocking(move || machines.remove(&name)).await
+    }
+
+    /// Replaces stopped machine `name`'s root with a fresh copy of its image at `version`
+    /// (empty: the newest), keeping its definition: UID range, machine-id, hostname, mode,
+    /// binds, properties and settings. Returns the machine, how its root was made, and
+    /// warnings. Needs org.berth.berth1.manage-machines.
+    #[zbus(out_args("machine", "storage", "warnings"))]
+    async fn rebase_machine(
+        &self,
+        name: String,
+        version: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(MachineEntry, String, Vec<String>), BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        self.machines.get(&name)?;
+        if lifecycle::state(conn, &name).await?.is_some() {
+            return Err(MachineError::InvalidArgument(format!(
+                "machine '{name}' is running; stop it first ('berth stop {name}'), then rebase it"
+            ))
+            .into());
+        }
+        let machines = self.machines.clone();
+        tracing::info!(%name, %version, "rebasing machine");
+        let (definition, storage, warnings) = blocking(move || {
+            machines.rebase(&name, Some(version.as_str()).filter(|v| !v.is_empty()))
+        })
+        .await?;
+        Ok((
+            self.entry(conn, definition).await?,
+            storage.to_owned(),
+            warnings,
+        ))
+    }
+
+    /// Copies stopped machine `source` as the new machine `target` with its own UID range,
+    /// machine-id and hostname (`hostname`, or `target` when empty). Returns the new machine
+    /// and how its root was made. Needs org.berth.berth1.manage-machines.
+    #[zbus(out_args("machine", "storage"))]
+    async fn clone_machine(
+        &self,
+        source: String,
+        target: String,
+        hostname: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(MachineEntry, String), BusError> {
+        authorize(conn, &header, Action::ManageMachines).await?;
+        self.machines.get(&source)?;
+        if lifecycle::state(conn, &source).await?.is_some() {
+            return Err(MachineError::InvalidArgument(format!(
+                "machine '{source}' is running; stop it first ('berth stop {source}'): a \
+                 running machine's root is changing under the copy"
+            ))
+            .into());
+        }
+        let machines = self.machines.clone();
+        tracing::info!(%source, %target, "cloning machine");
+        let (definition, storage) =
+            blocking(move || machines.clone_machine(&source, &target, &hostname)).await?;
+        Ok((self.entry(conn, definition).await?, storage.to_owned()))
+    }
+
+    /// The machines made from an image version that is not the newest any more, or from an
+    /// image whose base has a newer version: (machine, image, newer image, reason). Open to
+    /// everyone.
+    #[zbus(out_args("machines"))]
+    async fn list_outdated(&self) -> Result<Vec<(String, String, String, String)>, BusError> {
+        let machines = self.machines.clone();
+        let outdated = blocking(move || machines.outdated()).await?;
+        Ok(outdated
+            .into_iter()
+            .map(|o| (o.machine, o.image, o.newer, o.reason))
+            .collect())
     }
 
     /// Makes machine `name` start at boot: enables `berth@NAME.service` (wanted by

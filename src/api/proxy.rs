@@ -14,6 +14,7 @@ pub trait Manager {
         &self,
         file: zbus::Fd<'_>,
         name: &str,
+        version: &str,
         origin: &str,
     ) -> zbus::Result<ImportResult>;
 
@@ -21,12 +22,13 @@ pub trait Manager {
         &self,
         directory: zbus::Fd<'_>,
         name: &str,
+        version: &str,
         origin: &str,
     ) -> zbus::Result<ImportResult>;
 
     fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
 
-    fn remove_image(&self, name: &str) -> zbus::Result<()>;
+    fn remove_image(&self, name: &str, all_versions: bool) -> zbus::Result<()>;
 
     #[allow(clippy::too_many_arguments)]
     fn create_machine(
@@ -132,4 +134,36 @@ pub trait Manager {
 
     #[zbus(property)]
     fn image_directory(&self) -> zbus::Result<String>;
+
+    fn rebase_machine(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> zbus::Result<(MachineEntry, String, Vec<String>)>;
+
+    fn clone_machine(
+        &self,
+        source: &str,
+        target: &str,
+        hostname: &str,
+    ) -> zbus::Result<(MachineEntry, String)>;
+
+    fn list_outdated(&self) -> zbus::Result<Vec<(String, String, String, String)>>;
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_image(
+        &self,
+        context: zbus::Fd<'_>,
+        containerfile: &str,
+        name: &str,
+        version: &str,
+        source_reference_commit: (&str, &str, &str),
+        stdout: zbus::Fd<'_>,
+        stderr: zbus::Fd<'_>,
+    ) -> zbus::Result<ImportResult>;
+
+    fn image_build(
+        &self,
+        name: &str,
+    ) -> zbus::Result<(String, String, String, String, String, String, String)>;
 }

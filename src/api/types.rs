@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use zbus::Type;
 
-use crate::image::{ImageInfo, ImportReport};
+use crate::image::{BaseImage, ImageInfo, ImportReport};
 use crate::machine::{Definition, Mode};
 use crate::runtime::ExitStatus;
 use crate::systemd::RunningMachine;
@@ -13,22 +13,32 @@ use crate::systemd::RunningMachine;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ImageEntry {
     pub name: String,
+    /// Empty for an unversioned image.
+    pub version: String,
     pub path: String,
     pub digest: String,
     pub origin: String,
     pub size_bytes: u64,
     pub created_usec: u64,
+    /// What it was built from, `NAME@VERSION@DIGEST` (empty: imported).
+    pub base: String,
+    /// The git commit it was built from (empty: not built from git).
+    pub commit: String,
 }
 
 impl From<ImageInfo> for ImageEntry {
     fn from(i: ImageInfo) -> Self {
+        let r = i.record;
         Self {
             name: i.name,
+            version: i.version,
             path: i.path.display().to_string(),
-            digest: i.digest,
-            origin: i.origin,
-            size_bytes: i.size_bytes,
-            created_usec: i.created_usec,
+            digest: r.digest,
+            origin: r.origin,
+            size_bytes: r.size_bytes,
+            created_usec: r.created_usec,
+            base: r.base.as_ref().map(BaseImage::display).unwrap_or_default(),
+            commit: r.build.map(|b| b.commit).unwrap_or_default(),
         }
     }
 }
@@ -73,7 +83,9 @@ pub struct MachineEntry {
     pub name: String,
     pub state: String,
     pub unit: String,
+    /// The image it was made from: `NAME` or `NAME@VERSION`.
     pub image: String,
+    pub image_digest: String,
     pub mode: String,
     pub hostname: String,
     pub command: Vec<String>,
@@ -112,7 +124,12 @@ impl MachineEntry {
             name: d.name,
             state,
             unit,
-            image: d.image,
+            image: if d.image_version.is_empty() {
+                d.image
+            } else {
+                format!("{}@{}", d.image, d.image_version)
+            },
+            image_digest: d.image_digest,
             mode,
             hostname: d.hostname,
             command,

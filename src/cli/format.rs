@@ -86,25 +86,116 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The `berth images` table.
+/// `NAME` or `NAME@VERSION`.
+fn image_reference(name: &str, version: &str) -> String {
+    if version.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}@{version}")
+    }
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The `berth images` table: one line per image version, each name's newest first.
 pub fn images_table(images: &[ImageEntry]) -> String {
     let rows: Vec<Vec<String>> = images
         .iter()
         .map(|i| {
             vec![
                 i.name.clone(),
+                or_dash(&i.version),
                 size(i.size_bytes),
                 timestamp(i.created_usec),
                 short_digest(&i.digest),
-                if i.origin.is_empty() {
-                    "-".into()
-                } else {
-                    i.origin.clone()
-                },
+                or_dash(&i.origin),
             ]
         })
         .collect();
-    table(&["NAME", "SIZE", "CREATED", "DIGEST", "ORIGIN"], &rows)
+    table(
+        &["NAME", "VERSION", "SIZE", "CREATED", "DIGEST", "ORIGIN"],
+        &rows,
+    )
+}
+
+/// `NAME@VERSION` of the image an entry's base (`NAME[@VERSION][@DIGEST]`) names.
+fn base_reference(base: &str) -> String {
+    let mut parts = base.split('@');
+    let name = parts.next().unwrap_or_default();
+    let version = parts.find(|p| !p.contains(':')).unwrap_or_default();
+    image_reference(name, version)
+}
+
+/// `berth images --tree`: every image under the image it was built from.
+pub fn images_tree(images: &[ImageEntry]) -> String {
+    let references: Vec<String> = images
+        .iter()
+        .map(|i| image_reference(&i.name, &i.version))
+        .collect();
+    let parent = |i: &ImageEntry| {
+        let base = base_reference(&i.base);
+        references
+            .iter()
+            .position(|r| !i.base.is_empty() && *r == base)
+    };
+    let mut out = Vec::new();
+    // Depth-first from each image without a parent in the pool.
+    let mut stack: Vec<(usize, usize)> = (0..images.len())
+        .rev()
+        .filter(|&i| parent(&images[i]).is_none())
+        .map(|i| (i, 0))
+        .collect();
+    let mut shown = vec![false; images.len()];
+    while let Some((index, depth)) = stack.pop() {
+        if std::mem::replace(&mut shown[index], true) {
+            continue;
+        }
+        let image = &images[index];
+        let mut line = format!(
+            "{}{}",
+            if depth == 0 {
+                String::new()
+            } else {
+                format!("{}└─ ", "   ".repeat(depth - 1))
+            },
+            references[index]
+        );
+        if !image.digest.is_empty() {
+            line.push_str(&format!("  {}", short_digest(&image.digest)));
+        }
+        if !image.base.is_empty() && depth == 0 {
+            line.push_str(&format!("  (built from {}, no longer here)", image.base));
+        }
+        if !image.commit.is_empty() {
+            line.push_str(&format!(
+                "  commit {}",
+                &image.commit[..image.commit.len().min(12)]
+            ));
+        }
+        line.push_str(&format!("  {}", or_dash(&image.origin)));
+        out.push(line);
+        for child in (0..images.len()).rev() {
+            if parent(&images[child]) == Some(index) {
+                stack.push((child, depth + 1));
+            }
+        }
+    }
+    out.join("\n")
+}
+
+/// `berth list --outdated`: (machine, image, newer image, reason).
+pub fn outdated_table(rows: &[(String, String, String, String)]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(m, i, n, r)| vec![m.clone(), i.clone(), n.clone(), r.clone()])
+        .collect();
+    table(&["NAME", "IMAGE", "NEWER", "WHY"], &rows)
 }
 
 /// The `berth list` table.
@@ -398,6 +489,7 @@ mod tests {
             state: "running".into(),
             unit: "machine-web.scope".into(),
             image: "deb".into(),
+            image_digest: String::new(),
             mode: "boot".into(),
             hostname: "web".into(),
             command: Vec::new(),

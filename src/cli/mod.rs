@@ -1,5 +1,5 @@
 //! The `berth` command line: clap definitions and output formatting only. Every verb is a
-//! D-Bus call to berthd (see `src/bin/berth.rs`).
+//! D-Bus call to berthd (see `src/bin/berth/main.rs`).
 
 pub mod format;
 pub mod signal;
@@ -47,6 +47,11 @@ pub enum Command {
         file: PathBuf,
         /// The image name: 1-64 letters, digits, '.', '_' or '-'; not starting with '.' or '-'.
         name: String,
+        /// Store it as this version of NAME (in /var/lib/machines/NAME.v/NAME_VERSION, beside
+        /// the other versions; NAME alone then means the newest, ordered as systemd orders
+        /// versions: 1.10 is newer than 1.9).
+        #[arg(long = "version", value_name = "VERSION")]
+        image_version: Option<String>,
     },
     /// Import a directory tree as an image.
     ///
@@ -59,21 +64,73 @@ pub enum Command {
         dir: PathBuf,
         /// The image name: 1-64 letters, digits, '.', '_' or '-'; not starting with '.' or '-'.
         name: String,
+        /// Store it as this version of NAME (see import-tar).
+        #[arg(long = "version", value_name = "VERSION")]
+        image_version: Option<String>,
     },
     /// List images.
     ///
-    /// Shows every image in /var/lib/machines with its size, creation time, digest and origin
-    /// (images berth did not import show no digest or origin).
+    /// Shows every image in /var/lib/machines, each version on a line of its own (newest
+    /// first), with its size, creation time, digest and origin (images berth did not import
+    /// show no digest or origin).
     Images {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show the lineage: each image under the image it was built from.
+        #[arg(long, conflicts_with = "json")]
+        tree: bool,
+    },
+    /// Build an image from a Containerfile.
+    ///
+    /// SOURCE is a local directory or git checkout (PATH), or a git URL, with an optional
+    /// #REF (branch, tag or commit). The commit is resolved here, as you, and its tree (git
+    /// archive) is the build context: uncommitted changes are not built. The Containerfile's
+    /// FROM names a berth image (NAME or NAME@VERSION); RUN steps run in a transient machine
+    /// made from it (its own UID range and scope), COPY takes local files of the context;
+    /// ENV, WORKDIR, USER, ENTRYPOINT, CMD and LABEL are kept, ENTRYPOINT/CMD/ENV/WORKDIR/USER
+    /// as the defaults of app machines made from the image. The result is stored as
+    /// NAME@VERSION with its lineage: the base's name@version@digest, the source, ref and
+    /// commit, and the Containerfile's digest. The default version is the commit's date and
+    /// short hash (UTC), so versions are ordered: 20261201.153000.gabc1234.
+    #[command(
+        after_help = "Examples:\n  berth build /srv/src/web --name web\n  berth build https://git.example.org/web.git#v2 --name web --version 2.0"
+    )]
+    Build {
+        /// A directory, a git checkout, or a git URL; #REF picks a branch, tag or commit.
+        source: String,
+        /// The image to store the result as.
+        #[arg(long)]
+        name: String,
+        /// The version (default: the commit's date and short hash).
+        #[arg(long = "version", value_name = "VERSION")]
+        image_version: Option<String>,
+        /// The Containerfile's path in the source (default: Containerfile, else Dockerfile).
+        #[arg(long, short = 'f', value_name = "PATH")]
+        file: Option<String>,
+    },
+    /// Build an image again if its source or its base image moved.
+    ///
+    /// Looks at how the newest version of NAME was built: when its source's ref now names
+    /// another commit, or its base image (FROM without a version) has a newer version, builds
+    /// it again as 'berth build' did, as a new version; otherwise says it is up to date and
+    /// does nothing. berth-build@NAME.timer runs this regularly (systemctl enable --now
+    /// berth-build@NAME.timer).
+    Rebuild {
+        /// The image (built with 'berth build').
+        name: String,
     },
     /// Remove images.
+    ///
+    /// NAME@VERSION removes one version; NAME removes an unversioned image, or all versions
+    /// of NAME with --all-versions.
     Rmi {
-        /// The images to remove.
+        /// The images to remove: NAME or NAME@VERSION.
         #[arg(required = true)]
         names: Vec<String>,
+        /// Remove every version of each NAME.
+        #[arg(long)]
+        all_versions: bool,
     },
     /// Create a machine from an image.
     ///
@@ -390,5 +447,39 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only the machines whose image has a newer version, or whose image was built from
+        /// a base that has one ('berth rebase' moves a machine to the newest).
+        #[arg(long)]
+        outdated: bool,
+    },
+    /// Move a stopped machine to another version of its image.
+    ///
+    /// Makes a fresh root from the image at --to (default: its newest version) and swaps it
+    /// in atomically. Kept: the machine's definition (name, mode, command, hostname,
+    /// machine-id, UID range, binds, -p properties, timezone and locale settings) and
+    /// everything bind-mounted into it from outside its root (--bind directories). Replaced:
+    /// everything inside the root, including what the machine changed there; keep data that
+    /// must survive a rebase in --bind directories.
+    Rebase {
+        /// The machine (stopped).
+        name: String,
+        /// The image version to move to (default: the newest).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+    },
+    /// Copy a stopped machine as a new machine.
+    ///
+    /// The copy gets its own UID range, machine-id and hostname, and keeps the original's
+    /// image record, mode, command, binds, properties and settings. It is a btrfs snapshot
+    /// when the root is a subvolume (instant), a reflink copy on filesystems that share file
+    /// data (btrfs, xfs), a plain copy elsewhere; berth says which.
+    Clone {
+        /// The machine to copy (stopped).
+        source: String,
+        /// The new machine's name.
+        target: String,
+        /// The new machine's hostname (default: its name).
+        #[arg(long)]
+        hostname: Option<String>,
     },
 }

@@ -2,12 +2,15 @@
 //! list-images` sees them too, plus berth's record of each image's origin in
 //! `/var/lib/berth/images/NAME.json`.
 
+pub mod containerfile;
 mod fs_import;
 mod pool;
 mod record;
+mod reference;
 mod source;
 mod tar_import;
 pub mod tree;
+pub mod version;
 
 use std::io;
 
@@ -15,8 +18,9 @@ use thiserror::Error;
 
 use crate::name::NameError;
 
-pub use pool::{ImageInfo, ImportReport, Pool, clean_staging, discard};
-pub use record::ImageRecord;
+pub use pool::{ImageInfo, ImportReport, Pool, clean_staging, copy_tree_to, discard};
+pub use record::{AppDefaults, BaseImage, BuildSource, ImageRecord};
+pub use reference::ImageRef;
 pub use source::Compression;
 
 /// Where images live: machined's pool, so systemd's tools see them.
@@ -34,6 +38,28 @@ pub enum ImageError {
     Exists(String),
     #[error("no image named '{0}'; 'berth images' lists the images there are")]
     NotFound(String),
+    #[error(transparent)]
+    InvalidVersion(#[from] version::VersionError),
+    #[error(
+        "image '{name}' has no version '{version}'; its versions are {versions} ('berth images' lists them)"
+    )]
+    NoSuchVersion {
+        name: String,
+        version: String,
+        versions: String,
+    },
+    #[error(
+        "image '{name}' has versions ({versions}); name one as '{name}@VERSION' (or, to remove them all, use 'berth rmi --all-versions {name}'; to add one, give --version)"
+    )]
+    HasVersions { name: String, versions: String },
+    #[error(
+        "image '{0}' exists without a version; versions of it can't be added beside it: import under another name, or remove it first with 'berth rmi {0}'"
+    )]
+    Unversioned(String),
+    #[error(
+        "image name '{0}' ends in '.v', which is reserved for the directory of an image's versions; choose another name"
+    )]
+    ReservedName(String),
     #[error("the input is not a readable tar archive (or it is truncated): {}", printable(.0))]
     NotATar(#[source] io::Error),
     #[error("the input is empty: there is no tar archive to import")]
@@ -90,6 +116,32 @@ impl ImageError {
         let context = context.into();
         move |source| Self::Io { context, source }
     }
+}
+
+/// Unpacks a tar stream (plain, gzip, xz or zstd) into the existing directory `dir` with the
+/// importer's confinement (a build context, say); returns what was refused.
+pub fn unpack_tar(
+    input: std::fs::File,
+    dir: &std::path::Path,
+) -> Result<Vec<tree::Refusal>, ImageError> {
+    let root = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| ImageError::io(format!("opening {}", dir.display()))(e.into()))?;
+    let mut tree = tree::TreeWriter::new(root);
+    tar_import::extract(source::decompress(input)?, &mut tree)?;
+    tree.finish()
+        .map_err(ImageError::io("setting directory times"))
+}
+
+/// Copies the directory open as `source` into `tree` (owners, modes, times, xattrs, links).
+pub fn copy_tree_into(
+    source: std::os::fd::OwnedFd,
+    tree: &mut tree::TreeWriter,
+) -> Result<(), ImageError> {
+    fs_import::copy_tree(source, tree)
 }
 
 #[cfg(test)]

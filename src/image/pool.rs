@@ -17,9 +17,10 @@ use rustix::fs::{Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::record::ImageRecord;
+use super::reference::ImageRef;
 use super::source::{self, HashedSource};
 use super::tree::{Refusal, TreeWriter};
-use super::{ImageError, fs_import, tar_import};
+use super::{ImageError, fs_import, tar_import, version};
 use crate::{name, sys};
 
 const STAGING_PREFIX: &str = ".#berth-";
@@ -38,12 +39,23 @@ pub struct ImportReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageInfo {
     pub name: String,
+    /// Empty for an unversioned image.
+    pub version: String,
     pub path: PathBuf,
-    pub size_bytes: u64,
-    pub created_usec: u64,
-    /// Empty for images berth did not import (made by machinectl, say).
-    pub digest: String,
-    pub origin: String,
+    /// berth's record; for images berth did not import (made by machinectl, say) only size
+    /// and time, read from the tree.
+    pub record: ImageRecord,
+}
+
+impl ImageInfo {
+    /// `NAME` or `NAME@VERSION`.
+    pub fn reference(&self) -> String {
+        if self.version.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}@{}", self.name, self.version)
+        }
+    }
 }
 
 /// The image pool and berth's records of it.
@@ -65,83 +77,168 @@ impl Pool {
         &self.images
     }
 
-    /// Imports a tar stream (plain, gzip, xz or zstd) as image `name`.
+    /// Imports a tar stream (plain, gzip, xz or zstd) as image `target` (`NAME` or
+    /// `NAME@VERSION`).
     pub fn import_tar(
         &self,
-        name: &str,
+        target: &str,
         input: File,
         origin: &str,
     ) -> Result<ImportReport, ImageError> {
-        let staging = self.begin(name)?;
+        let (target, staging) = self.begin(target)?;
         let mut tree = TreeWriter::new(staging.open()?);
         let mut hashed = HashedSource::spawn(input)?;
         tar_import::extract(source::decompress(&mut hashed)?, &mut tree)?;
         let digest = hashed.finish()?;
-        self.complete(name, staging, tree, digest, format!("tar:{origin}"))
+        let record = ImageRecord {
+            digest,
+            origin: format!("tar:{origin}"),
+            ..ImageRecord::default()
+        };
+        self.complete(&target, staging, tree, record)
     }
 
-    /// Copies the directory tree `source` as image `name`.
+    /// Copies the directory tree `source` as image `target`.
     pub fn import_fs(
         &self,
-        name: &str,
+        target: &str,
         source: OwnedFd,
         origin: &str,
     ) -> Result<ImportReport, ImageError> {
-        let staging = self.begin(name)?;
+        let (target, staging) = self.begin(target)?;
         let mut tree = TreeWriter::new(staging.open()?);
         fs_import::copy_tree(source, &mut tree)?;
-        self.complete(name, staging, tree, String::new(), format!("fs:{origin}"))
+        let record = ImageRecord {
+            origin: format!("fs:{origin}"),
+            ..ImageRecord::default()
+        };
+        self.complete(&target, staging, tree, record)
     }
 
-    fn begin(&self, name: &str) -> Result<Staging, ImageError> {
-        name::validate("image", name)?;
-        if self.images.join(name).symlink_metadata().is_ok() {
-            return Err(ImageError::Exists(name.to_owned()));
+    /// Copies the finished tree `root` (a build's) as image `target` with `record` (origin,
+    /// base, build source and app defaults set by the builder).
+    pub fn import_built(
+        &self,
+        target: &str,
+        root: &Path,
+        record: ImageRecord,
+    ) -> Result<ImportReport, ImageError> {
+        let (target, staging) = self.begin(target)?;
+        let mut tree = TreeWriter::new(staging.open()?);
+        let source = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ImageError::io(format!("opening {}", root.display()))(e.into()))?;
+        fs_import::copy_tree(source, &mut tree)?;
+        self.complete(&target, staging, tree, record)
+    }
+
+    /// Checks that `target` may be imported and makes its staging directory.
+    pub(super) fn begin(&self, target: &str) -> Result<(ImageRef, Staging), ImageError> {
+        let target = ImageRef::parse(target)?;
+        let name = &target.name;
+        let versions = self.versions(name);
+        let plain = self.images.join(name).symlink_metadata().is_ok();
+        match &target.version {
+            None if plain => return Err(ImageError::Exists(name.clone())),
+            None if !versions.is_empty() => {
+                return Err(ImageError::HasVersions {
+                    name: name.clone(),
+                    versions: versions.join(", "),
+                });
+            }
+            Some(_) if plain => return Err(ImageError::Unversioned(name.clone())),
+            Some(version) if versions.contains(version) => {
+                return Err(ImageError::Exists(target.to_string()));
+            }
+            _ => {}
         }
         fs::create_dir_all(&self.images).map_err(ImageError::io(format!(
             "creating the image directory {}",
             self.images.display()
         )))?;
-        Staging::create(&self.images, "import", name)
+        let staging = Staging::create(&self.images, "import", name)?;
+        Ok((target, staging))
     }
 
-    fn complete(
+    /// Syncs the staged tree, moves it into place as `target` and writes its record
+    /// (`record`'s size, time and version are filled in here).
+    pub(super) fn complete(
         &self,
-        name: &str,
+        target: &ImageRef,
         staging: Staging,
         tree: TreeWriter,
-        digest: String,
-        origin: String,
+        mut record: ImageRecord,
     ) -> Result<ImportReport, ImageError> {
-        let size_bytes = tree.bytes_written();
+        record.size_bytes = tree.bytes_written();
         tree.sync().map_err(ImageError::io("syncing the image"))?;
         let refused = tree
             .finish()
             .map_err(ImageError::io("setting directory times"))?;
-        let record = ImageRecord {
-            digest,
-            size_bytes,
-            created_usec: now_usec(),
-            origin,
-        };
+        record.created_usec = now_usec();
+        record.version = target.version.clone().unwrap_or_default();
         let subvolume = staging.subvolume;
-        let target = self.images.join(name);
+        let version = target.version.as_deref();
+        let path = self.image_path(&target.name, version);
+        if version.is_some() {
+            let dir = self.versions_dir(&target.name);
+            fs::create_dir_all(&dir)
+                .map_err(ImageError::io(format!("creating {}", dir.display())))?;
+        }
         // Rename first: a concurrent import of the same name that lost the race must not touch
         // the winner's record. Without its record the import didn't happen.
-        staging.commit(&target)?;
-        if let Err(e) = self.write_record(name, &record) {
-            let _ = discard(&target);
+        staging.commit(&path).map_err(|e| match e {
+            ImageError::Exists(_) => ImageError::Exists(target.to_string()),
+            other => other,
+        })?;
+        if let Err(e) = self.write_record(&target.name, version, &record) {
+            let _ = discard(&path);
             return Err(e);
         }
         Ok(ImportReport {
-            name: name.to_owned(),
+            name: target.to_string(),
             record,
             refused,
             subvolume,
         })
     }
 
-    /// All images in the pool, sorted by name.
+    /// `/var/lib/machines/NAME.v`: where the versions of image NAME live.
+    fn versions_dir(&self, name: &str) -> PathBuf {
+        self.images.join(format!("{name}.v"))
+    }
+
+    /// The tree of image `name` (an unversioned image when `version` is None).
+    fn image_path(&self, name: &str, version: Option<&str>) -> PathBuf {
+        match version {
+            None => self.images.join(name),
+            Some(v) => self.versions_dir(name).join(format!("{name}_{v}")),
+        }
+    }
+
+    /// The versions of image `name`, newest first (systemd's version order).
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.versions_dir(name)) else {
+            return Vec::new();
+        };
+        let prefix = format!("{name}_");
+        let mut versions: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| {
+                let file = e.file_name();
+                let version = file.to_str()?.strip_prefix(&prefix)?.to_owned();
+                version::validate(&version).ok()?;
+                Some(version)
+            })
+            .collect();
+        version::sort_newest_first(&mut versions);
+        versions
+    }
+
+    /// All images in the pool: by name, each name's versions newest first.
     pub fn list(&self) -> Result<Vec<ImageInfo>, ImageError> {
         let entries = match fs::read_dir(&self.images) {
             Ok(entries) => entries,
@@ -151,48 +248,74 @@ impl Pool {
         let mut images = Vec::new();
         for entry in entries {
             let entry = entry.map_err(ImageError::io("reading the image directory"))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            let Some(file) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if !is_dir || name::validate("image", &name).is_err() {
+            if !is_dir || name::validate("image", &file).is_err() {
                 continue;
             }
-            images.push(self.info(&name, &entry.path()));
+            match file.strip_suffix(".v") {
+                Some(name) if name::validate("image", name).is_ok() => {
+                    for version in self.versions(name) {
+                        images.push(self.info(name, Some(&version)));
+                    }
+                }
+                _ => images.push(self.info(&file, None)),
+            }
         }
+        // Stable: each name's versions stay newest first.
         images.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(images)
     }
 
-    fn info(&self, name: &str, path: &Path) -> ImageInfo {
-        match self.read_record(name) {
-            Some(record) => ImageInfo {
-                name: name.to_owned(),
-                path: path.to_owned(),
-                size_bytes: record.size_bytes,
-                created_usec: record.created_usec,
-                digest: record.digest,
-                origin: record.origin,
-            },
-            None => ImageInfo {
-                name: name.to_owned(),
-                path: path.to_owned(),
-                size_bytes: disk_usage(path),
-                created_usec: modified_usec(path),
-                digest: String::new(),
-                origin: String::new(),
-            },
+    fn info(&self, name: &str, version: Option<&str>) -> ImageInfo {
+        let path = self.image_path(name, version);
+        let record = self
+            .read_record(name, version)
+            .unwrap_or_else(|| ImageRecord {
+                size_bytes: disk_usage(&path),
+                created_usec: modified_usec(&path),
+                ..ImageRecord::default()
+            });
+        ImageInfo {
+            name: name.to_owned(),
+            version: version.unwrap_or_default().to_owned(),
+            path,
+            record,
         }
     }
 
-    /// One image by name.
-    pub fn get(&self, name: &str) -> Result<ImageInfo, ImageError> {
-        name::validate("image", name)?;
-        let path = self.images.join(name);
-        match path.symlink_metadata() {
-            Ok(meta) if meta.is_dir() => Ok(self.info(name, &path)),
-            _ => Err(ImageError::NotFound(name.to_owned())),
-        }
+    /// One image: `NAME@VERSION`, or `NAME`: the unversioned image, else its newest version.
+    pub fn get(&self, reference: &str) -> Result<ImageInfo, ImageError> {
+        let reference = ImageRef::parse(reference)?;
+        let name = &reference.name;
+        let versions = self.versions(name);
+        let version = match &reference.version {
+            Some(v) if versions.contains(v) => Some(v.as_str()),
+            Some(v) if versions.is_empty() => {
+                return Err(ImageError::NotFound(format!("{name}@{v}")));
+            }
+            Some(v) => {
+                return Err(ImageError::NoSuchVersion {
+                    name: name.clone(),
+                    version: v.clone(),
+                    versions: versions.join(", "),
+                });
+            }
+            None => {
+                let plain = self.images.join(name);
+                if plain.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                    None
+                } else {
+                    match versions.first() {
+                        Some(newest) => Some(newest.as_str()),
+                        None => return Err(ImageError::NotFound(name.clone())),
+                    }
+                }
+            }
+        };
+        Ok(self.info(name, version))
     }
 
     /// Copies image `name` to `target` (a new directory, e.g. a machine's root): staged beside
@@ -207,48 +330,7 @@ impl Pool {
         prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
     ) -> Result<&'static str, ImageError> {
         let image = self.get(name)?;
-        let (parent, leaf) = match (target.parent(), target.file_name()) {
-            (Some(parent), Some(leaf)) => (parent, leaf.to_string_lossy().into_owned()),
-            _ => {
-                return Err(ImageError::io("copying an image")(io::Error::other(
-                    "bad target",
-                )));
-            }
-        };
-        fs::create_dir_all(parent)
-            .map_err(ImageError::io(format!("creating {}", parent.display())))?;
-        if sys::btrfs::is_subvolume(&image.path)
-            && let Some(staging) = Staging::snapshot(parent, "copy", &leaf, &image.path)
-        {
-            let mut tree = TreeWriter::new(staging.open_existing()?);
-            prepare(&mut tree)?;
-            tree.sync()
-                .map_err(ImageError::io("syncing the snapshot"))?;
-            tree.finish()
-                .map_err(ImageError::io("setting directory times"))?;
-            staging.commit(target)?;
-            return Ok("btrfs snapshot");
-        }
-        let staging = Staging::create(parent, "copy", &leaf)?;
-        let mut tree = TreeWriter::new(staging.open()?);
-        let source = rustix::fs::open(
-            &image.path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| ImageError::io(format!("opening {}", image.path.display()))(e.into()))?;
-        fs_import::copy_tree(source, &mut tree)?;
-        prepare(&mut tree)?;
-        tree.sync().map_err(ImageError::io("syncing the copy"))?;
-        tree.finish()
-            .map_err(ImageError::io("setting directory times"))?;
-        let kind = if staging.subvolume || is_xfs(parent) {
-            "reflink copy"
-        } else {
-            "copy"
-        };
-        staging.commit(target)?;
-        Ok(kind)
+        copy_tree_to(&image.path, target, prepare)
     }
 
     /// Copies image `name` into the existing, empty directory `dir` (a machine's volume).
@@ -276,22 +358,105 @@ impl Pool {
             .map_err(ImageError::io("setting directory times"))
     }
 
-    /// Removes image `name` and berth's record of it.
-    pub fn remove(&self, name: &str) -> Result<(), ImageError> {
-        name::validate("image", name)?;
-        let path = self.images.join(name);
-        match path.symlink_metadata() {
-            Ok(meta) if meta.is_dir() => {}
-            _ => return Err(ImageError::NotFound(name.to_owned())),
+    /// Removes image `reference` and berth's record of it. `NAME` of an image with versions
+    /// is refused unless `all_versions`: which one was meant is not obvious.
+    pub fn remove(&self, reference: &str, all_versions: bool) -> Result<(), ImageError> {
+        let reference = ImageRef::parse(reference)?;
+        let name = &reference.name;
+        let versions = self.versions(name);
+        let remove_version = |version: &str| -> Result<(), ImageError> {
+            let _ = fs::remove_file(self.record_path(name, Some(version)));
+            discard(&self.image_path(name, Some(version)))
+        };
+        match &reference.version {
+            Some(v) if versions.contains(v) => remove_version(v)?,
+            Some(v) => return Err(ImageError::NotFound(format!("{name}@{v}"))),
+            None if !versions.is_empty() => {
+                if !all_versions {
+                    return Err(ImageError::HasVersions {
+                        name: name.clone(),
+                        versions: versions.join(", "),
+                    });
+                }
+                for v in &versions {
+                    remove_version(v)?;
+                }
+            }
+            None => {
+                let path = self.images.join(name);
+                match path.symlink_metadata() {
+                    Ok(meta) if meta.is_dir() => {}
+                    _ => return Err(ImageError::NotFound(name.clone())),
+                }
+                let _ = fs::remove_file(self.record_path(name, None));
+                return discard(&path);
+            }
         }
-        let _ = fs::remove_file(self.record_path(name));
-        discard(&path)
+        if self.versions(name).is_empty() {
+            // The last version went: the empty NAME.v directories go too.
+            let _ = fs::remove_dir(self.versions_dir(name));
+            let _ = fs::remove_dir(self.records.join(format!("{name}.v")));
+        }
+        Ok(())
     }
 
     /// Deletes staging directories left by an import or removal that a crash interrupted.
     pub fn clean_stale(&self) -> usize {
         clean_staging(&self.images)
     }
+}
+
+/// Copies the tree `source` to `target` (a new directory): a btrfs snapshot when `source` is
+/// a subvolume and `target` is on the same btrfs, else a copy (file data reflinked where the
+/// filesystem can). Staged beside `target`, adjusted by `prepare` (which gets a writer
+/// confined to the copy), then renamed into place; nothing is left behind when a step fails.
+/// Returns how the copy was made: "btrfs snapshot", "reflink copy" or "copy".
+pub fn copy_tree_to(
+    source: &Path,
+    target: &Path,
+    prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
+) -> Result<&'static str, ImageError> {
+    let (parent, leaf) = match (target.parent(), target.file_name()) {
+        (Some(parent), Some(leaf)) => (parent, leaf.to_string_lossy().into_owned()),
+        _ => {
+            return Err(ImageError::io("copying an image")(io::Error::other(
+                "bad target",
+            )));
+        }
+    };
+    fs::create_dir_all(parent).map_err(ImageError::io(format!("creating {}", parent.display())))?;
+    if sys::btrfs::is_subvolume(source)
+        && let Some(staging) = Staging::snapshot(parent, "copy", &leaf, source)
+    {
+        let mut tree = TreeWriter::new(staging.open_existing()?);
+        prepare(&mut tree)?;
+        tree.sync()
+            .map_err(ImageError::io("syncing the snapshot"))?;
+        tree.finish()
+            .map_err(ImageError::io("setting directory times"))?;
+        staging.commit(target)?;
+        return Ok("btrfs snapshot");
+    }
+    let staging = Staging::create(parent, "copy", &leaf)?;
+    let mut tree = TreeWriter::new(staging.open()?);
+    let source_fd = rustix::fs::open(
+        source,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ImageError::io(format!("opening {}", source.display()))(e.into()))?;
+    fs_import::copy_tree(source_fd, &mut tree)?;
+    prepare(&mut tree)?;
+    tree.sync().map_err(ImageError::io("syncing the copy"))?;
+    tree.finish()
+        .map_err(ImageError::io("setting directory times"))?;
+    let kind = if staging.subvolume || is_xfs(parent) {
+        "reflink copy"
+    } else {
+        "copy"
+    };
+    staging.commit(target)?;
+    Ok(kind)
 }
 
 /// Deletes the staging directories (`.#berth-*`) in `dir` that a crash left behind.
@@ -337,29 +502,42 @@ pub fn discard(path: &Path) -> Result<(), ImageError> {
 }
 
 impl Pool {
-    fn record_path(&self, name: &str) -> PathBuf {
-        self.records.join(format!("{name}.json"))
+    fn record_path(&self, name: &str, version: Option<&str>) -> PathBuf {
+        match version {
+            None => self.records.join(format!("{name}.json")),
+            Some(v) => self
+                .records
+                .join(format!("{name}.v"))
+                .join(format!("{name}_{v}.json")),
+        }
     }
 
-    fn read_record(&self, name: &str) -> Option<ImageRecord> {
-        let text = fs::read(self.record_path(name)).ok()?;
+    fn read_record(&self, name: &str, version: Option<&str>) -> Option<ImageRecord> {
+        let text = fs::read(self.record_path(name, version)).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    fn write_record(&self, name: &str, record: &ImageRecord) -> Result<(), ImageError> {
-        let context = || format!("writing the image record in {}", self.records.display());
-        fs::create_dir_all(&self.records).map_err(ImageError::io(context()))?;
-        let tmp = self.records.join(format!(".{name}.json.tmp"));
+    fn write_record(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        record: &ImageRecord,
+    ) -> Result<(), ImageError> {
+        let path = self.record_path(name, version);
+        let dir = path.parent().unwrap_or(&self.records).to_owned();
+        let context = || format!("writing the image record in {}", dir.display());
+        fs::create_dir_all(&dir).map_err(ImageError::io(context()))?;
+        let tmp = dir.join(format!(".{name}.json.tmp"));
         let text = serde_json::to_vec_pretty(record).map_err(io::Error::other);
         text.and_then(|text| fs::write(&tmp, text))
-            .and_then(|()| fs::rename(&tmp, self.record_path(name)))
+            .and_then(|()| fs::rename(&tmp, &path))
             .map_err(ImageError::io(context()))
     }
 }
 
 /// A hidden directory an import writes into; deleted on drop unless committed.
 #[derive(Debug)]
-struct Staging {
+pub(super) struct Staging {
     path: PathBuf,
     subvolume: bool,
     committed: bool,

@@ -348,16 +348,19 @@ fn list_and_remove() {
     let list = f.pool.list().expect("list");
     let names: Vec<_> = list.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["foreign", "img"]);
-    assert_eq!(list[1].size_bytes, 5);
-    assert_eq!(list[1].origin, "tar:/tmp/a.tar");
-    assert!(list[1].digest.starts_with("sha256:"));
+    assert_eq!(list[1].record.size_bytes, 5);
+    assert_eq!(list[1].record.origin, "tar:/tmp/a.tar");
+    assert!(list[1].record.digest.starts_with("sha256:"));
 
-    f.pool.remove("img").expect("remove");
+    f.pool.remove("img", false).expect("remove");
     assert!(!f.root.join("machines/img").exists());
     assert!(!f.root.join("state/images/img.json").exists());
-    assert!(matches!(f.pool.remove("img"), Err(ImageError::NotFound(_))));
     assert!(matches!(
-        f.pool.remove("../x"),
+        f.pool.remove("img", false),
+        Err(ImageError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.pool.remove("../x", false),
         Err(ImageError::InvalidName(_))
     ));
 }
@@ -450,9 +453,89 @@ fn concurrent_imports_of_one_name_have_one_winner_whose_record_survives() {
             assert!(matches!(loser, ImageError::Exists(_)), "{loser:?}");
         }
         let info = f.pool.get(&name).expect("image");
-        assert_eq!(info.digest, winners[0].record.digest);
+        assert_eq!(info.record.digest, winners[0].record.digest);
         let content = fs::read(f.root.join("machines").join(&name).join("f")).expect("f");
-        assert_eq!(content.len() as u64, info.size_bytes);
+        assert_eq!(content.len() as u64, info.record.size_bytes);
         assert!(staging_leftovers(&f.root.join("machines")).is_empty());
     }
+}
+
+#[test]
+fn versions_live_side_by_side_and_the_name_means_the_newest() {
+    let f = fixture();
+    let tree = |content: &'static [u8]| {
+        tar_file(&f.root, "v.tar", |b| {
+            raw_entry(b, b"etc/release", EntryType::Regular, b"", content);
+        })
+    };
+    for v in ["1.0", "1.10", "1.9"] {
+        let report = f
+            .pool
+            .import_tar(&format!("os@{v}"), tree(v.as_bytes()), "v.tar")
+            .expect(v);
+        assert_eq!(report.name, format!("os@{v}"));
+        assert_eq!(report.record.version, v);
+    }
+    assert!(f.root.join("machines/os.v/os_1.10/etc/release").is_file());
+    assert!(f.root.join("state/images/os.v/os_1.10.json").is_file());
+    assert_eq!(f.pool.versions("os"), ["1.10", "1.9", "1.0"]);
+    let listed: Vec<_> = f
+        .pool
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|i| i.reference())
+        .collect();
+    assert_eq!(listed, ["os@1.10", "os@1.9", "os@1.0"]);
+    let newest = f.pool.get("os").expect("newest");
+    assert_eq!(newest.version, "1.10");
+    assert_eq!(f.pool.get("os@1.9").expect("1.9").record.version, "1.9");
+    assert!(matches!(
+        f.pool.get("os@2.0"),
+        Err(ImageError::NoSuchVersion { .. })
+    ));
+
+    // The same version again, an unversioned import of the name, and bad versions.
+    assert!(matches!(
+        f.pool.import_tar("os@1.9", tree(b"x"), "v.tar"),
+        Err(ImageError::Exists(_))
+    ));
+    assert!(matches!(
+        f.pool.import_tar("os", tree(b"x"), "v.tar"),
+        Err(ImageError::HasVersions { .. })
+    ));
+    for bad in ["os@", "os@_1", "os@1/2", "os@-1"] {
+        assert!(
+            matches!(
+                f.pool.import_tar(bad, tree(b"x"), "v.tar"),
+                Err(ImageError::InvalidVersion(_))
+            ),
+            "{bad}"
+        );
+    }
+    assert!(matches!(
+        f.pool.import_tar("os.v", tree(b"x"), "v.tar"),
+        Err(ImageError::ReservedName(_))
+    ));
+    // Versions can't be added beside an unversioned image.
+    f.pool
+        .import_tar("plain", tree(b"p"), "v.tar")
+        .expect("plain");
+    assert!(matches!(
+        f.pool.import_tar("plain@1", tree(b"x"), "v.tar"),
+        Err(ImageError::Unversioned(_))
+    ));
+
+    // Removing: NAME alone is ambiguous; one version; then all.
+    assert!(matches!(
+        f.pool.remove("os", false),
+        Err(ImageError::HasVersions { .. })
+    ));
+    f.pool.remove("os@1.10", false).expect("remove 1.10");
+    assert_eq!(f.pool.get("os").expect("newest now").version, "1.9");
+    f.pool.remove("os", true).expect("remove all");
+    assert!(!f.root.join("machines/os.v").exists());
+    assert!(!f.root.join("state/images/os.v").exists());
+    assert!(matches!(f.pool.get("os"), Err(ImageError::NotFound(_))));
+    assert!(staging_leftovers(&f.root.join("machines")).is_empty());
 }

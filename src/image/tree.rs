@@ -76,6 +76,15 @@ pub enum EntryError {
     Io(io::Error),
 }
 
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused(reason) => write!(f, "{reason}"),
+            Self::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 impl From<Errno> for EntryError {
     fn from(e: Errno) -> Self {
         Self::Io(e.into())
@@ -382,6 +391,18 @@ impl TreeWriter {
             AtFlags::SYMLINK_NOFOLLOW,
         )?;
         Ok(())
+    }
+
+    /// Opens directory `path` of the tree, creating it and its parents (mode 0755, root) as
+    /// needed, never through a symlink.
+    pub fn open_directory(&mut self, path: &TreePath) -> Result<OwnedFd, EntryError> {
+        self.cached_parent = None;
+        self.open_dir(&path.0, true)
+    }
+
+    /// Opens directory `path` of the tree if it exists (never through a symlink).
+    pub fn open_directory_existing(&self, path: &TreePath) -> Option<OwnedFd> {
+        self.open_dir(&path.0, false).ok()
     }
 
     /// The parent directory of a non-root entry, and the entry's own name.

@@ -4,6 +4,7 @@
 //! ```ini
 //! [Machine]
 //! Image=debian
+//! ImageVersion=1.10         # the version it was made from (none: an unversioned image)
 //! ImageDigest=sha256:…
 //! Mode=boot                 # or: app
 //! Command=/usr/bin/env      # app mode: one line per argument, in order
@@ -105,6 +106,8 @@ impl Bind {
 pub struct Definition {
     pub name: String,
     pub image: String,
+    /// The version of the image it was made from (empty: an unversioned image).
+    pub image_version: String,
     /// The digest of the image it was made from (empty if the image had none).
     pub image_digest: String,
     pub mode: Mode,
@@ -135,6 +138,8 @@ impl Definition {
         let resolve = |value: &str, host: fn(&Path) -> Option<String>| {
             if value == HOST {
                 host(Path::new("/etc"))
+            } else if value == guest_etc::IMAGE {
+                None
             } else {
                 Some(value.to_owned())
             }
@@ -165,6 +170,9 @@ impl Definition {
             let _ = writeln!(out, "{k}={v}");
         };
         kv("Image", &self.image);
+        if !self.image_version.is_empty() {
+            kv("ImageVersion", &self.image_version);
+        }
         if !self.image_digest.is_empty() {
             kv("ImageDigest", &self.image_digest);
         }
@@ -210,6 +218,7 @@ impl Definition {
         let mut section = String::new();
         let mut image = None;
         let mut image_digest = String::new();
+        let mut image_version = String::new();
         let mut mode = None;
         let mut command = Vec::new();
         let mut hostname = None;
@@ -253,6 +262,7 @@ impl Definition {
             match (section.as_str(), key) {
                 ("Machine", "Image") => image = Some(value.to_owned()),
                 ("Machine", "ImageDigest") => image_digest = value.to_owned(),
+                ("Machine", "ImageVersion") => image_version = value.to_owned(),
                 ("Machine", "Mode") => mode = Some(value.to_owned()),
                 ("Machine", "Command") => command.push(value.to_owned()),
                 ("Machine", "Hostname") => hostname = Some(value.to_owned()),
@@ -355,6 +365,7 @@ impl Definition {
             name: name.to_owned(),
             image: image.ok_or(DefinitionError::Missing("Image"))?,
             image_digest,
+            image_version,
             mode,
             hostname,
             machine_id,
@@ -394,6 +405,7 @@ mod tests {
             name: "web".into(),
             image: "debian".into(),
             image_digest: "sha256:abc".into(),
+            image_version: String::new(),
             mode,
             hostname: "web".into(),
             machine_id: "0123456789abcdef0123456789abcdef".into(),

@@ -201,17 +201,14 @@ fn generate_locale(helper: &std::path::Path, definition: &Definition, leader: u3
     }
     let name = definition.name.clone();
     let helper = helper.to_owned();
-    let config = ExecConfig {
-        leader: i32::try_from(leader).unwrap_or(0),
-        scope_cgroup: scope_cgroup(&unit_name::machine_scope(&name)),
-        join_payload: definition.mode != Mode::Boot,
-        user: String::new(),
-        command: vec!["locale-gen".into()],
-        tty: false,
-        environment: Vec::new(),
-        window: (0, 0),
-        machine_id: definition.machine_id.clone(),
-    };
+    let config = exec_config(
+        &definition,
+        i32::try_from(leader).unwrap_or(0),
+        String::new(),
+        vec!["locale-gen".into()],
+        false,
+        Vec::new(),
+    );
     tracing::info!(%name, %locale, "generating the machine's locale (locale-gen)");
     tokio::task::spawn_blocking(move || {
         let null = || {
@@ -527,6 +524,30 @@ async fn blocking_machine<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| MachineError::InvalidArgument(format!("internal error: {e}")))?
+}
+
+/// What the exec helper needs to run `command` in `definition`'s machine.
+pub fn exec_config(
+    definition: &Definition,
+    leader: i32,
+    user: String,
+    command: Vec<String>,
+    tty: bool,
+    environment: Vec<(String, String)>,
+) -> ExecConfig {
+    ExecConfig {
+        leader,
+        scope_cgroup: scope_cgroup(&unit_name::machine_scope(&definition.name)),
+        join_payload: definition.mode != Mode::Boot,
+        user,
+        command,
+        tty,
+        environment,
+        window: (0, 0),
+        machine_id: definition.machine_id.clone(),
+        extra_environment: Vec::new(),
+        working_dir: String::new(),
+    }
 }
 
 fn spawn_config(machines: &Machines, d: &Definition) -> SpawnConfig {

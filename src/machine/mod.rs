@@ -10,6 +10,7 @@ pub mod io_check;
 pub mod lifecycle;
 pub mod processes;
 pub mod readiness;
+mod rebase;
 mod uid_range;
 pub mod usage;
 pub mod volume;
@@ -23,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 pub use definition::{Bind, Definition, DefinitionError, Mode, is_machine_id};
+pub use rebase::Outdated;
 pub use uid_range::{RANGE_SIZE, UidRange};
 
 use crate::image::tree::{Content, Metadata, TreePath};
@@ -185,7 +187,7 @@ impl Machines {
         let (timezone, locale) = (setting(&request.timezone), setting(&request.locale));
         guest_etc::validate_timezone(&timezone)?;
         guest_etc::validate_locale(&locale)?;
-        if timezone != guest_etc::HOST {
+        if timezone != guest_etc::HOST && timezone != guest_etc::IMAGE {
             Self::check_zone_in(&image.path, &format!("image '{}'", image.name), &timezone)?;
         }
 
@@ -203,7 +205,8 @@ impl Machines {
         let mut definition = Definition {
             name: request.name.clone(),
             image: image.name.clone(),
-            image_digest: image.digest.clone(),
+            image_version: image.version.clone(),
+            image_digest: image.record.digest.clone(),
             mode: request.mode.clone(),
             hostname,
             machine_id: new_machine_id()?,
@@ -219,14 +222,7 @@ impl Machines {
         };
 
         let created = definition.created_usec;
-        let identity = [
-            ("etc/hostname", format!("{}\n", definition.hostname), 0o644),
-            (
-                "etc/machine-id",
-                format!("{}\n", definition.machine_id),
-                0o444,
-            ),
-        ];
+        let identity = rebase::identity_files(&definition);
         let etc = definition.guest_etc();
         let mut warnings = Vec::new();
         let prepare = |tree: &mut image::tree::TreeWriter| {
@@ -235,10 +231,10 @@ impl Machines {
             Ok(())
         };
         let storage = match request.disk_size {
-            None => self.pool.copy_image(&image.name, &root, prepare)?,
+            None => self.pool.copy_image(&image.reference(), &root, prepare)?,
             Some(size) => {
                 let path = self.volume_path(&request.name);
-                self.make_volume(&image.name, &path, size, &root, prepare)?;
+                self.make_volume(&image.reference(), &path, size, &root, prepare)?;
                 definition.volume = Some((path, size));
                 "volume"
             }

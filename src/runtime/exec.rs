@@ -48,6 +48,12 @@ pub struct ExecConfig {
     /// starts; (0, 0) when unknown.
     pub window: (u16, u16),
     pub machine_id: String,
+    /// Variables set over the login environment (a build's ENV), `NAME`, `VALUE`.
+    #[serde(default)]
+    pub extra_environment: Vec<(String, String)>,
+    /// Where the command starts (empty: the user's home, else /).
+    #[serde(default)]
+    pub working_dir: String,
 }
 
 /// A command running in a machine.
@@ -378,13 +384,22 @@ fn run_child(config: &ExecConfig, user: &User, stdio: [OwnedFd; 3]) -> String {
     } else {
         "/"
     };
-    let _ = std::env::set_current_dir(home);
+    if config.working_dir.is_empty() {
+        let _ = std::env::set_current_dir(home);
+    } else if let Err(e) = std::env::set_current_dir(&config.working_dir) {
+        return format!("changing to the directory {}: {e}", config.working_dir);
+    }
     let files = GuestFiles::read();
+    let mut environment = login_environment(user, home, &files, &config.environment);
+    for (key, value) in &config.extra_environment {
+        environment.retain(|(k, _)| k != key);
+        environment.push((key.clone(), value.clone()));
+    }
     let mut command = Command::new(&config.command[0]);
     command
         .args(&config.command[1..])
         .env_clear()
-        .envs(login_environment(user, home, &files, &config.environment))
+        .envs(environment)
         .env("container", "berth")
         .env("container_uuid", super::helper::uuid(&config.machine_id));
     if config.tty && !config.environment.iter().any(|(k, _)| k == "TERM") {

@@ -23,6 +23,8 @@ use crate::image::tree::{Metadata, TreePath, TreeWriter};
 
 /// The setting that follows the host: refreshed from the host at each start.
 pub const HOST: &str = "host";
+/// The setting that leaves the guest's /etc as its image has it: berth never writes it.
+pub const IMAGE: &str = "image";
 
 /// Values to write into a guest's /etc now (`None`: leave it as it is).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -12,6 +12,8 @@ use berth::api::{BUS_NAME, ImportResult, ManagerProxy};
 use berth::cli::{Cli, Command, format};
 use clap::Parser;
 
+mod build;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -58,14 +60,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     )?;
     let manager = ManagerProxy::new(&connection).await?;
     match command {
-        Command::ImportTar { file, name } => {
+        Command::ImportTar {
+            file,
+            name,
+            image_version,
+        } => {
             let (input, origin) = open_tar_input(&file)?;
+            let version = image_version.unwrap_or_default();
             let result = manager
-                .import_tar(input.as_fd().into(), &name, &origin)
+                .import_tar(input.as_fd().into(), &name, &version, &origin)
                 .await?;
             report_import(&result);
         }
-        Command::ImportFs { dir, name } => {
+        Command::ImportFs {
+            dir,
+            name,
+            image_version,
+        } => {
             let input = File::open(&dir)
                 .with_context(|| format!("cannot open the directory {}", dir.display()))?;
             if !input.metadata()?.is_dir() {
@@ -76,22 +87,45 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             let origin = absolute(&dir);
             let result = manager
-                .import_fs(input.as_fd().into(), &name, &origin)
+                .import_fs(
+                    input.as_fd().into(),
+                    &name,
+                    &image_version.unwrap_or_default(),
+                    &origin,
+                )
                 .await?;
             report_import(&result);
         }
-        Command::Images { json } => {
+        Command::Images { json, tree } => {
             let images = manager.list_images().await?;
+            let table = if tree {
+                format::images_tree
+            } else {
+                format::images_table
+            };
             print_listing(
                 &images,
                 json,
                 "No images. Import one with 'berth import-tar FILE NAME'.",
-                format::images_table,
+                table,
             )?;
         }
-        Command::Rmi { names } => {
+        Command::Build {
+            source,
+            name,
+            image_version,
+            file,
+        } => {
+            let result = build::build(&manager, &source, &name, image_version, file).await?;
+            report_import(&result);
+        }
+        Command::Rebuild { name } => return build::rebuild(&manager, &name).await,
+        Command::Rmi {
+            names,
+            all_versions,
+        } => {
             for name in names {
-                manager.remove_image(&name).await?;
+                manager.remove_image(&name, all_versions).await?;
                 println!("Removed image '{name}'.");
             }
         }
@@ -439,7 +473,48 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
             ));
         }
-        Command::List { json } => {
+        Command::List {
+            json,
+            outdated: true,
+        } => {
+            let outdated = manager.list_outdated().await?;
+            print_listing(
+                &outdated,
+                json,
+                "No machine is outdated: each is made from the newest version of its image.",
+                format::outdated_table,
+            )?;
+        }
+        Command::Rebase { name, to } => {
+            let (machine, storage, warnings) = manager
+                .rebase_machine(&name, to.as_deref().unwrap_or(""))
+                .await?;
+            print_warnings(&warnings);
+            println!(
+                "Rebased machine '{name}' onto image '{}' ({storage}); its machine-id {}, UIDs {}-{} and binds are unchanged. 'berth start {name}' starts it.",
+                machine.image,
+                machine.machine_id,
+                machine.uid_base,
+                machine.uid_base + (berth::machine::RANGE_SIZE - 1)
+            );
+        }
+        Command::Clone {
+            source,
+            target,
+            hostname,
+        } => {
+            let (machine, storage) = manager
+                .clone_machine(&source, &target, hostname.as_deref().unwrap_or(""))
+                .await?;
+            println!(
+                "Cloned machine '{source}' as '{target}' ({storage}): UIDs {}-{}, hostname {}, machine-id {}.",
+                machine.uid_base,
+                machine.uid_base + (berth::machine::RANGE_SIZE - 1),
+                machine.hostname,
+                machine.machine_id
+            );
+        }
+        Command::List { json, .. } => {
             let machines = manager.list_machines().await?;
             print_listing(
                 &machines,

@@ -1,0 +1,578 @@
+//! `berth build`: an image made from a base image by a Containerfile's steps.
+//!
+//! The client sends the build context as a tar stream (`git archive` of the commit it
+//! resolved, or a plain directory's tree), so berthd never runs git on a user's checkout
+//! and builds exactly the commit it records. berthd unpacks the context into a private
+//! directory, creates a transient app machine from the base image (its PID 1 is a shell
+//! waiting on a pipe that berthd holds), runs every RUN step in it as `berth exec` does
+//! (the machine's namespaces, UID range and scope), writes COPY sources into its root,
+//! and finally stores the root as a new image version with its lineage: base
+//! name@version@digest, source, ref, git commit and the Containerfile's digest. A failed
+//! step stores nothing; the build machine and the context are removed however the build
+//! ends.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use zbus::Connection;
+
+use crate::image::containerfile::{self, Step};
+use crate::image::tree::TreePath;
+use crate::image::{
+    self, AppDefaults, BaseImage, BuildSource, ImageError, ImageRecord, ImageRef, ImportReport,
+    Pool,
+};
+use crate::machine::lifecycle::{self, Attach};
+use crate::machine::{CreateRequest, MachineError, Machines, Mode as MachineMode};
+use crate::runtime::exec::Exec;
+use crate::runtime::guest_etc;
+
+/// Where build contexts are unpacked (each in a `.#berth-build-…` directory).
+pub const BUILD_DIR: &str = "/var/lib/berth/builds";
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("{path}: {error}")]
+    Containerfile {
+        path: String,
+        error: containerfile::ContainerfileError,
+    },
+    #[error("the build context has no {0}; give the Containerfile's path with --file")]
+    NoContainerfile(String),
+    #[error("step {step} ({text}): {message}")]
+    Step {
+        step: usize,
+        text: String,
+        message: String,
+    },
+    #[error(
+        "step {step} ({text}) exited with {status}; nothing was stored (the output above says why)"
+    )]
+    StepFailed {
+        step: usize,
+        text: String,
+        status: String,
+    },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
+    let context = context.into();
+    move |source| BuildError::Io { context, source }
+}
+
+/// What to build, as the client resolved it.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The new image: `NAME@VERSION`.
+    pub target: String,
+    /// The Containerfile's path in the context.
+    pub containerfile: String,
+    /// As given to `berth build` (a git URL or a local path), recorded for rebuilds.
+    pub source: String,
+    /// The ref asked for (`#REF`), empty for the default.
+    pub reference: String,
+    /// The git commit the context was made from (empty: no git).
+    pub commit: String,
+}
+
+/// Where the build's progress and its steps' output go: the client's stdout and stderr.
+#[derive(Debug)]
+pub struct BuildOutput {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+impl BuildOutput {
+    /// A progress line for the client (lost, harmlessly, when it went away).
+    fn say(&self, line: &str) {
+        let _ = rustix::io::write(&self.stdout, format!("{line}\n").as_bytes());
+    }
+}
+
+fn dup(fd: &OwnedFd) -> Result<OwnedFd, BuildError> {
+    fd.try_clone()
+        .map_err(io_error("duplicating an output descriptor"))
+}
+
+/// Everything a build has made so far; removed when dropped unless kept.
+struct Workspace {
+    context: PathBuf,
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.context);
+    }
+}
+
+/// Builds `request` from the context tar `context`.
+pub async fn build(
+    conn: &Connection,
+    pool: &Pool,
+    machines: &Machines,
+    helper: PathBuf,
+    request: BuildRequest,
+    context: File,
+    output: BuildOutput,
+) -> Result<ImportReport, BuildError> {
+    let target = ImageRef::parse(&request.target)?;
+    if target.version.is_none() {
+        return Err(ImageError::io("building")(io::Error::other("no version")).into());
+    }
+    let workspace = unpack_context(context).await?;
+    let text = read_in_context(&workspace.context, &request.containerfile)?;
+    let recipe = containerfile::parse(&text).map_err(|error| BuildError::Containerfile {
+        path: request.containerfile.clone(),
+        error,
+    })?;
+    for warning in &recipe.warnings {
+        output.say(&format!("warning: {warning}"));
+    }
+    let (from_name, from_version) = recipe.from.clone();
+    let from = match &from_version {
+        Some(v) => format!("{from_name}@{v}"),
+        None => from_name.clone(),
+    };
+    let base = pool.get(&from)?;
+    // Refuse an existing target before the work, not after.
+    if pool.get(&target.to_string()).is_ok() {
+        return Err(ImageError::Exists(target.to_string()).into());
+    }
+    output.say(&format!(
+        "Building {target} from {} ({} steps)",
+        base.reference(),
+        recipe.steps.len()
+    ));
+
+    let name = format!("build-{}", &crate::machine::generated_name()?[4..]);
+    let create = CreateRequest {
+        name: name.clone(),
+        image: base.reference(),
+        // A shell builtin waiting on a pipe berthd holds: the machine lives until the build
+        // closes it, and needs nothing from the image but /bin/sh.
+        mode: MachineMode::App(vec!["/bin/sh".into(), "-c".into(), "read _".into()]),
+        hostname: String::new(),
+        binds: Vec::new(),
+        ephemeral: true,
+        properties: Vec::new(),
+        disk_size: None,
+        timezone: guest_etc::IMAGE.into(),
+        locale: guest_etc::IMAGE.into(),
+    };
+    let machines_c = machines.clone();
+    blocking(move || machines_c.create(&create).map(drop)).await?;
+    let result = run_steps(
+        conn,
+        machines,
+        &helper,
+        &name,
+        &workspace,
+        &recipe.steps,
+        &output,
+    )
+    .await;
+    let stopped = stop_build_machine(conn, machines, &name).await;
+    let app = result?;
+    stopped?;
+
+    let root = machines.root_of(&name);
+    restore_identity(&root, &base.path)?;
+    let record = ImageRecord {
+        origin: format!("build:{}", request.source),
+        base: Some(BaseImage {
+            name: base.name.clone(),
+            version: base.version.clone(),
+            digest: base.record.digest.clone(),
+        }),
+        build: Some(BuildSource {
+            source: request.source.clone(),
+            reference: request.reference.clone(),
+            commit: request.commit.clone(),
+            containerfile: request.containerfile.clone(),
+            recipe_digest: format!("sha256:{:x}", Sha256::digest(text.as_bytes())),
+            from,
+        }),
+        app: Some(app),
+        ..ImageRecord::default()
+    };
+    let pool_c = pool.clone();
+    let target_text = target.to_string();
+    let report = blocking(move || pool_c.import_built(&target_text, &root, record)).await;
+    let machines_c = machines.clone();
+    let _ = blocking(move || machines_c.remove(&name)).await;
+    drop(workspace);
+    Ok(report?)
+}
+
+async fn blocking<T: Send + 'static, E: Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, BuildError>
+where
+    BuildError: From<E>,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(BuildError::from),
+        Err(e) => Err(BuildError::Io {
+            context: "a build task".into(),
+            source: io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+/// Unpacks the context tar into a fresh private directory.
+async fn unpack_context(context: File) -> Result<Workspace, BuildError> {
+    fs::create_dir_all(BUILD_DIR).map_err(io_error(format!("creating {BUILD_DIR}")))?;
+    let dir = Path::new(BUILD_DIR).join(format!(
+        ".#berth-build-{}-{}",
+        std::process::id(),
+        &crate::machine::generated_name()?[4..]
+    ));
+    fs::create_dir(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+    let workspace = Workspace { context: dir };
+    let target = workspace.context.clone();
+    blocking(move || image::unpack_tar(context, &target).map(drop)).await?;
+    Ok(workspace)
+}
+
+/// Opens `path` (relative, as the Containerfile names it) inside the context: symlinks and
+/// `..` resolve inside it, never out of it.
+fn open_in_context(context: &Path, path: &str) -> Result<OwnedFd, io::Error> {
+    let root = rustix::fs::open(
+        context,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let relative = path.trim_start_matches('/');
+    let relative = if relative.is_empty() { "." } else { relative };
+    Ok(rustix::fs::openat2(
+        &root,
+        relative,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?)
+}
+
+fn read_in_context(context: &Path, path: &str) -> Result<String, BuildError> {
+    let fd =
+        open_in_context(context, path).map_err(|_| BuildError::NoContainerfile(path.into()))?;
+    io::read_to_string(File::from(fd)).map_err(io_error(format!("reading {path}")))
+}
+
+/// Runs the steps; returns the app defaults the Containerfile set.
+async fn run_steps(
+    conn: &Connection,
+    machines: &Machines,
+    helper: &Path,
+    name: &str,
+    workspace: &Workspace,
+    steps: &[Step],
+    output: &BuildOutput,
+) -> Result<AppDefaults, BuildError> {
+    let (hold, keep_open) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| io_error("creating a pipe")(e.into()))?;
+    let streams = [hold, dup(&output.stdout)?, dup(&output.stderr)?];
+    lifecycle::start(
+        conn,
+        machines,
+        helper.to_owned(),
+        name,
+        Attach::Streams(streams),
+    )
+    .await?;
+    // PID 1 waits for EOF here; dropped when the build is done (or failed).
+    let _keep_open = keep_open;
+    let definition = machines.get(name)?;
+    let leader = lifecycle::state(conn, name)
+        .await?
+        .map(|r| r.leader)
+        .ok_or_else(|| MachineError::NotRunning(name.to_owned()))?;
+    let mut app = AppDefaults::default();
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut labels = BTreeMap::new();
+    let (mut workdir, mut user) = (String::from("/"), String::new());
+    let root = machines.root_of(name);
+    for (index, step) in steps.iter().enumerate() {
+        let number = index + 1;
+        let text = describe(step);
+        output.say(&format!("STEP {number}/{}: {text}", steps.len()));
+        let step_error = |message: String| BuildError::Step {
+            step: number,
+            text: text.clone(),
+            message,
+        };
+        match step {
+            Step::Run(command) => {
+                let mut config = lifecycle::exec_config(
+                    &definition,
+                    i32::try_from(leader).unwrap_or(0),
+                    user.clone(),
+                    command.argv(),
+                    false,
+                    Vec::new(),
+                );
+                config.extra_environment = env.clone();
+                config.working_dir = workdir.clone();
+                let null = File::open("/dev/null").map_err(io_error("opening /dev/null"))?;
+                let stdio = [
+                    OwnedFd::from(null),
+                    dup(&output.stdout)?,
+                    dup(&output.stderr)?,
+                ];
+                let helper = helper.to_owned();
+                let status = blocking(move || {
+                    Exec::start(&helper, &config, Some(stdio))
+                        .and_then(Exec::wait)
+                        .map_err(MachineError::from)
+                })
+                .await
+                .map_err(|e| step_error(e.to_string()))?;
+                if status.code() != 0 {
+                    return Err(BuildError::StepFailed {
+                        step: number,
+                        text,
+                        status: status.to_line(),
+                    });
+                }
+            }
+            Step::Copy {
+                sources,
+                dest,
+                chown,
+            } => {
+                if chown.is_some() {
+                    return Err(step_error(
+                        "COPY --chown is not supported; COPY, then RUN chown".into(),
+                    ));
+                }
+                let dest = absolute(&workdir, dest);
+                copy_into(&workspace.context, &root, sources, &dest).map_err(step_error)?;
+            }
+            Step::Env(pairs) => {
+                for (key, value) in pairs {
+                    env.retain(|(k, _)| k != key);
+                    env.push((key.clone(), value.clone()));
+                }
+            }
+            Step::Workdir(dir) => {
+                workdir = absolute(&workdir, dir);
+                make_directory(&root, &workdir).map_err(step_error)?;
+            }
+            Step::User(who) => who.clone_into(&mut user),
+            Step::Entrypoint(command) => app.entrypoint = command.argv(),
+            Step::Cmd(command) => app.cmd = command.argv(),
+            Step::Label(pairs) => labels.extend(pairs.iter().cloned()),
+        }
+    }
+    app.env = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    app.working_dir = if workdir == "/" {
+        String::new()
+    } else {
+        workdir
+    };
+    app.user = user;
+    app.labels = labels;
+    Ok(app)
+}
+
+/// The step as the Containerfile said it, shortened for progress lines.
+fn describe(step: &Step) -> String {
+    let text = match step {
+        Step::Run(c) => format!("RUN {}", c.argv().join(" ")),
+        Step::Copy { sources, dest, .. } => format!("COPY {} {dest}", sources.join(" ")),
+        Step::Env(pairs) => format!(
+            "ENV {}",
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Step::Workdir(d) => format!("WORKDIR {d}"),
+        Step::User(u) => format!("USER {u}"),
+        Step::Entrypoint(c) => format!("ENTRYPOINT {:?}", c.argv()),
+        Step::Cmd(c) => format!("CMD {:?}", c.argv()),
+        Step::Label(pairs) => format!("LABEL {}", pairs.len()),
+    };
+    const MAX: usize = 100;
+    if text.chars().count() > MAX {
+        format!("{}…", text.chars().take(MAX).collect::<String>())
+    } else {
+        text
+    }
+}
+
+/// `path` made absolute against `workdir`, as WORKDIR and COPY's destination are.
+fn absolute(workdir: &str, path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("{}/{path}", workdir.trim_end_matches('/'))
+    }
+}
+
+fn tree_path(path: &str) -> Result<TreePath, String> {
+    TreePath::parse(path.trim_start_matches('/').as_bytes())
+        .map_err(|reason| format!("'{path}': {reason}"))
+}
+
+/// Creates directory `path` (and its parents) in the machine's root, refusing symlinks.
+fn make_directory(root: &Path, path: &str) -> Result<(), String> {
+    let mut tree = image::tree::TreeWriter::new(open_root(root)?);
+    tree.open_directory(&tree_path(path)?)
+        .map(drop)
+        .map_err(|e| format!("creating {path}: {e}"))
+}
+
+fn open_root(root: &Path) -> Result<OwnedFd, String> {
+    rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("opening the build root: {e}"))
+}
+
+/// COPY: each source (a file or a directory's contents) from the context into `dest` in the
+/// machine's root, owned by root as Docker does. `dest` is a directory when it ends in `/`
+/// or there are several sources, or when it is a directory already.
+fn copy_into(context: &Path, root: &Path, sources: &[String], dest: &str) -> Result<(), String> {
+    let into_directory = dest.ends_with('/') || sources.len() > 1;
+    for source in sources {
+        let fd = open_in_context(context, source)
+            .map_err(|e| format!("'{source}' is not in the build context: {e}"))?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| format!("{source}: {e}"))?;
+        let is_dir = rustix::fs::FileType::from_raw_mode(stat.st_mode).is_dir();
+        let mut tree = image::tree::TreeWriter::new(open_root(root)?);
+        if is_dir {
+            let target = tree
+                .open_directory(&tree_path(dest)?)
+                .map_err(|e| format!("creating {dest}: {e}"))?;
+            let mut inner = image::tree::TreeWriter::new(target);
+            image::copy_tree_into(fd, &mut inner).map_err(|e| format!("copying {source}: {e}"))?;
+            report_refusals(inner.finish(), source)?;
+            continue;
+        }
+        let dest_is_dir =
+            into_directory || tree.open_directory_existing(&tree_path(dest)?).is_some();
+        let path = if dest_is_dir {
+            let leaf = Path::new(source)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{}/{leaf}", dest.trim_end_matches('/'))
+        } else {
+            dest.to_owned()
+        };
+        let meta = image::tree::Metadata {
+            mode: stat.st_mode & 0o7777,
+            mtime: stat.st_mtime,
+            ..image::tree::Metadata::default()
+        };
+        let path = tree_path(&path)?;
+        let mut file = File::from(fd);
+        let result = tree.file(&path, &meta, image::tree::Content::Reader(&mut file));
+        tree.settle(&path.to_string(), result)
+            .map_err(|e| format!("writing {path}: {e}"))?;
+        report_refusals(tree.finish(), source)?;
+    }
+    Ok(())
+}
+
+fn report_refusals(
+    result: io::Result<Vec<image::tree::Refusal>>,
+    source: &str,
+) -> Result<(), String> {
+    let refused = result.map_err(|e| format!("copying {source}: {e}"))?;
+    match refused.first() {
+        None => Ok(()),
+        Some(r) => Err(format!(
+            "not copied: {}: {} (name the real path, not one through a symlink)",
+            r.path, r.reason
+        )),
+    }
+}
+
+/// The build machine's identity files go: the image gets its base's /etc/hostname and
+/// /etc/machine-id back (a machine made from it gets its own at create).
+fn restore_identity(root: &Path, base: &Path) -> Result<(), BuildError> {
+    let mut tree = image::tree::TreeWriter::new(
+        open_root(root).map_err(|e| io_error("opening the build root")(io::Error::other(e)))?,
+    );
+    for file in ["etc/hostname", "etc/machine-id"] {
+        let path = tree_path(file).map_err(|e| io_error(file)(io::Error::other(e)))?;
+        match File::open(base.join(file)) {
+            Ok(mut original) => {
+                let meta = original
+                    .metadata()
+                    .map_err(io_error(format!("reading the base's /{file}")))?;
+                let meta = image::tree::Metadata {
+                    mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+                    mtime: std::os::unix::fs::MetadataExt::mtime(&meta),
+                    ..image::tree::Metadata::default()
+                };
+                let result = tree.file(&path, &meta, image::tree::Content::Reader(&mut original));
+                tree.settle(file, result)
+                    .map_err(io_error(format!("restoring /{file}")))?;
+            }
+            Err(_) => {
+                let _ = rustix::fs::unlinkat(tree.root(), file, rustix::fs::AtFlags::empty());
+            }
+        }
+    }
+    tree.finish()
+        .map_err(io_error("restoring the image's identity"))?;
+    Ok(())
+}
+
+/// Stops the build machine: closing its pipe ends its shell; a machine still running after
+/// that is stopped as `berth stop` does.
+async fn stop_build_machine(
+    conn: &Connection,
+    machines: &Machines,
+    name: &str,
+) -> Result<(), BuildError> {
+    for _ in 0..50 {
+        if lifecycle::state(conn, name).await?.is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lifecycle::stop(conn, machines, name, Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_made_absolute_against_the_workdir() {
+        assert_eq!(absolute("/", "app"), "/app");
+        assert_eq!(absolute("/srv/", "x/y"), "/srv/x/y");
+        assert_eq!(absolute("/srv", "/etc"), "/etc");
+    }
+
+    #[test]
+    fn long_steps_are_shortened() {
+        let step = Step::Run(containerfile::Command::Shell("x".repeat(300)));
+        assert!(describe(&step).chars().count() <= 101);
+    }
+}
