@@ -3,6 +3,7 @@
 //! `/var/lib/berth/images/NAME.json`.
 
 mod fs_import;
+mod oci;
 mod pool;
 mod record;
 mod source;
@@ -15,6 +16,7 @@ use thiserror::Error;
 
 use crate::name::NameError;
 
+pub use oci::{OciConfig, OciError, OciImage, import_archive};
 pub use pool::{ImageInfo, ImportReport, Pool, clean_staging, discard};
 pub use record::ImageRecord;
 pub use source::Compression;
@@ -44,6 +46,8 @@ pub enum ImageError {
         "{0}-compressed input is not supported; decompress it first (e.g. 'bunzip2 -c FILE | berth import-tar - NAME')"
     )]
     UnsupportedCompression(&'static str),
+    #[error(transparent)]
+    Oci(#[from] OciError),
     #[error("{context}: {source}")]
     Io {
         context: String,
