@@ -48,7 +48,8 @@ impl From<ImageError> for BusError {
             ImageError::NotATar(_)
             | ImageError::EmptyInput
             | ImageError::NoEntries
-            | ImageError::UnsupportedCompression(_) => Self::BadImageInput(message),
+            | ImageError::UnsupportedCompression(_)
+            | ImageError::Oci(_) => Self::BadImageInput(message),
             ImageError::Io { .. } => Self::Failed(message),
         }
     }

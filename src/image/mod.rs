@@ -4,6 +4,7 @@
 
 pub mod containerfile;
 mod fs_import;
+mod oci;
 mod pool;
 mod record;
 mod reference;
@@ -18,6 +19,7 @@ use thiserror::Error;
 
 use crate::name::NameError;
 
+pub use oci::{OciConfig, OciError, OciImage, import_archive};
 pub use pool::{ImageInfo, ImportReport, Pool, clean_staging, copy_tree_to, discard};
 pub use record::{AppDefaults, BaseImage, BuildSource, ImageRecord};
 pub use reference::ImageRef;
@@ -70,6 +72,8 @@ pub enum ImageError {
         "{0}-compressed input is not supported; decompress it first (e.g. 'bunzip2 -c FILE | berth import-tar - NAME')"
     )]
     UnsupportedCompression(&'static str),
+    #[error(transparent)]
+    Oci(#[from] OciError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -21,50 +21,59 @@ pub fn extract(source: impl Read, tree: &mut TreeWriter) -> Result<(), ImageErro
     for entry in entries {
         seen += 1;
         let mut entry = entry.map_err(ImageError::not_a_tar)?;
-        let raw_path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let path = match TreePath::parse(&raw_path) {
-            Ok(path) => path,
-            Err(reason) => {
-                tree.refuse(shown, reason);
-                continue;
-            }
-        };
-        let meta = metadata(&mut entry).map_err(ImageError::not_a_tar)?;
-        let kind = entry.header().entry_type();
-        let link = entry.link_name_bytes().map(|l| l.into_owned());
-        let result = match (kind, link) {
-            (EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse, _) => {
-                tree.file(&path, &meta, Content::Reader(&mut entry))
-            }
-            (EntryType::Directory, _) => tree.directory(&path, &meta),
-            (EntryType::Symlink, Some(target)) => {
-                tree.symlink(&path, OsStr::from_bytes(&target), &meta)
-            }
-            (EntryType::Link, Some(target)) => match TreePath::parse(&target) {
-                Ok(target) => tree.hardlink(&path, &target),
-                Err(_) => Err(EntryError::Refused(RefuseReason::HardlinkOutside(
-                    String::from_utf8_lossy(&target).into_owned(),
-                ))),
-            },
-            (EntryType::Char | EntryType::Block, _) => {
-                Err(EntryError::Refused(RefuseReason::DeviceNode))
-            }
-            (EntryType::Fifo, _) => tree.fifo(&path, &meta),
-            (other, _) => Err(EntryError::Refused(RefuseReason::UnsupportedType(format!(
-                "{other:?}"
-            )))),
-        };
-        tree.settle(&shown, result)
-            .map_err(|source| ImageError::Io {
-                context: "writing the image".into(),
-                source,
-            })?;
+        write_entry(&mut entry, tree)?;
     }
     if seen == 0 {
         return Err(ImageError::NoEntries);
     }
     Ok(())
+}
+
+/// Writes one archive entry into `tree`: refused entries are recorded there, not returned;
+/// the error is an unreadable entry or a failed write.
+pub fn write_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    tree: &mut TreeWriter,
+) -> Result<(), ImageError> {
+    let raw_path = entry.path_bytes().into_owned();
+    let shown = String::from_utf8_lossy(&raw_path).into_owned();
+    let path = match TreePath::parse(&raw_path) {
+        Ok(path) => path,
+        Err(reason) => {
+            tree.refuse(shown, reason);
+            return Ok(());
+        }
+    };
+    let meta = metadata(entry).map_err(ImageError::not_a_tar)?;
+    let kind = entry.header().entry_type();
+    let link = entry.link_name_bytes().map(|l| l.into_owned());
+    let result = match (kind, link) {
+        (EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse, _) => {
+            tree.file(&path, &meta, Content::Reader(entry))
+        }
+        (EntryType::Directory, _) => tree.directory(&path, &meta),
+        (EntryType::Symlink, Some(target)) => {
+            tree.symlink(&path, OsStr::from_bytes(&target), &meta)
+        }
+        (EntryType::Link, Some(target)) => match TreePath::parse(&target) {
+            Ok(target) => tree.hardlink(&path, &target),
+            Err(_) => Err(EntryError::Refused(RefuseReason::HardlinkOutside(
+                String::from_utf8_lossy(&target).into_owned(),
+            ))),
+        },
+        (EntryType::Char | EntryType::Block, _) => {
+            Err(EntryError::Refused(RefuseReason::DeviceNode))
+        }
+        (EntryType::Fifo, _) => tree.fifo(&path, &meta),
+        (other, _) => Err(EntryError::Refused(RefuseReason::UnsupportedType(format!(
+            "{other:?}"
+        )))),
+    };
+    tree.settle(&shown, result)
+        .map_err(|source| ImageError::Io {
+            context: "writing the image".into(),
+            source,
+        })
 }
 
 fn metadata<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<Metadata> {

@@ -35,6 +35,8 @@ pub enum RefuseReason {
     Socket,
     DirectoryInTheWay,
     UnsupportedType(String),
+    /// A layer entry named `.wh.` (hiding nothing) or below a `.wh.` name.
+    ReservedName,
 }
 
 impl fmt::Display for RefuseReason {
@@ -52,6 +54,7 @@ impl fmt::Display for RefuseReason {
             Self::Socket => write!(f, "socket"),
             Self::DirectoryInTheWay => write!(f, "a non-empty directory is in the way"),
             Self::UnsupportedType(t) => write!(f, "unsupported entry type {t}"),
+            Self::ReservedName => write!(f, "the '.wh.' prefix is reserved for whiteouts"),
         }
     }
 }
@@ -144,6 +147,11 @@ impl TreePath {
         let mut parts = self.0.clone();
         parts.push(name.to_owned());
         Self(parts)
+    }
+
+    /// The directory holding this entry; `None` for the root.
+    pub fn parent(&self) -> Option<Self> {
+        self.split_last().map(|(_, parent)| Self(parent.to_vec()))
     }
 
     fn split_last(&self) -> Option<(&OsStr, &[OsString])> {
@@ -405,6 +413,61 @@ impl TreeWriter {
         self.open_dir(&path.0, false).ok()
     }
 
+    /// Removes the entry at `path`, a whole directory tree included, never following a symlink
+    /// (a symlink is removed itself, not what it points at). Nothing there is not an error.
+    pub fn remove(&mut self, path: &TreePath) -> Result<(), EntryError> {
+        // The cached parent may be the removed directory or below it.
+        self.cached_parent = None;
+        let Some((name, parent)) = path.split_last() else {
+            return Err(EntryError::Refused(RefuseReason::UnsupportedType(
+                "removal of the image root".into(),
+            )));
+        };
+        let Some(parent) = self.open_existing_dir(parent)? else {
+            return Ok(());
+        };
+        match rustix::fs::unlinkat(&parent, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(Errno::ISDIR) => {
+                remove_contents(open_dir_nofollow(&parent, name)?)?;
+                rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR)?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes everything inside the directory at `path` but keeps the directory. Nothing
+    /// happens when no directory is there (nothing at all, a file, a symlink).
+    pub fn empty_dir(&mut self, path: &TreePath) -> Result<(), EntryError> {
+        self.cached_parent = None;
+        let dir = match path.split_last() {
+            None => self.root.try_clone()?,
+            Some((name, parent)) => {
+                let Some(parent) = self.open_existing_dir(parent)? else {
+                    return Ok(());
+                };
+                match open_dir_nofollow(&parent, name) {
+                    Ok(dir) => dir,
+                    Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        Ok(remove_contents(dir)?)
+    }
+
+    /// Opens an existing directory of the tree; `None` when it is missing or a parent is not a
+    /// directory (so there is nothing below it). Passing through a symlink is refused.
+    fn open_existing_dir(&self, parts: &[OsString]) -> Result<Option<OwnedFd>, EntryError> {
+        match self.open_dir(parts, false) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(EntryError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(EntryError::Refused(RefuseReason::ParentNotDirectory(_))) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The parent directory of a non-root entry, and the entry's own name.
     fn entry_parent<'p>(&mut self, path: &'p TreePath) -> Result<(&'p OsStr, OwnedFd), EntryError> {
         let (name, parent) =
@@ -492,6 +555,58 @@ fn open_dir_nofollow(dir: impl AsFd, name: &OsStr) -> Result<OwnedFd, Errno> {
     )
 }
 
+/// Deletes everything inside `dir`, never following a symlink. Iterative, so a deep tree
+/// can't exhaust the stack; it holds one descriptor per level.
+fn remove_contents(dir: OwnedFd) -> Result<(), Errno> {
+    struct Level {
+        dir: OwnedFd,
+        /// Its name in the level above; `None` for `dir` itself, which stays.
+        name: Option<OsString>,
+        pending: Vec<OsString>,
+    }
+    let pending = child_names(&dir)?;
+    let mut levels = vec![Level {
+        dir,
+        name: None,
+        pending,
+    }];
+    while let Some(level) = levels.last_mut() {
+        if let Some(child) = level.pending.pop() {
+            match rustix::fs::unlinkat(&level.dir, &child, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(Errno::ISDIR) => {
+                    let dir = open_dir_nofollow(&level.dir, &child)?;
+                    let pending = child_names(&dir)?;
+                    levels.push(Level {
+                        dir,
+                        name: Some(child),
+                        pending,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        } else if let Some(Level {
+            name: Some(name), ..
+        }) = levels.pop()
+            && let Some(above) = levels.last()
+        {
+            rustix::fs::unlinkat(&above.dir, &name, AtFlags::REMOVEDIR)?;
+        }
+    }
+    Ok(())
+}
+
+fn child_names(dir: &OwnedFd) -> Result<Vec<OsString>, Errno> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let name = entry?.file_name().to_bytes().to_owned();
+        if name != b"." && name != b".." {
+            names.push(OsString::from(OsStr::from_bytes(&name)));
+        }
+    }
+    Ok(names)
+}
+
 /// Owner first, then mode: chown clears setuid/setgid bits, so the order matters.
 fn apply_fd_metadata(fd: impl AsFd, meta: &Metadata) -> Result<(), EntryError> {
     rustix::fs::fchown(
@@ -561,5 +676,68 @@ mod tests {
             TreePath::parse(b"a/..b").expect("valid").to_string(),
             "a/..b"
         );
+    }
+
+    fn writer(root: &std::path::Path) -> TreeWriter {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("open root");
+        TreeWriter::new(fd)
+    }
+
+    fn path(raw: &str) -> TreePath {
+        TreePath::parse(raw.as_bytes()).expect("valid path")
+    }
+
+    #[test]
+    fn remove_deletes_trees_and_never_follows_symlinks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        std::fs::create_dir_all(root.join("a/b/c")).expect("dirs");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(outside.join("secret"), b"s").expect("secret");
+        std::fs::write(root.join("a/b/c/f"), b"f").expect("f");
+        std::os::unix::fs::symlink(&outside, root.join("a/b/out")).expect("symlink");
+        std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+        std::fs::write(root.join("keep"), b"k").expect("keep");
+        let mut tree = writer(&root);
+
+        tree.remove(&path("a")).expect("remove a tree");
+        assert!(root.join("a").symlink_metadata().is_err());
+        tree.remove(&path("link")).expect("remove a symlink");
+        assert!(root.join("link").symlink_metadata().is_err());
+        tree.remove(&path("missing/x")).expect("nothing there");
+        tree.remove(&path("keep/x"))
+            .expect("below a file: nothing there");
+
+        std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+        assert!(matches!(
+            tree.remove(&path("link/secret")),
+            Err(EntryError::Refused(RefuseReason::ThroughSymlink(_)))
+        ));
+        tree.empty_dir(&path("link"))
+            .expect("a symlink: nothing below it to remove");
+        assert_eq!(std::fs::read(outside.join("secret")).expect("secret"), b"s");
+        assert_eq!(std::fs::read(root.join("keep")).expect("keep"), b"k");
+    }
+
+    #[test]
+    fn empty_dir_keeps_the_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("d/sub/deeper")).expect("dirs");
+        std::fs::write(root.join("d/f"), b"f").expect("f");
+        std::fs::write(root.join("file"), b"f").expect("file");
+        let mut tree = writer(root);
+        tree.empty_dir(&path("d")).expect("empty d");
+        assert!(root.join("d").is_dir());
+        assert_eq!(std::fs::read_dir(root.join("d")).expect("d").count(), 0);
+        tree.empty_dir(&path("file"))
+            .expect("not a directory: nothing to do");
+        tree.empty_dir(&path("missing")).expect("nothing there");
+        assert!(root.join("file").is_file());
     }
 }
