@@ -135,9 +135,8 @@ fn mode(boot: bool, command: Vec<String>) -> Result<Mode, BusError> {
         (true, false) => Err(BusError::InvalidArgument(
             "give either --boot or a command, not both".into(),
         )),
-        (false, true) => Err(BusError::InvalidArgument(
-            "no command: give --boot, or the command after '--'".into(),
-        )),
+        // The image's default command (an OCI config's, a build's ENTRYPOINT/CMD), if any.
+        (false, true) => Ok(Mode::App(Vec::new())),
     }
 }
 
@@ -223,6 +222,31 @@ impl Manager {
         tracing::info!(%target, %origin, "importing tar");
         let report = blocking(move || pool.import_tar(&target, file, &origin)).await?;
         tracing::info!(name = %report.name, digest = %report.record.digest, refused = report.refused.len(), "imported tar");
+        Ok(report.into())
+    }
+
+    /// Imports an OCI image layout tarball or a `docker save` archive read from `file` as
+    /// image `name` (version `version` when not empty): layers flattened in order with
+    /// whiteouts applied, every blob's digest checked, the config's Entrypoint, Cmd, Env,
+    /// WorkingDir and User kept as defaults for app machines. Needs
+    /// org.berth.berth1.manage-images.
+    #[zbus(out_args("result"))]
+    async fn import_oci(
+        &self,
+        file: zbus::OwnedFd,
+        name: String,
+        version: String,
+        origin: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<ImportResult, BusError> {
+        authorize(conn, &header, Action::ManageImages).await?;
+        let pool = self.pool.clone();
+        let file = File::from(OwnedFd::from(file));
+        let target = ImageRef::new(&name, &version)?.to_string();
+        tracing::info!(%target, %origin, "importing OCI image");
+        let report = blocking(move || pool.import_oci(&target, file, &origin)).await?;
+        tracing::info!(name = %report.name, digest = %report.record.digest, "imported OCI image");
         Ok(report.into())
     }
 

@@ -26,6 +26,14 @@ pub trait Manager {
         origin: &str,
     ) -> zbus::Result<ImportResult>;
 
+    fn import_oci(
+        &self,
+        file: zbus::Fd<'_>,
+        name: &str,
+        version: &str,
+        origin: &str,
+    ) -> zbus::Result<ImportResult>;
+
     fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
 
     fn remove_image(&self, name: &str, all_versions: bool) -> zbus::Result<()>;

@@ -68,6 +68,27 @@ pub enum Command {
         #[arg(long = "version", value_name = "VERSION")]
         image_version: Option<String>,
     },
+    /// Import an OCI image layout tarball or a 'docker save' archive as an image.
+    ///
+    /// Reads FILE (or standard input for '-'; plain, gzip, xz or zstd), checks every blob
+    /// against its digest, flattens the layers in order into a plain tree (whiteouts and
+    /// opaque directories applied, every path confined to the tree as import-tar does) and
+    /// keeps the image config's Entrypoint, Cmd, Env, WorkingDir and User as the defaults of
+    /// app machines made from it ('berth create NAME --image IMAGE' without a command runs
+    /// Entrypoint + Cmd). An index with several platforms: the host's is taken.
+    #[command(
+        name = "import-oci",
+        after_help = "Examples:\n  docker save alpine:3.20 | berth import-oci - alpine --version 3.20\n  skopeo copy docker://nginx oci-archive:nginx.tar && berth import-oci nginx.tar nginx"
+    )]
+    ImportOci {
+        /// The archive, or '-' for standard input.
+        file: PathBuf,
+        /// The image name.
+        name: String,
+        /// Store it as this version of NAME (see import-tar).
+        #[arg(long = "version", value_name = "VERSION")]
+        image_version: Option<String>,
+    },
     /// List images.
     ///
     /// Shows every image in /var/lib/machines, each version on a line of its own (newest

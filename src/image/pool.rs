@@ -115,6 +115,39 @@ impl Pool {
         self.complete(&target, staging, tree, record)
     }
 
+    /// Imports an OCI image layout tarball or a `docker save` archive as image `target`: its
+    /// layers flattened in order (whiteouts applied), its config's Entrypoint, Cmd, Env,
+    /// WorkingDir and User kept as the defaults of app machines made from it.
+    pub fn import_oci(
+        &self,
+        target: &str,
+        input: File,
+        origin: &str,
+    ) -> Result<ImportReport, ImageError> {
+        let (target, staging) = self.begin(target)?;
+        let scratch = Staging::create(&self.images, "oci-blobs", &target.name)?;
+        let mut tree = TreeWriter::new(staging.open()?);
+        let mut hashed = HashedSource::spawn(input)?;
+        let image = super::oci::import_archive(&mut hashed, &mut tree, &scratch.path)?;
+        let digest = hashed.finish()?;
+        drop(scratch);
+        let config = image.config;
+        let record = ImageRecord {
+            digest,
+            origin: format!("{}:{origin}", image.format),
+            app: Some(super::AppDefaults {
+                entrypoint: config.entrypoint,
+                cmd: config.cmd,
+                env: config.env,
+                working_dir: config.working_dir,
+                user: config.user,
+                ..super::AppDefaults::default()
+            }),
+            ..ImageRecord::default()
+        };
+        self.complete(&target, staging, tree, record)
+    }
+
     /// Copies the finished tree `root` (a build's) as image `target` with `record` (origin,
     /// base, build source and app defaults set by the builder).
     pub fn import_built(

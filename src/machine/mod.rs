@@ -177,6 +177,21 @@ impl Machines {
             .map_err(|e| MachineError::InvalidArgument(e.to_string()))?;
         Self::check_devices(&properties)?;
         let image = self.pool.get(&request.image)?;
+        let mode = match &request.mode {
+            Mode::App(command) if command.is_empty() => {
+                let command = image.record.app.as_ref().map(|a| a.command()).unwrap_or_default();
+                if command.is_empty() {
+                    return Err(MachineError::InvalidArgument(format!(
+                        "no command for machine '{}': image '{}' has no default command \
+                         (Entrypoint/Cmd); give --boot, or the command after '--'",
+                        request.name,
+                        image.reference()
+                    )));
+                }
+                Mode::App(command)
+            }
+            other => other.clone(),
+        };
         let setting = |value: &str| {
             if value.is_empty() {
                 guest_etc::HOST.to_owned()
@@ -207,7 +222,7 @@ impl Machines {
             image: image.name.clone(),
             image_version: image.version.clone(),
             image_digest: image.record.digest.clone(),
-            mode: request.mode.clone(),
+            mode,
             hostname,
             machine_id: new_machine_id()?,
             uid_range,

@@ -72,6 +72,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await?;
             report_import(&result);
         }
+        Command::ImportOci {
+            file,
+            name,
+            image_version,
+        } => {
+            let (input, origin) = open_tar_input(&file)?;
+            let result = manager
+                .import_oci(
+                    input.as_fd().into(),
+                    &name,
+                    &image_version.unwrap_or_default(),
+                    &origin,
+                )
+                .await?;
+            report_import(&result);
+        }
         Command::ImportFs {
             dir,
             name,
@@ -142,9 +158,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             locale,
             command,
         } => {
-            if !boot && command.is_empty() {
-                bail!("no command for machine '{name}': give --boot, or the command after '--'");
-            }
             let (machine, warnings) = manager
                 .create_machine(
                     &name,
@@ -242,9 +255,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             locale,
             command,
         } => {
-            if !boot && command.is_empty() {
-                bail!("no command to run: give it after '--', or --boot");
-            }
             if name.as_deref() == Some("") {
                 bail!(
                     "machine name is empty; give --name NAME, or leave --name out for a generated one"
