@@ -8,6 +8,7 @@ mod record;
 mod source;
 mod tar_import;
 pub mod tree;
+pub mod version;
 
 use std::io;
 
