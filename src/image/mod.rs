@@ -2,6 +2,7 @@
 //! list-images` sees them too, plus berth's record of each image's origin in
 //! `/var/lib/berth/images/NAME.json`.
 
+pub mod containerfile;
 mod fs_import;
 mod pool;
 mod record;
