@@ -11,6 +11,9 @@ use thiserror::Error;
 
 use super::version;
 use crate::name;
+use words::{expand, split_words};
+
+mod words;
 
 /// A parsed Containerfile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +88,6 @@ const KNOWN: &[&str] = &[
     "VOLUME",
     "STOPSIGNAL",
 ];
-/// How deeply `${A:-${B:-...}}` may nest: enough for any real file, bounded for hostile ones.
-const MAX_NESTING: usize = 8;
 
 /// Parses a Containerfile.
 pub fn parse(text: &str) -> Result<Containerfile, ContainerfileError> {
@@ -175,7 +176,7 @@ impl Parser {
             ));
         }
         let step = match keyword.as_str() {
-            "FROM" => return self.from_instruction(line, rest),
+            "FROM" => return self.base(line, rest),
             "ARG" => return self.arg(line, rest),
             "EXPOSE" | "VOLUME" | "STOPSIGNAL" => {
                 let why = match keyword.as_str() {
@@ -237,13 +238,11 @@ impl Parser {
         Ok(())
     }
 
-    fn from_instruction(&mut self, line: usize, rest: &str) -> Result<(), String> {
+    fn base(&mut self, line: usize, rest: &str) -> Result<(), String> {
         if self.from.is_some() {
-            return Err(
-                "a second FROM: multi-stage builds are not supported; build each stage \
-                        as an image of its own and start the next one FROM it"
-                    .into(),
-            );
+            let message = "a second FROM: multi-stage builds are not supported; build each \
+                           stage as an image of its own and start the next one FROM it";
+            return Err(message.into());
         }
         let (flags, rest) = split_flags(rest);
         if let Some((flag, _)) = flags.first() {
@@ -251,17 +250,18 @@ impl Parser {
         }
         let words = self.words(line, rest)?;
         let reference = match words.as_slice() {
+            [] => return Err("FROM needs an image: FROM NAME[@VERSION]".into()),
+            [reference] if reference.is_empty() => {
+                return Err("FROM needs an image: FROM NAME[@VERSION] (it is empty here)".into());
+            }
             [reference] => reference,
             [reference, as_, _stage] if as_.eq_ignore_ascii_case("as") => reference,
-            [] => return Err("FROM needs an image: FROM NAME[@VERSION]".into()),
             _ => return Err("FROM takes one image: FROM NAME[@VERSION]".into()),
         };
         if reference.eq_ignore_ascii_case("scratch") {
-            return Err(
-                "FROM scratch is not supported: berth builds on a berth image; \
-                        import a root file system first (berth import-tar) and build FROM it"
-                    .into(),
-            );
+            let message = "FROM scratch is not supported: berth builds on a berth image; \
+                           import a root file system first (berth import-tar) and build FROM it";
+            return Err(message.into());
         }
         let (image, version) = version::parse_reference(reference)
             .map_err(|e| format!("FROM {}: {e}", quoted(reference)))?;
@@ -368,6 +368,13 @@ impl Parser {
                 "{keyword} needs at least one source and a destination: {keyword} SOURCE... DEST"
             ));
         };
+        if sources.len() > 1 && !dest.ends_with('/') {
+            return Err(format!(
+                "{keyword} of several sources needs a directory as the destination, written \
+                 with a trailing '/': {}",
+                quoted(&format!("{dest}/"))
+            ));
+        }
         if keyword == "ADD" {
             check_add_source(sources)?;
         }
@@ -428,7 +435,7 @@ impl Parser {
             None => self.global_args.get(name).cloned(),
             Some(_) => self.env.get(name).or(self.args.get(name)).cloned(),
         };
-        let expanded = expand(word, &lookup, &mut missing, 0)?;
+        let expanded = expand(word, &lookup, &mut missing)?;
         for name in missing {
             if self.from.is_some() && self.global_args.contains_key(&name) {
                 self.warnings.push(format!(
@@ -463,170 +470,6 @@ fn split_flags(text: &str) -> (Vec<(&str, Option<&str>)>, &str) {
         rest = after;
     }
     (flags, rest)
-}
-
-/// Splits at whitespace outside quotes and not escaped; quotes and escapes stay for [`expand`].
-fn split_words(text: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut current = String::new();
-    let mut quote = None;
-    let mut escaped = false;
-    for c in text.chars() {
-        if escaped {
-            escaped = false;
-        } else if let Some(q) = quote {
-            if c == q {
-                quote = None;
-            } else if c == '\\' && q == '"' {
-                escaped = true;
-            }
-        } else if c.is_whitespace() {
-            if !current.is_empty() {
-                words.push(std::mem::take(&mut current));
-            }
-            continue;
-        } else if c == '\'' || c == '"' {
-            quote = Some(c);
-        } else if c == '\\' {
-            escaped = true;
-        }
-        current.push(c);
-    }
-    if !current.is_empty() {
-        words.push(current);
-    }
-    words
-}
-
-/// Docker's word processing: quotes removed, backslash escapes (in double quotes only of
-/// `"`, `$` and `\`), and `$NAME`, `${NAME}`, `${NAME:-DEFAULT}`, `${NAME:+VALUE}` replaced,
-/// except in single quotes. Unset variables are empty; their names go to `missing`.
-fn expand(
-    word: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    missing: &mut Vec<String>,
-    depth: usize,
-) -> Result<String, String> {
-    if depth > MAX_NESTING {
-        return Err(format!(
-            "variable substitutions nest too deeply in {}",
-            quoted(word)
-        ));
-    }
-    let chars: Vec<char> = word.chars().collect();
-    let mut out = String::new();
-    let mut quote = None;
-    let mut i = 0;
-    while let Some(&c) = chars.get(i) {
-        i += 1;
-        match (quote, c) {
-            (Some('\''), '\'') | (Some('"'), '"') => quote = None,
-            (Some('\''), _) => out.push(c),
-            (None, '\'' | '"') => quote = Some(c),
-            (Some(_), '\\') => match chars.get(i) {
-                Some(&next @ ('"' | '$' | '\\')) => {
-                    out.push(next);
-                    i += 1;
-                }
-                _ => out.push('\\'),
-            },
-            (None, '\\') => {
-                out.push(chars.get(i).copied().unwrap_or('\\'));
-                i += 1;
-            }
-            (_, '$') => {
-                let (value, end) = substitute(word, &chars, i, lookup, missing, depth)?;
-                out.push_str(&value);
-                i = end;
-            }
-            _ => out.push(c),
-        }
-    }
-    if let Some(q) = quote {
-        return Err(format!("{} has no closing {q}", quoted(word)));
-    }
-    Ok(out)
-}
-
-/// The value of the variable reference after a `$` at `start`, and where it ends.
-fn substitute(
-    word: &str,
-    chars: &[char],
-    start: usize,
-    lookup: &dyn Fn(&str) -> Option<String>,
-    missing: &mut Vec<String>,
-    depth: usize,
-) -> Result<(String, usize), String> {
-    let is_name_char = |c: &char| c.is_ascii_alphanumeric() || *c == '_';
-    let name_end = |from: usize| {
-        from + chars[from.min(chars.len())..]
-            .iter()
-            .take_while(|c| is_name_char(c))
-            .count()
-    };
-    let mut value_of = |name: &str| {
-        lookup(name).unwrap_or_else(|| {
-            missing.push(name.to_owned());
-            String::new()
-        })
-    };
-    match chars.get(start) {
-        Some(c) if c.is_ascii_alphabetic() || *c == '_' => {
-            let end = name_end(start);
-            let name: String = chars[start..end].iter().collect();
-            Ok((value_of(&name), end))
-        }
-        Some('{') => {
-            let end = name_end(start + 1);
-            let name: String = chars[start + 1..end].iter().collect();
-            let bad = || {
-                format!(
-                    "bad substitution in {}: use $NAME, ${{NAME}}, ${{NAME:-DEFAULT}} or \
-                     ${{NAME:+VALUE}}",
-                    quoted(word)
-                )
-            };
-            if name.is_empty() {
-                return Err(bad());
-            }
-            match (chars.get(end), chars.get(end + 1)) {
-                (Some('}'), _) => Ok((value_of(&name), end + 1)),
-                (Some(':'), Some(&operator @ ('-' | '+'))) => {
-                    let close = closing_brace(chars, end + 2).ok_or_else(bad)?;
-                    let inner: String = chars[end + 2..close].iter().collect();
-                    let value = value_of(&name);
-                    let result = match (operator, value.is_empty()) {
-                        ('-', true) | ('+', false) => expand(&inner, lookup, missing, depth + 1)?,
-                        ('-', false) => value,
-                        _ => String::new(),
-                    };
-                    Ok((result, close + 1))
-                }
-                _ => Err(bad()),
-            }
-        }
-        _ => Ok(("$".into(), start)),
-    }
-}
-
-/// The `}` closing a `${` whose contents start at `from`, skipping nested `${...}`.
-fn closing_brace(chars: &[char], from: usize) -> Option<usize> {
-    let mut open = 0usize;
-    let mut i = from;
-    while let Some(&c) = chars.get(i) {
-        match c {
-            '\\' => i += 1,
-            '$' if chars.get(i + 1) == Some(&'{') => {
-                open += 1;
-                i += 1;
-            }
-            '}' if open == 0 => return Some(i),
-            '}' => open -= 1,
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 fn check_keys(
@@ -696,11 +539,14 @@ fn heredoc_error() -> String {
 /// Input text for a message: quoted, control characters escaped, long text shortened.
 fn quoted(text: &str) -> String {
     const MAX: usize = 60;
-    let mut shown: String = text
-        .chars()
-        .take(MAX)
-        .flat_map(char::escape_debug)
-        .collect();
+    let mut shown = String::new();
+    for c in text.chars().take(MAX) {
+        if c.is_control() {
+            shown.extend(c.escape_debug());
+        } else {
+            shown.push(c);
+        }
+    }
     if text.chars().count() > MAX {
         shown.push_str("...");
     }

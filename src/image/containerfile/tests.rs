@@ -280,15 +280,17 @@ fn copy_and_add_of_local_files() {
     assert_eq!(
         steps(concat!(
             "COPY a b /dst/\n",
-            "copy [\"with space\", \"$HOME/x\", \"/d\"]\n",
+            "copy [\"with space\", \"$HOME/x\", \"/d/\"]\n",
             "ADD --chown=1000 conf.txt /etc/\n",
-            "COPY my\\ file \"other file\" /d",
+            "COPY my\\ file \"other file\" /d/\n",
+            "COPY one /file",
         )),
         [
             copy(&["a", "b"], "/dst/", None),
-            copy(&["with space", "/x"], "/d", None),
+            copy(&["with space", "/x"], "/d/", None),
             copy(&["conf.txt"], "/etc/", Some("1000")),
-            copy(&["my file", "other file"], "/d", None),
+            copy(&["my file", "other file"], "/d/", None),
+            copy(&["one"], "/file", None),
         ]
     );
     refused(
@@ -353,7 +355,7 @@ fn from_rules() {
         ok("from base@2~rc1").from,
         ("base".into(), Some("2~rc1".into()))
     );
-    // ENV and stage ARGs don't reach FROM; global ARGs do.
+    // An ARG without a default is empty.
     refused("ARG N\nFROM $N", 2, &["FROM needs an image"]);
 }
 
@@ -416,10 +418,13 @@ impl Rng {
 fn never_panics_on_mutated_or_random_input() {
     let seeds = [
         "ARG V=1\nFROM img@$V\nENV A=\"x y\" B=${A:-z} C='q'\nRUN [\"a\", \"b\"]\nCMD x \\\n  y\n",
-        "FROM a\nCOPY --chown=u [\"s\", \"d\"]\nADD f.tar.gz /\nLABEL k=\"v\\\"\" \nWORKDIR rel\n",
-        "FROM a\nUSER ${U:+${V:-w}}\nEXPOSE 1\nENTRYPOINT [\"\\u00e9\"]\n# c\nRUN <<EOF\n",
+        "FROM a\nCOPY --chown=u [\"s\", \"d\"]\nADD f.txt /\nLABEL k=\"v\\\"\" \nWORKDIR rel\n",
+        "FROM a\nUSER ${U:-${V:+x}w}\nEXPOSE 1\nENTRYPOINT [\"\\u00e9\"]\n# c\nSTOPSIGNAL 9\n",
     ];
     let interesting = b"\\\"'$ {}[]:-+=@\n\r\t#<>/.~^\0";
+    for seed in seeds {
+        ok(seed);
+    }
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     for round in 0..20_000 {
         let mut bytes = seeds[round % seeds.len()].as_bytes().to_vec();
