@@ -179,7 +179,12 @@ impl Machines {
         let image = self.pool.get(&request.image)?;
         let mode = match &request.mode {
             Mode::App(command) if command.is_empty() => {
-                let command = image.record.app.as_ref().map(|a| a.command()).unwrap_or_default();
+                let command = image
+                    .record
+                    .app
+                    .as_ref()
+                    .map(|a| a.command())
+                    .unwrap_or_default();
                 if command.is_empty() {
                     return Err(MachineError::InvalidArgument(format!(
                         "no command for machine '{}': image '{}' has no default command \
