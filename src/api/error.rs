@@ -1,6 +1,6 @@
 //! Errors berthd returns over D-Bus, with stable names under `org.berth.Berth1.Error`.
 
-use crate::image::ImageError;
+use crate::image::{ImageError, RegistryError};
 use crate::machine::MachineError;
 
 #[derive(Debug, zbus::DBusError)]
@@ -41,7 +41,17 @@ impl From<ImageError> for BusError {
             | ImageError::EmptyInput
             | ImageError::NoEntries
             | ImageError::UnsupportedCompression(_) => Self::BadImageInput(message),
-            ImageError::Io { .. } => Self::Failed(message),
+            ImageError::Registry(
+                RegistryError::BadUrl { .. } | RegistryError::BadSumsEntry { .. },
+            ) => Self::InvalidArgument(message),
+            ImageError::Registry(
+                RegistryError::Mismatch { .. }
+                | RegistryError::NoChecksum { .. }
+                | RegistryError::BadSignature { .. }
+                | RegistryError::BadSums { .. }
+                | RegistryError::SumsNotText { .. },
+            ) => Self::BadImageInput(message),
+            ImageError::Registry(_) | ImageError::Io { .. } => Self::Failed(message),
         }
     }
 }

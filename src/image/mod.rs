@@ -2,8 +2,10 @@
 //! list-images` sees them too, plus berth's record of each image's origin in
 //! `/var/lib/berth/images/NAME.json`.
 
+pub mod export;
 mod fs_import;
 mod pool;
+pub mod pull;
 mod record;
 mod source;
 mod tar_import;
@@ -16,6 +18,7 @@ use thiserror::Error;
 use crate::name::NameError;
 
 pub use pool::{ImageInfo, ImportReport, Pool, clean_staging, discard};
+pub use pull::RegistryError;
 pub use record::ImageRecord;
 pub use source::Compression;
 
@@ -44,6 +47,8 @@ pub enum ImageError {
         "{0}-compressed input is not supported; decompress it first (e.g. 'bunzip2 -c FILE | berth import-tar - NAME')"
     )]
     UnsupportedCompression(&'static str),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("{context}: {source}")]
     Io {
         context: String,
