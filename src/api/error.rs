@@ -1,7 +1,7 @@
 //! Errors berthd returns over D-Bus, with stable names under `org.berth.Berth1.Error`.
 
 use crate::build::BuildError;
-use crate::image::ImageError;
+use crate::image::{ImageError, RegistryError};
 use crate::machine::MachineError;
 
 #[derive(Debug, zbus::DBusError)]
@@ -50,7 +50,17 @@ impl From<ImageError> for BusError {
             | ImageError::NoEntries
             | ImageError::UnsupportedCompression(_)
             | ImageError::Oci(_) => Self::BadImageInput(message),
-            ImageError::Io { .. } => Self::Failed(message),
+            ImageError::Registry(
+                RegistryError::BadUrl { .. } | RegistryError::BadSumsEntry { .. },
+            ) => Self::InvalidArgument(message),
+            ImageError::Registry(
+                RegistryError::Mismatch { .. }
+                | RegistryError::NoChecksum { .. }
+                | RegistryError::BadSignature { .. }
+                | RegistryError::BadSums { .. }
+                | RegistryError::SumsNotText { .. },
+            ) => Self::BadImageInput(message),
+            ImageError::Registry(_) | ImageError::Io { .. } => Self::Failed(message),
         }
     }
 }

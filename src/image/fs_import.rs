@@ -145,7 +145,7 @@ fn metadata(st: &Stat, xattrs: Vec<(OsString, Vec<u8>)>) -> Metadata {
 }
 
 /// The extended attributes of an open file; unreadable ones are skipped.
-fn read_xattrs(fd: impl AsFd) -> Vec<(OsString, Vec<u8>)> {
+pub(super) fn read_xattrs(fd: impl AsFd) -> Vec<(OsString, Vec<u8>)> {
     let Ok(size) = rustix::fs::flistxattr_query(&fd) else {
         return Vec::new();
     };

@@ -3,9 +3,11 @@
 //! `/var/lib/berth/images/NAME.json`.
 
 pub mod containerfile;
+pub mod export;
 mod fs_import;
 mod oci;
 mod pool;
+pub mod pull;
 mod record;
 mod reference;
 mod source;
@@ -21,6 +23,7 @@ use crate::name::NameError;
 
 pub use oci::{OciConfig, OciError, OciImage, import_archive};
 pub use pool::{ImageInfo, ImportReport, Pool, clean_staging, copy_tree_to, discard};
+pub use pull::RegistryError;
 pub use record::{AppDefaults, BaseImage, BuildSource, ImageRecord};
 pub use reference::ImageRef;
 pub use source::Compression;
@@ -74,6 +77,8 @@ pub enum ImageError {
     UnsupportedCompression(&'static str),
     #[error(transparent)]
     Oci(#[from] OciError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("{context}: {source}")]
     Io {
         context: String,
