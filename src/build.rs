@@ -53,7 +53,7 @@ pub enum BuildError {
         message: String,
     },
     #[error(
-        "step {step} ({text}) exited with {status}; nothing was stored (the output above says why)"
+        "step {step} ({text}) failed ({status}); nothing was stored (the output above says why)"
     )]
     StepFailed {
         step: usize,
@@ -189,10 +189,35 @@ pub async fn build(
     )
     .await;
     let stopped = stop_build_machine(conn, machines, &name).await;
-    let app = result?;
-    stopped?;
+    let outcome = match (result, stopped) {
+        (Ok(app), Ok(())) => {
+            store(
+                pool, machines, &name, &base, &target, &request, &text, from, app,
+            )
+            .await
+        }
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    };
+    let machines_c = machines.clone();
+    let _ = blocking(move || machines_c.remove(&name)).await;
+    drop(workspace);
+    outcome
+}
 
-    let root = machines.root_of(&name);
+/// Stores the stopped build machine's root as the new image, with its lineage.
+#[allow(clippy::too_many_arguments)] // the facts of one build
+async fn store(
+    pool: &Pool,
+    machines: &Machines,
+    name: &str,
+    base: &image::ImageInfo,
+    target: &ImageRef,
+    request: &BuildRequest,
+    text: &str,
+    from: String,
+    app: AppDefaults,
+) -> Result<ImportReport, BuildError> {
+    let root = machines.root_of(name);
     restore_identity(&root, &base.path)?;
     let record = ImageRecord {
         origin: format!("build:{}", request.source),
@@ -212,13 +237,9 @@ pub async fn build(
         app: Some(app),
         ..ImageRecord::default()
     };
-    let pool_c = pool.clone();
-    let target_text = target.to_string();
-    let report = blocking(move || pool_c.import_built(&target_text, &root, record)).await;
-    let machines_c = machines.clone();
-    let _ = blocking(move || machines_c.remove(&name)).await;
-    drop(workspace);
-    Ok(report?)
+    let pool = pool.clone();
+    let target = target.to_string();
+    blocking(move || pool.import_built(&target, &root, record)).await
 }
 
 async fn blocking<T: Send + 'static, E: Send + 'static>(

@@ -24,6 +24,9 @@ use crate::systemd;
 
 type ExecResult = Result<ExitStatus, String>;
 
+/// Where downloads wait for their verification.
+const PULL_DIR: &str = "/var/lib/berth/pull";
+
 /// berthd's manager object, served at `/org/berth/Berth1`.
 #[derive(Debug, Clone)]
 pub struct Manager {
@@ -356,6 +359,89 @@ impl Manager {
             build.from,
             base_version,
         ))
+    }
+
+    /// Writes image `name` (`NAME` or `NAME@VERSION`) into the directory open as `directory`
+    /// as `NAME_VERSION.tar.zst` (`compression` "zstd", the default) or `.tar.xz` ("xz"),
+    /// and adds its line to the directory's SHA256SUMS, as `machinectl pull-tar` and
+    /// `berth pull` expect. Returns the file name and its sha256. Needs
+    /// org.berth.berth1.manage-images (an image may hold secrets).
+    #[zbus(out_args("file", "sha256"))]
+    async fn export_image(
+        &self,
+        name: String,
+        directory: zbus::OwnedFd,
+        compression: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(String, String), BusError> {
+        authorize(conn, &header, Action::ManageImages).await?;
+        let compression = match compression.as_str() {
+            "" | "zstd" => crate::image::export::ExportCompression::Zstd,
+            "xz" => crate::image::export::ExportCompression::Xz,
+            other => {
+                return Err(BusError::InvalidArgument(format!(
+                    "unknown compression '{other}': give zstd or xz"
+                )));
+            }
+        };
+        let pool = self.pool.clone();
+        let directory = OwnedFd::from(directory);
+        tracing::info!(%name, "exporting image");
+        blocking(move || pool.export(&name, directory, compression)).await
+    }
+
+    /// Downloads `url` (a tarball in a registry directory that `berth export` or any
+    /// `machinectl pull-tar` layout wrote), verifies it (`verify`: "checksum", the default,
+    /// against the directory's SHA256SUMS; "signature", also SHA256SUMS.gpg with gpgv and the
+    /// keyring /etc/berth/import-pubring.gpg or systemd's; "no") and imports it as image
+    /// `name` (empty: from the file name, `NAME_VERSION.tar.zst`) at `version` (empty: from
+    /// the file name, if it has one). A download that fails verification is discarded.
+    /// Needs org.berth.berth1.manage-images.
+    #[zbus(out_args("result"))]
+    async fn pull_image(
+        &self,
+        url: String,
+        name: String,
+        version: String,
+        verify: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<ImportResult, BusError> {
+        use crate::image::pull::{self, Verify};
+        authorize(conn, &header, Action::ManageImages).await?;
+        let verify = match verify.as_str() {
+            "" | "checksum" => Verify::Checksum,
+            "signature" => Verify::Signature,
+            "no" => Verify::No,
+            other => {
+                return Err(BusError::InvalidArgument(format!(
+                    "unknown verification '{other}': give checksum, signature or no"
+                )));
+            }
+        };
+        let suggested = pull::name_from_url(&url);
+        let name = match (name.is_empty(), &suggested) {
+            (false, _) => name,
+            (true, Some((suggested, _))) => suggested.clone(),
+            (true, None) => {
+                return Err(BusError::InvalidArgument(format!(
+                    "cannot tell an image name from '{url}'; give one: berth pull URL NAME"
+                )));
+            }
+        };
+        let version = match (version.is_empty(), suggested) {
+            (true, Some((_, Some(v)))) => v,
+            _ => version,
+        };
+        let target = ImageRef::new(&name, &version)?.to_string();
+        let pool = self.pool.clone();
+        tracing::info!(%url, %target, "pulling image");
+        let report =
+            blocking(move || pool.pull(&target, &url, verify, std::path::Path::new(PULL_DIR)))
+                .await?;
+        tracing::info!(name = %report.name, digest = %report.record.digest, "pulled image");
+        Ok(report.into())
     }
 
     /// Lists the images in /var/lib/machines. Open to everyone.

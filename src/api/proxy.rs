@@ -174,4 +174,19 @@ pub trait Manager {
         &self,
         name: &str,
     ) -> zbus::Result<(String, String, String, String, String, String, String)>;
+
+    fn export_image(
+        &self,
+        name: &str,
+        directory: zbus::Fd<'_>,
+        compression: &str,
+    ) -> zbus::Result<(String, String)>;
+
+    fn pull_image(
+        &self,
+        url: &str,
+        name: &str,
+        version: &str,
+        verify: &str,
+    ) -> zbus::Result<ImportResult>;
 }

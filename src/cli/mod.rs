@@ -89,6 +89,51 @@ pub enum Command {
         #[arg(long = "version", value_name = "VERSION")]
         image_version: Option<String>,
     },
+    /// Write an image into a directory that serves as a registry.
+    ///
+    /// Writes NAME_VERSION.tar.zst (or .tar.xz with --format xz) into DIR and adds its line
+    /// to DIR's SHA256SUMS (other lines are kept, so one directory holds many images); with
+    /// --sign KEY, signs SHA256SUMS with your gpg key as SHA256SUMS.gpg. Any static web
+    /// server of DIR is then a registry for 'berth pull' and 'machinectl pull-tar'.
+    #[command(
+        after_help = "Examples:\n  berth export web@1.2 /srv/registry --sign admin@example.org\n  (cd /srv/registry && python3 -m http.server 8080)"
+    )]
+    Export {
+        /// The image: NAME (its newest version) or NAME@VERSION.
+        name: String,
+        /// The registry directory (must exist).
+        dir: PathBuf,
+        /// Compression: zstd (default) or xz.
+        #[arg(long, default_value = "zstd", value_parser = ["zstd", "xz"])]
+        format: String,
+        /// Sign SHA256SUMS with this gpg key (your keyring; runs gpg as you).
+        #[arg(long, value_name = "KEY")]
+        sign: Option<String>,
+    },
+    /// Download and verify an image from a registry directory.
+    ///
+    /// URL names a tarball (NAME_VERSION.tar.zst, .tar.xz, .tar.gz, .tar) in a directory
+    /// served over http(s) with its SHA256SUMS, as 'berth export' writes it. The download is
+    /// checked against SHA256SUMS (--verify checksum, the default), also against its gpg
+    /// signature SHA256SUMS.gpg with the keyring /etc/berth/import-pubring.gpg (else
+    /// systemd's import-pubring.gpg) (--verify signature), or not at all (--verify no); a
+    /// download that fails is discarded. The image name and version come from the file name
+    /// unless given.
+    #[command(
+        after_help = "Example:\n  berth pull http://registry.example.org/web_1.2.tar.zst --verify signature"
+    )]
+    Pull {
+        /// The tarball's URL.
+        url: String,
+        /// The image name (default: from the file name).
+        name: Option<String>,
+        /// The version (default: from the file name, NAME_VERSION.tar.zst).
+        #[arg(long = "version", value_name = "VERSION")]
+        image_version: Option<String>,
+        /// How to verify the download: checksum, signature or no.
+        #[arg(long, default_value = "checksum", value_parser = ["checksum", "signature", "no"])]
+        verify: String,
+    },
     /// List images.
     ///
     /// Shows every image in /var/lib/machines, each version on a line of its own (newest

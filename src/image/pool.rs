@@ -8,7 +8,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -146,6 +146,79 @@ impl Pool {
             ..ImageRecord::default()
         };
         self.complete(&target, staging, tree, record)
+    }
+
+    /// Writes image `reference` into the directory `dir` as `NAME_VERSION.tar.zst` (or
+    /// `.tar.xz`; `NAME.tar.zst` for an unversioned image), written under a temporary name
+    /// and renamed when complete, and adds its line to `dir`'s SHA256SUMS: the layout
+    /// `machinectl pull-tar` and `berth pull` read. Returns the file name and its sha256.
+    pub fn export(
+        &self,
+        reference: &str,
+        dir: OwnedFd,
+        compression: super::export::ExportCompression,
+    ) -> Result<(String, String), ImageError> {
+        let image = self.get(reference)?;
+        let stem = if image.version.is_empty() {
+            image.name.clone()
+        } else {
+            format!("{}_{}", image.name, image.version)
+        };
+        let file_name = format!("{stem}.{}", compression.extension());
+        let partial = format!(".{file_name}.partial");
+        let context = || format!("writing {file_name}");
+        let out = rustix::fs::openat(
+            &dir,
+            partial.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| ImageError::io(context())(e.into()))?;
+        let root = rustix::fs::open(
+            &image.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ImageError::io(format!("opening {}", image.path.display()))(e.into()))?;
+        let out = File::from(out);
+        let written = super::export::write_archive(root, &out, compression).and_then(|archive| {
+            out.sync_all().map_err(ImageError::io(context()))?;
+            rustix::fs::renameat(&dir, partial.as_str(), &dir, file_name.as_str())
+                .map_err(|e| ImageError::io(context())(e.into()))?;
+            Ok(archive)
+        });
+        let archive = match written {
+            Ok(archive) => archive,
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&dir, partial.as_str(), rustix::fs::AtFlags::empty());
+                return Err(e);
+            }
+        };
+        super::export::update_sums(dir.as_fd(), &file_name, &archive.sha256_hex)?;
+        Ok((file_name, archive.sha256_hex))
+    }
+
+    /// Downloads `url` (a tarball of a registry directory), verifies it as `verify` says
+    /// and imports it as image `target`. The download lives in `scratch_dir` until then.
+    pub fn pull(
+        &self,
+        target: &str,
+        url: &str,
+        verify: super::pull::Verify,
+        scratch_dir: &Path,
+    ) -> Result<ImportReport, ImageError> {
+        // Fail on a bad or taken name before downloading anything.
+        drop(self.begin(target)?);
+        fs::create_dir_all(scratch_dir).map_err(ImageError::io(format!(
+            "creating {}",
+            scratch_dir.display()
+        )))?;
+        let mut download = tempfile::tempfile_in(scratch_dir).map_err(ImageError::io(format!(
+            "creating a file in {}",
+            scratch_dir.display()
+        )))?;
+        super::pull::fetch_verified(url, &mut download, verify)?;
+        self.import_tar(target, download, url)
     }
 
     /// Copies the finished tree `root` (a build's) as image `target` with `record` (origin,

@@ -202,7 +202,7 @@ fn generate_locale(helper: &std::path::Path, definition: &Definition, leader: u3
     let name = definition.name.clone();
     let helper = helper.to_owned();
     let config = exec_config(
-        &definition,
+        definition,
         i32::try_from(leader).unwrap_or(0),
         String::new(),
         vec!["locale-gen".into()],

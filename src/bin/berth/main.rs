@@ -136,6 +136,45 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             report_import(&result);
         }
         Command::Rebuild { name } => return build::rebuild(&manager, &name).await,
+        Command::Export {
+            name,
+            dir,
+            format,
+            sign,
+        } => {
+            let directory = File::open(&dir)
+                .with_context(|| format!("cannot open the directory {}", dir.display()))?;
+            if !directory.metadata()?.is_dir() {
+                bail!("{} is not a directory", dir.display());
+            }
+            let (file, sha256) = manager
+                .export_image(&name, directory.as_fd().into(), &format)
+                .await?;
+            println!(
+                "Exported image '{name}' as {} (sha256 {sha256}); its line is in {}.",
+                dir.join(&file).display(),
+                dir.join("SHA256SUMS").display()
+            );
+            if let Some(key) = sign {
+                sign_sums(&dir, &key)?;
+            }
+        }
+        Command::Pull {
+            url,
+            name,
+            image_version,
+            verify,
+        } => {
+            let result = manager
+                .pull_image(
+                    &url,
+                    name.as_deref().unwrap_or(""),
+                    image_version.as_deref().unwrap_or(""),
+                    &verify,
+                )
+                .await?;
+            report_import(&result);
+        }
         Command::Rmi {
             names,
             all_versions,
@@ -785,7 +824,35 @@ fn absolute(path: &Path) -> String {
         .to_string()
 }
 
-fn report_import(result: &ImportResult) {
+/// Signs DIR/SHA256SUMS with the user's gpg key `key` as DIR/SHA256SUMS.gpg.
+fn sign_sums(dir: &Path, key: &str) -> anyhow::Result<()> {
+    let sums = dir.join("SHA256SUMS");
+    let signature = dir.join("SHA256SUMS.gpg");
+    let output = std::process::Command::new("gpg")
+        .args([
+            "--batch",
+            "--yes",
+            "--local-user",
+            key,
+            "--detach-sign",
+            "--output",
+        ])
+        .arg(&signature)
+        .arg(&sums)
+        .output()
+        .context("cannot run gpg to sign SHA256SUMS; is gnupg installed?")?;
+    if !output.status.success() {
+        bail!(
+            "gpg could not sign {} with key '{key}': {}",
+            sums.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    println!("Signed {} as {}.", sums.display(), signature.display());
+    Ok(())
+}
+
+pub(crate) fn report_import(result: &ImportResult) {
     println!(
         "Imported image '{}': {} in a {}{}.",
         result.name,
