@@ -38,7 +38,7 @@ test_57_export_and_pull_round_trip_with_checksums() {
     export GNUPGHOME=/var/tmp/gnupg-test
     rm -rf "$GNUPGHOME"
     mkdir -m 700 "$GNUPGHOME"
-    gpg --batch --passphrase '' --quick-gen-key 'berth test <test@berth.invalid>' ed25519 sign never
+    gpg --batch --pinentry-mode loopback --passphrase '' --quick-gen-key 'berth test <test@berth.invalid>' ed25519 sign never
     expect_ok berth export regimg "$reg" --sign test@berth.invalid
     [[ -f $reg/SHA256SUMS.gpg ]] || fail "no SHA256SUMS.gpg"
     mkdir -p /etc/berth
