@@ -144,11 +144,12 @@ impl Machines {
             request.hostname.clone()
         };
         name::validate_hostname("host", &hostname)?;
+        // An empty command means the image's default (checked below, with the image).
         if let Mode::App(command) = &request.mode
-            && command.first().is_none_or(String::is_empty)
+            && command.first().is_some_and(String::is_empty)
         {
             return Err(MachineError::InvalidArgument(
-                "no command: give --boot, or the command after '--'".into(),
+                "the command is empty: give the program to run after '--', or --boot".into(),
             ));
         }
         if let Mode::App(command) = &request.mode
