@@ -6,7 +6,7 @@ test_20_import_list_remove_a_debian_root() {
     grep -Eq "^Imported image 'deb': [0-9.]+M in a directory, sha256:[0-9a-f]{64}\.$" "$OUT"
     # berth images lists it with its size; machinectl sees the same pool.
     expect_ok berth images
-    grep -Eq '^deb +[0-9.]+M ' "$OUT" || fail "berth images does not list deb with a size"
+    grep -Eq '^deb +- +[0-9.]+M ' "$OUT" || fail "berth images does not list deb with a size"
     expect_ok machinectl list-images --no-legend
     grep -Eq '^deb +directory' "$OUT" || fail "machinectl list-images does not list deb"
     # The digest is the file's sha256, the size the content imported.
