@@ -475,8 +475,10 @@ impl Manager {
     /// running systemd. `storage` is "" (the root is a snapshot or copy of the image) or
     /// "volume" (the machine gets its own ext4 filesystem of `disk_size` bytes).
     /// `timezone_locale` is (zone, locale), each "host" or "" (follow the host, refreshed at
-    /// each start) or a value written once into the guest's /etc. Returns the machine and warnings (what
-    /// the guest lacks). Needs org.berth.berth1.manage-machines.
+    /// each start) or a value written once into the guest's /etc. `app` is an app machine's
+    /// (user, working directory, NAME=VALUE variables): empty means the image's defaults (an
+    /// OCI config's User, WorkingDir, Env), variables are set over the image's. Returns the
+    /// machine and warnings (what the guest lacks). Needs org.berth.berth1.manage-machines.
     #[zbus(out_args("machine", "warnings"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth create`
     async fn create_machine(
@@ -491,10 +493,12 @@ impl Manager {
         storage: String,
         disk_size: u64,
         timezone_locale: (String, String),
+        app: (String, String, Vec<String>),
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(MachineEntry, Vec<String>), BusError> {
         let (timezone, locale) = timezone_locale;
+        let (user, working_directory, environment) = app;
         authorize(conn, &header, Action::ManageMachines).await?;
         check_properties(conn, &properties).await?;
         let mode = mode(boot, command)?;
@@ -509,6 +513,9 @@ impl Manager {
             disk_size: storage_request(&storage, disk_size)?,
             timezone,
             locale,
+            user,
+            working_directory,
+            environment,
         };
         let machines = self.machines.clone();
         tracing::info!(name = %request.name, image = %request.image, "creating machine");
@@ -543,8 +550,8 @@ impl Manager {
 
     /// Creates machine `name` (a generated `run-…` name when empty) as CreateMachine does and
     /// starts it attached to the caller: with `tty`, to a new terminal of the machine whose
-    /// master side is returned (else /dev/null is); otherwise to `stdin`, `stdout` and
-    /// `stderr`. `remove` makes it ephemeral: berthd removes it once it stops. When the start
+    /// master side is returned (else /dev/null is); otherwise to `stdio` (standard input,
+    /// output and error). `remove` makes it ephemeral: berthd removes it once it stops. When the start
     /// fails the machine is removed again. Collect the exit status with WaitMachine. Needs
     /// org.berth.berth1.manage-machines.
     #[zbus(out_args("name", "terminal"))]
@@ -562,15 +569,15 @@ impl Manager {
         disk_size: u64,
         remove: bool,
         tty: bool,
-        stdin: zbus::OwnedFd,
-        stdout: zbus::OwnedFd,
-        stderr: zbus::OwnedFd,
+        stdio: (zbus::OwnedFd, zbus::OwnedFd, zbus::OwnedFd),
         term: String,
         timezone_locale: (String, String),
+        app: (String, String, Vec<String>),
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, zbus::OwnedFd), BusError> {
         let (timezone, locale) = timezone_locale;
+        let (user, working_directory, environment) = app;
         authorize(conn, &header, Action::ManageMachines).await?;
         check_properties(conn, &properties).await?;
         let mode = mode(boot, command)?;
@@ -590,6 +597,9 @@ impl Manager {
             disk_size: storage_request(&storage, disk_size)?,
             timezone,
             locale,
+            user,
+            working_directory,
+            environment,
         };
         let machines = self.machines.clone();
         tracing::info!(%name, image = %request.image, remove, tty, "running machine");
@@ -606,6 +616,7 @@ impl Manager {
                 },
             }
         } else {
+            let (stdin, stdout, stderr) = stdio;
             Attach::Streams(streams(stdin, stdout, stderr))
         };
         let started =

@@ -51,6 +51,7 @@ pub trait Manager {
         storage: &str,
         disk_size: u64,
         timezone_locale: (&str, &str),
+        app: (&str, &str, &[String]),
     ) -> zbus::Result<(MachineEntry, Vec<String>)>;
 
     fn remove_machine(&self, name: &str) -> zbus::Result<()>;
@@ -81,11 +82,10 @@ pub trait Manager {
         disk_size: u64,
         remove: bool,
         tty: bool,
-        stdin: zbus::Fd<'_>,
-        stdout: zbus::Fd<'_>,
-        stderr: zbus::Fd<'_>,
+        stdio: (zbus::Fd<'_>, zbus::Fd<'_>, zbus::Fd<'_>),
         term: &str,
         timezone_locale: (&str, &str),
+        app: (&str, &str, &[String]),
     ) -> zbus::Result<(String, zbus::OwnedFd)>;
 
     fn wait_machine(&self, name: &str) -> zbus::Result<(i32, String)>;

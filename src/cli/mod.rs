@@ -247,7 +247,10 @@ pub enum Command {
         /// /etc/default/locale; generated with the machine's locale-gen when it lacks it.
         #[arg(long, value_name = "LOCALE", default_value = "host")]
         locale: String,
-        /// The command an app machine runs (after '--').
+        #[command(flatten)]
+        app: AppOptions,
+        /// The command an app machine runs (after '--'; default: the image's Entrypoint and
+        /// Cmd).
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
@@ -348,7 +351,9 @@ pub enum Command {
         /// /etc/default/locale; generated with the machine's locale-gen when it lacks it.
         #[arg(long, value_name = "LOCALE", default_value = "host")]
         locale: String,
-        /// The command to run (after '--').
+        #[command(flatten)]
+        app: AppOptions,
+        /// The command to run (after '--'; default: the image's Entrypoint and Cmd).
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
@@ -548,4 +553,21 @@ pub enum Command {
         #[arg(long)]
         hostname: Option<String>,
     },
+}
+
+/// How an app machine's command runs; each defaults to the image's (an OCI config's User,
+/// WorkingDir and Env, a build's USER, WORKDIR and ENV).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AppOptions {
+    /// Run the command as USER[:GROUP] of the machine's /etc/passwd and /etc/group (names or
+    /// numbers; default root).
+    #[arg(long, short = 'u', value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Start the command in this directory of the machine (default: the user's home).
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Set an environment variable for the command, over the image's and the login
+    /// environment; repeatable.
+    #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
 }

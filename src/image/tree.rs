@@ -201,6 +201,8 @@ pub struct TreeWriter {
     refused: Vec<Refusal>,
     bytes: u64,
     buffer: Vec<u8>,
+    /// Every entry written gets this owner instead of its own (COPY --chown).
+    owner: Option<(u32, u32)>,
 }
 
 impl TreeWriter {
@@ -213,6 +215,25 @@ impl TreeWriter {
             refused: Vec::new(),
             bytes: 0,
             buffer: vec![0; COPY_BUFFER],
+            owner: None,
+        }
+    }
+
+    /// Gives every entry written from now on the owner `uid`:`gid`, whatever its metadata
+    /// says.
+    pub fn set_owner(&mut self, uid: u32, gid: u32) {
+        self.owner = Some((uid, gid));
+    }
+
+    /// `meta` with the owner override applied.
+    fn owned<'m>(&self, meta: &'m Metadata) -> std::borrow::Cow<'m, Metadata> {
+        match self.owner {
+            None => std::borrow::Cow::Borrowed(meta),
+            Some((uid, gid)) => std::borrow::Cow::Owned(Metadata {
+                uid,
+                gid,
+                ..meta.clone()
+            }),
         }
     }
 
@@ -268,6 +289,7 @@ impl TreeWriter {
     }
 
     pub fn directory(&mut self, path: &TreePath, meta: &Metadata) -> Result<(), EntryError> {
+        let meta = &*self.owned(meta);
         let Some((name, parent)) = path.split_last() else {
             let root = self.root.try_clone()?;
             apply_fd_metadata(&root, meta)?;
@@ -298,6 +320,7 @@ impl TreeWriter {
         meta: &Metadata,
         content: Content<'_>,
     ) -> Result<(), EntryError> {
+        let meta = &*self.owned(meta);
         let (name, parent) = self.entry_parent(path)?;
         self.clear(&parent, name)?;
         let fd = rustix::fs::openat(
@@ -322,6 +345,7 @@ impl TreeWriter {
         target: &OsStr,
         meta: &Metadata,
     ) -> Result<(), EntryError> {
+        let meta = &*self.owned(meta);
         let (name, parent) = self.entry_parent(path)?;
         self.clear(&parent, name)?;
         rustix::fs::symlinkat(target, &parent, name)?;
@@ -376,6 +400,7 @@ impl TreeWriter {
     }
 
     pub fn fifo(&mut self, path: &TreePath, meta: &Metadata) -> Result<(), EntryError> {
+        let meta = &*self.owned(meta);
         let (name, parent) = self.entry_parent(path)?;
         self.clear(&parent, name)?;
         rustix::fs::mknodat(&parent, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;

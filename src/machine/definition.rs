@@ -8,6 +8,9 @@
 //! ImageDigest=sha256:…
 //! Mode=boot                 # or: app
 //! Command=/usr/bin/env      # app mode: one line per argument, in order
+//! User=www-data             # app mode: USER[:GROUP] the command runs as (default root)
+//! WorkingDirectory=/srv     # app mode: where it starts (default the user's home)
+//! Environment=LOG=debug     # app mode: one NAME=VALUE per line, over the login environment
 //! Hostname=web
 //! MachineID=0123456789abcdef0123456789abcdef
 //! UIDBase=524288
@@ -25,6 +28,7 @@
 //! IODeviceWeight=/dev/vda 200
 //! ```
 
+use crate::runtime::AppSettings;
 use crate::runtime::guest_etc::{self, GuestEtc, HOST};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -111,6 +115,8 @@ pub struct Definition {
     /// The digest of the image it was made from (empty if the image had none).
     pub image_digest: String,
     pub mode: Mode,
+    /// An app machine's user, working directory and environment.
+    pub app: AppSettings,
     pub hostname: String,
     /// 32 lowercase hex digits, generated once at create and kept for life.
     pub machine_id: String,
@@ -183,6 +189,15 @@ impl Definition {
                 for arg in command {
                     kv("Command", arg);
                 }
+                if !self.app.user.is_empty() {
+                    kv("User", &self.app.user);
+                }
+                if !self.app.working_directory.is_empty() {
+                    kv("WorkingDirectory", &self.app.working_directory);
+                }
+                for (name, value) in &self.app.environment {
+                    kv("Environment", &format!("{name}={value}"));
+                }
             }
         }
         kv("Hostname", &self.hostname);
@@ -221,6 +236,7 @@ impl Definition {
         let mut image_version = String::new();
         let mut mode = None;
         let mut command = Vec::new();
+        let mut app = AppSettings::default();
         let mut hostname = None;
         let mut machine_id = None;
         let mut uid_base = None;
@@ -253,8 +269,9 @@ impl Definition {
                 .split_once('=')
                 .ok_or_else(|| syntax("expected KEY=VALUE"))?;
             let key = key.trim();
-            // Command arguments are kept exactly; other values are trimmed as systemd does.
-            let value = if key == "Command" {
+            // Command arguments and variables are kept exactly; other values are trimmed as
+            // systemd does.
+            let value = if key == "Command" || key == "Environment" {
                 value
             } else {
                 value.trim()
@@ -265,6 +282,19 @@ impl Definition {
                 ("Machine", "ImageVersion") => image_version = value.to_owned(),
                 ("Machine", "Mode") => mode = Some(value.to_owned()),
                 ("Machine", "Command") => command.push(value.to_owned()),
+                ("Machine", "User") => {
+                    AppSettings::validate_user(value).map_err(|e| syntax(&e))?;
+                    value.clone_into(&mut app.user);
+                }
+                ("Machine", "WorkingDirectory") => {
+                    AppSettings::validate_working_directory(value).map_err(|e| syntax(&e))?;
+                    value.clone_into(&mut app.working_directory);
+                }
+                ("Machine", "Environment") => {
+                    let (name, value) =
+                        AppSettings::parse_variable(value).map_err(|e| syntax(&e))?;
+                    app.set_variable(name, value);
+                }
                 ("Machine", "Hostname") => hostname = Some(value.to_owned()),
                 ("Machine", "MachineID") => machine_id = Some(value.to_owned()),
                 ("Machine", "UIDBase") => uid_base = Some(value.to_owned()),
@@ -367,6 +397,7 @@ impl Definition {
             image_digest,
             image_version,
             mode,
+            app,
             hostname,
             machine_id,
             uid_range: UidRange { base },
@@ -407,6 +438,11 @@ mod tests {
             image_digest: "sha256:abc".into(),
             image_version: String::new(),
             mode,
+            app: AppSettings {
+                user: "www-data:www-data".into(),
+                working_directory: "/srv/app".into(),
+                environment: vec![("LOG".into(), " a=b c ".into())],
+            },
             hostname: "web".into(),
             machine_id: "0123456789abcdef0123456789abcdef".into(),
             uid_range: UidRange { base: 589_824 },
@@ -427,7 +463,11 @@ mod tests {
             Mode::Boot,
             Mode::App(vec!["sh".into(), "-c".into(), "echo a=b; exit 7 ".into()]),
         ] {
-            let def = sample(mode);
+            let mut def = sample(mode);
+            if def.mode == Mode::Boot {
+                // A boot machine has no app settings to keep.
+                def.app = AppSettings::default();
+            }
             let text = def.to_ini();
             assert_eq!(Definition::from_ini("web", &text), Ok(def), "{text}");
         }

@@ -567,6 +567,7 @@ fn spawn_config(machines: &Machines, d: &Definition) -> SpawnConfig {
         binds: d.binds.iter().map(SpawnBind::from).collect(),
         etc: d.host_following_etc(),
         notify: false,
+        app: d.app.clone(),
     }
 }
 

@@ -30,7 +30,7 @@ pub use uid_range::{RANGE_SIZE, UidRange};
 use crate::image::tree::{Content, Metadata, TreePath};
 use crate::image::{self, ImageError, Pool};
 use crate::name::{self, NameError};
-use crate::runtime::guest_etc;
+use crate::runtime::{AppSettings, guest_etc};
 
 /// Where machine definitions live (admin-readable, and editable while a machine is stopped).
 pub const DEFAULT_DEFINITION_DIR: &str = "/etc/berth/machines";
@@ -97,6 +97,12 @@ pub struct CreateRequest {
     pub timezone: String,
     /// `--locale`: a locale, or `host`/empty to follow the host's LANG.
     pub locale: String,
+    /// `--user USER[:GROUP]` of an app machine; empty: the image's default (else root).
+    pub user: String,
+    /// `--workdir`; empty: the image's default (else the user's home).
+    pub working_directory: String,
+    /// `--env NAME=VALUE`, set over the image's variables.
+    pub environment: Vec<String>,
 }
 
 /// The machine store.
@@ -159,6 +165,7 @@ impl Machines {
                 "command argument {arg:?} contains a line break, which a definition can't hold"
             )));
         }
+        Self::check_app_request(request)?;
         let binds = request
             .binds
             .iter()
@@ -198,6 +205,10 @@ impl Machines {
             }
             other => other.clone(),
         };
+        let app = match mode {
+            Mode::Boot => AppSettings::default(),
+            Mode::App(_) => Self::app_settings(request, image.record.app.as_ref(), &image)?,
+        };
         let setting = |value: &str| {
             if value.is_empty() {
                 guest_etc::HOST.to_owned()
@@ -229,6 +240,7 @@ impl Machines {
             image_version: image.version.clone(),
             image_digest: image.record.digest.clone(),
             mode,
+            app,
             hostname,
             machine_id: new_machine_id()?,
             uid_range,
@@ -269,6 +281,75 @@ impl Machines {
             return Err(e);
         }
         Ok((definition, warnings))
+    }
+
+    /// `--user`, `--workdir` and `--env`: well-formed, and only for app machines.
+    fn check_app_request(request: &CreateRequest) -> Result<(), MachineError> {
+        let given = !request.user.is_empty()
+            || !request.working_directory.is_empty()
+            || !request.environment.is_empty();
+        if request.mode == Mode::Boot && given {
+            return Err(MachineError::InvalidArgument(
+                "--user, --workdir and --env are for app machines (a command); a boot \
+                 machine's services set their own in their units"
+                    .into(),
+            ));
+        }
+        let invalid = MachineError::InvalidArgument;
+        if !request.user.is_empty() {
+            AppSettings::validate_user(&request.user).map_err(invalid)?;
+        }
+        if !request.working_directory.is_empty() {
+            AppSettings::validate_working_directory(&request.working_directory).map_err(invalid)?;
+        }
+        for assignment in &request.environment {
+            AppSettings::parse_variable(assignment).map_err(invalid)?;
+        }
+        Ok(())
+    }
+
+    /// An app machine's settings: the image's defaults (an OCI config's User, WorkingDir and
+    /// Env; a build's USER, WORKDIR and ENV), then what the request gives over them.
+    fn app_settings(
+        request: &CreateRequest,
+        defaults: Option<&image::AppDefaults>,
+        image: &image::ImageInfo,
+    ) -> Result<AppSettings, MachineError> {
+        let mut app = AppSettings::default();
+        let from_image = |what: &str, e: String| {
+            MachineError::InvalidArgument(format!(
+                "image '{}' has an unusable default {what} ({e}); give --{what} yourself",
+                image.reference()
+            ))
+        };
+        if let Some(defaults) = defaults {
+            if !defaults.user.is_empty() {
+                AppSettings::validate_user(&defaults.user).map_err(|e| from_image("user", e))?;
+                app.user.clone_from(&defaults.user);
+            }
+            if !defaults.working_dir.is_empty() {
+                AppSettings::validate_working_directory(&defaults.working_dir)
+                    .map_err(|e| from_image("workdir", e))?;
+                app.working_directory.clone_from(&defaults.working_dir);
+            }
+            for assignment in &defaults.env {
+                let (name, value) =
+                    AppSettings::parse_variable(assignment).map_err(|e| from_image("env", e))?;
+                app.set_variable(name, value);
+            }
+        }
+        if !request.user.is_empty() {
+            app.user.clone_from(&request.user);
+        }
+        if !request.working_directory.is_empty() {
+            app.working_directory.clone_from(&request.working_directory);
+        }
+        for assignment in &request.environment {
+            let (name, value) =
+                AppSettings::parse_variable(assignment).map_err(MachineError::InvalidArgument)?;
+            app.set_variable(name, value);
+        }
+        Ok(app)
     }
 
     /// Refuses a zone the tree's tzdata doesn't have; `whose` names the tree.

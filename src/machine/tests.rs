@@ -48,6 +48,9 @@ fn request(name: &str) -> CreateRequest {
         disk_size: None,
         timezone: String::new(),
         locale: String::new(),
+        user: String::new(),
+        working_directory: String::new(),
+        environment: Vec::new(),
     }
 }
 
@@ -109,6 +112,21 @@ fn bad_requests_leave_nothing_behind() {
     r.mode = Mode::App(Vec::new());
     cases.push((r, "no command"));
     let mut r = request("x");
+    r.user = "alice".into();
+    cases.push((r, "--user, --workdir and --env are for app machines"));
+    let mut r = request("x");
+    r.mode = Mode::App(vec!["true".into()]);
+    r.environment = vec!["1X=y".into()];
+    cases.push((r, "environment variable '1X=y'"));
+    let mut r = request("x");
+    r.mode = Mode::App(vec!["true".into()]);
+    r.working_directory = "relative".into();
+    cases.push((r, "working directory 'relative' is not an absolute path"));
+    let mut r = request("x");
+    r.mode = Mode::App(vec!["true".into()]);
+    r.user = "a b".into();
+    cases.push((r, "user 'a b' is not USER or USER:GROUP"));
+    let mut r = request("x");
     r.binds = vec!["relative:/x".into()];
     cases.push((r, "bind 'relative:/x'"));
     let mut r = request("x");
@@ -142,4 +160,50 @@ fn bad_requests_leave_nothing_behind() {
         f.machines.remove("x"),
         Err(MachineError::NotFound(_))
     ));
+}
+
+#[test]
+fn app_settings_are_the_images_with_the_request_over_them() {
+    let f = fixture();
+    let image = f.machines.pool.get("deb").expect("image");
+    let defaults = image::AppDefaults {
+        env: vec!["PATH=/opt/bin:/usr/bin".into(), "MODE=prod".into()],
+        working_dir: "/srv".into(),
+        user: "app:app".into(),
+        ..image::AppDefaults::default()
+    };
+    let mut r = request("x");
+    r.mode = Mode::App(vec!["true".into()]);
+    let app = Machines::app_settings(&r, Some(&defaults), &image).expect("defaults");
+    assert_eq!(
+        (app.user.as_str(), app.working_directory.as_str()),
+        ("app:app", "/srv")
+    );
+    r.user = "1000".into();
+    r.working_directory = "/tmp".into();
+    r.environment = vec!["MODE=dev".into(), "EXTRA=a=b".into()];
+    let app = Machines::app_settings(&r, Some(&defaults), &image).expect("request");
+    assert_eq!(
+        (app.user.as_str(), app.working_directory.as_str()),
+        ("1000", "/tmp")
+    );
+    let env: Vec<(&str, &str)> = app
+        .environment
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("PATH", "/opt/bin:/usr/bin"),
+            ("MODE", "dev"),
+            ("EXTRA", "a=b")
+        ]
+    );
+    let broken = image::AppDefaults {
+        working_dir: "relative".into(),
+        ..image::AppDefaults::default()
+    };
+    let err = Machines::app_settings(&request("x"), Some(&broken), &image).expect_err("bad");
+    assert!(err.to_string().contains("give --workdir yourself"), "{err}");
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RuntimeError;
 use super::init::{self, ExitStatus};
+use super::login::{self, GuestFiles, User, login_environment};
 use crate::sys::process::Forked;
 
 /// What the exec helper needs to know.
@@ -288,109 +289,17 @@ fn join_cgroup(scope: &Path, payload: bool) -> Result<(), RuntimeError> {
     )
 }
 
-/// A user of the machine's /etc/passwd.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub home: String,
-    pub shell: String,
-    pub groups: Vec<u32>,
-}
-
-impl User {
-    /// Looks `who` (a name or a number; empty for root) up in the machine's /etc/passwd.
-    fn lookup(who: &str) -> Result<Self, RuntimeError> {
-        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let group = fs::read_to_string("/etc/group").unwrap_or_default();
-        let who = if who.is_empty() { "root" } else { who };
-        Self::find(&passwd, &group, who).ok_or_else(|| {
-            RuntimeError::Exec(format!(
-                "no user '{who}' in the machine's /etc/passwd; give a name or UID it has"
-            ))
-        })
-    }
-
-    pub fn find(passwd: &str, group: &str, who: &str) -> Option<Self> {
-        let numeric: Option<u32> = who.parse().ok();
-        let mut user = passwd.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            let [name, _, uid, gid, _, home, rest @ ..] = fields.as_slice() else {
-                return None;
-            };
-            let uid: u32 = uid.parse().ok()?;
-            (*name == who || numeric == Some(uid)).then(|| Self {
-                name: (*name).to_owned(),
-                uid,
-                gid: gid.parse().unwrap_or(uid),
-                home: (*home).to_owned(),
-                shell: rest
-                    .first()
-                    .filter(|s| !s.is_empty())
-                    .map_or("/bin/sh", |s| *s)
-                    .to_owned(),
-                groups: Vec::new(),
-            })
-        });
-        if user.is_none()
-            && let Some(uid) = numeric
-        {
-            // A number the machine doesn't name still works, as with `setpriv`.
-            user = Some(Self {
-                name: uid.to_string(),
-                uid,
-                gid: uid,
-                home: "/".into(),
-                shell: "/bin/sh".into(),
-                groups: Vec::new(),
-            });
-        }
-        let mut user = user?;
-        user.groups = group
-            .lines()
-            .filter_map(|line| {
-                let fields: Vec<&str> = line.split(':').collect();
-                let [_, _, gid, members] = fields.as_slice() else {
-                    return None;
-                };
-                members
-                    .split(',')
-                    .any(|m| m == user.name)
-                    .then(|| gid.parse().ok())
-                    .flatten()
-            })
-            .collect();
-        Some(user)
-    }
-}
-
 /// In the forked child: session, terminal, credentials, environment, exec. Returns the error.
 fn run_child(config: &ExecConfig, user: &User, stdio: [OwnedFd; 3]) -> String {
     if let Err(e) = init::enter_session(stdio, config.tty) {
         return e;
     }
-    let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    let gid = Gid::from_raw(user.gid);
-    let uid = Uid::from_raw(user.uid);
-    if let Err(e) = nix::unistd::setgroups(&groups)
-        .and_then(|()| nix::unistd::setresgid(gid, gid, gid))
-        .and_then(|()| nix::unistd::setresuid(uid, uid, uid))
-    {
-        return format!("becoming user {} (UID {}): {e}", user.name, user.uid);
-    }
-    let home = if Path::new(&user.home).is_dir() {
-        user.home.as_str()
-    } else {
-        "/"
+    let home = match login::become_user(user, &config.working_dir) {
+        Ok(home) => home,
+        Err(e) => return e,
     };
-    if config.working_dir.is_empty() {
-        let _ = std::env::set_current_dir(home);
-    } else if let Err(e) = std::env::set_current_dir(&config.working_dir) {
-        return format!("changing to the directory {}: {e}", config.working_dir);
-    }
     let files = GuestFiles::read();
-    let mut environment = login_environment(user, home, &files, &config.environment);
+    let mut environment = login_environment(user, &home, &files, &config.environment);
     for (key, value) in &config.extra_environment {
         environment.retain(|(k, _)| k != key);
         environment.push((key.clone(), value.clone()));
@@ -406,152 +315,4 @@ fn run_child(config: &ExecConfig, user: &User, stdio: [OwnedFd; 3]) -> String {
         command.env("TERM", "vt220");
     }
     command.exec().to_string()
-}
-
-/// The guest files a login reads its environment from (empty when missing).
-#[derive(Debug, Default)]
-pub struct GuestFiles {
-    pub environment: String,
-    pub locale_conf: String,
-    pub default_locale: String,
-    pub login_defs: String,
-}
-
-impl GuestFiles {
-    /// Reads them from the machine's /etc (the caller runs inside the machine).
-    pub fn read() -> Self {
-        let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
-        Self {
-            environment: read("/etc/environment"),
-            locale_conf: read("/etc/locale.conf"),
-            default_locale: read("/etc/default/locale"),
-            login_defs: read("/etc/login.defs"),
-        }
-    }
-}
-
-/// The environment a login of `user` gets from the guest's own files, as login(1) and
-/// pam_env build it: PATH from login.defs (ENV_SUPATH for root, ENV_PATH for others), then
-/// /etc/environment, the locale (LANG, LANGUAGE, LC_*) of /etc/locale.conf and
-/// /etc/default/locale, HOME, SHELL, USER and LOGNAME from passwd; last the caller's TERM
-/// and COLORTERM.
-pub fn login_environment(
-    user: &User,
-    home: &str,
-    files: &GuestFiles,
-    caller: &[(String, String)],
-) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |key: &str, value: &str| {
-        env.retain(|(k, _)| k != key);
-        env.push((key.to_owned(), value.to_owned()));
-    };
-    let path_key = if user.uid == 0 {
-        "ENV_SUPATH"
-    } else {
-        "ENV_PATH"
-    };
-    let path = files
-        .login_defs
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix(path_key))
-        .filter_map(|rest| rest.trim().strip_prefix("PATH="))
-        .next_back()
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            if user.uid == 0 {
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-            } else {
-                "/usr/local/bin:/usr/bin:/bin".into()
-            }
-        });
-    set("PATH", &path);
-    for (key, value) in super::guest_etc::parse_env_file(&files.environment) {
-        set(&key, &value);
-    }
-    for text in [&files.locale_conf, &files.default_locale] {
-        for (key, value) in super::guest_etc::parse_env_file(text) {
-            if key == "LANG" || key == "LANGUAGE" || key.starts_with("LC_") {
-                set(&key, &value);
-            }
-        }
-    }
-    set("HOME", home);
-    set("SHELL", &user.shell);
-    set("USER", &user.name);
-    set("LOGNAME", &user.name);
-    for (key, value) in caller {
-        if (key == "TERM" || key == "COLORTERM") && !value.is_empty() {
-            set(key, value);
-        }
-    }
-    env
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_login_environment_comes_from_the_guests_files() {
-        let alice = User::find(PASSWD, GROUP, "alice").expect("alice");
-        let files = GuestFiles {
-            environment: "EDITOR=vi\n".into(),
-            locale_conf: String::new(),
-            default_locale: "LANG=de_DE.UTF-8\nLC_TIME=en_GB.UTF-8\nFOO=bar\n".into(),
-            login_defs: "ENV_SUPATH\tPATH=/sbin:/bin\nENV_PATH\tPATH=/usr/bin:/bin:/usr/games\n"
-                .into(),
-        };
-        let env = login_environment(
-            &alice,
-            "/home/alice",
-            &files,
-            &[
-                ("TERM".into(), "xterm-256color".into()),
-                ("COLORTERM".into(), "truecolor".into()),
-                ("LD_PRELOAD".into(), "/x.so".into()),
-            ],
-        );
-        let get = |k: &str| {
-            env.iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
-        assert_eq!(get("PATH"), Some("/usr/bin:/bin:/usr/games"));
-        assert_eq!(get("LANG"), Some("de_DE.UTF-8"));
-        assert_eq!(get("LC_TIME"), Some("en_GB.UTF-8"));
-        assert_eq!(get("FOO"), None);
-        assert_eq!(get("EDITOR"), Some("vi"));
-        assert_eq!(get("HOME"), Some("/home/alice"));
-        assert_eq!(get("SHELL"), Some("/bin/sh"));
-        assert_eq!(get("LOGNAME"), Some("alice"));
-        assert_eq!(get("TERM"), Some("xterm-256color"));
-        assert_eq!(get("COLORTERM"), Some("truecolor"));
-        assert_eq!(get("LD_PRELOAD"), None);
-        let root = User::find(PASSWD, GROUP, "root").expect("root");
-        let env = login_environment(&root, "/root", &files, &[]);
-        assert!(env.contains(&("PATH".into(), "/sbin:/bin".into())));
-        assert!(env.contains(&("SHELL".into(), "/bin/bash".into())));
-    }
-
-    const PASSWD: &str =
-        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n";
-    const GROUP: &str = "root:x:0:\nwheel:x:10:alice,bob\nalice:x:1000:\n";
-
-    #[test]
-    fn users_are_found_by_name_or_number() {
-        let alice = User::find(PASSWD, GROUP, "alice").expect("alice");
-        assert_eq!(
-            (alice.uid, alice.gid, alice.home.as_str()),
-            (1000, 1000, "/home/alice")
-        );
-        assert_eq!(alice.groups, vec![10]);
-        assert_eq!(
-            User::find(PASSWD, GROUP, "1000").expect("1000").name,
-            "alice"
-        );
-        assert_eq!(User::find(PASSWD, GROUP, "root").expect("root").uid, 0);
-        assert_eq!(User::find(PASSWD, GROUP, "4242").expect("number").uid, 4242);
-        assert!(User::find(PASSWD, GROUP, "mallory").is_none());
-    }
 }

@@ -717,22 +717,32 @@ fn inner(
     };
     if let Payload::App(command) = &config.payload {
         let tty = config.stdio == StdioMode::Terminal;
+        // The app gets its user's login environment from the guest's own files (LANG and
+        // LC_* of its locale configuration, /etc/environment, PATH, SHELL, HOME), as `berth
+        // exec` does, then the image's or definition's variables over it.
+        let user = super::login::User::lookup(&config.app.user)?;
+        let home = if Path::new(&user.home).is_dir() {
+            user.home.as_str()
+        } else {
+            "/"
+        };
         let mut env = base_env(config);
-        // The app gets root's login environment from the guest's own files (LANG and LC_*
-        // of its locale configuration, /etc/environment, PATH, SHELL), as `berth exec` does.
-        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let group = fs::read_to_string("/etc/group").unwrap_or_default();
-        if let Some(root) = super::exec::User::find(&passwd, &group, "root") {
-            let files = super::exec::GuestFiles::read();
-            for (key, value) in super::exec::login_environment(&root, &root.home, &files, &[]) {
-                env.retain(|(k, _)| *k != key);
-                env.push((key, value));
-            }
+        let files = super::login::GuestFiles::read();
+        let login = super::login::login_environment(&user, home, &files, &[]);
+        for (key, value) in login.into_iter().chain(config.app.environment.clone()) {
+            env.retain(|(k, _)| *k != key);
+            env.push((key, value));
         }
         if tty {
             env.push(("TERM".into(), config.term.clone()));
         }
-        super::init::run(command, &env, stdio, tty, fds.status, null, socket);
+        let launch = super::init::Launch {
+            command,
+            env: &env,
+            user: &user,
+            working_directory: &config.app.working_directory,
+        };
+        super::init::run(&launch, stdio, tty, fds.status, null, socket);
     }
     // From here on the socket is gone (stdin is replaced): berthd reads EOF once exec happens.
     let init = [

@@ -74,11 +74,18 @@ pub fn connect_journal(identifier: &str) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(stream))
 }
 
-/// Runs `command` as the machine's payload and never returns. `socket` (to berthd) is shut
+/// What the payload is and how it runs.
+pub struct Launch<'a> {
+    pub command: &'a [String],
+    pub env: &'a [(String, String)],
+    pub user: &'a super::login::User,
+    pub working_directory: &'a str,
+}
+
+/// Runs the launch's command as the machine's payload and never returns. `socket` (to berthd) is shut
 /// down once the command has been executed, or carries the error when it could not be.
 pub fn run(
-    command: &[String],
-    env: &[(String, String)],
+    launch: &Launch<'_>,
     stdio: [OwnedFd; 3],
     tty: bool,
     status_file: Option<OwnedFd>,
@@ -97,7 +104,7 @@ pub fn run(
         Err(e) => fail(socket, &format!("forking the command: {e}")),
         Ok(Forked::Child) => {
             drop(error_read);
-            let error = exec_payload(command, env, stdio, tty);
+            let error = exec_payload(launch, stdio, tty);
             let mut pipe = std::fs::File::from(error_write);
             let _ = write!(pipe, "{error}");
             std::process::exit(127)
@@ -110,7 +117,7 @@ pub fn run(
     let _ = std::fs::File::from(error_read).read_to_string(&mut error);
     if !error.is_empty() {
         let _ = nix::sys::wait::waitpid(child, None);
-        fail(socket, &format!("executing {}: {error}", command[0]))
+        fail(socket, &format!("executing {}: {error}", launch.command[0]))
     }
     // Done with berthd: it sees EOF. Nothing of the helper's stays open here.
     let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Both);
@@ -125,21 +132,19 @@ pub fn run(
     std::process::exit(status.code() & 0xff)
 }
 
-/// Sets up the child's session and standard streams and executes the command; returns only
-/// the error when that fails.
-fn exec_payload(
-    command: &[String],
-    env: &[(String, String)],
-    stdio: [OwnedFd; 3],
-    tty: bool,
-) -> String {
+/// Sets up the child's session, standard streams, user and directory, then executes the
+/// command; returns only the error when that fails.
+fn exec_payload(launch: &Launch<'_>, stdio: [OwnedFd; 3], tty: bool) -> String {
     if let Err(e) = enter_session(stdio, tty) {
         return e;
     }
-    let error = Command::new(&command[0])
-        .args(&command[1..])
+    if let Err(e) = super::login::become_user(launch.user, launch.working_directory) {
+        return e;
+    }
+    let error = Command::new(&launch.command[0])
+        .args(&launch.command[1..])
         .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .exec();
     error.to_string()
 }

@@ -9,6 +9,7 @@ mod fdpass;
 pub mod guest_etc;
 pub mod helper;
 mod init;
+pub mod login;
 pub mod shell;
 
 pub use init::ExitStatus;
@@ -94,6 +95,82 @@ pub struct SpawnConfig {
     /// Give a boot machine's PID 1 `NOTIFY_SOCKET=/run/host/notify`, where berthd binds a
     /// socket before PID 1 execs and its systemd reports READY=1.
     pub notify: bool,
+    /// How an app machine's command runs (ignored when booting).
+    pub app: AppSettings,
+}
+
+/// How an app machine's command runs: as whom, where, with which variables (an OCI config's
+/// or a build's defaults, or `--user`, `--workdir`, `--env` at create).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppSettings {
+    /// `USER[:GROUP]` of the machine's /etc/passwd and /etc/group; empty for root.
+    pub user: String,
+    /// Where the command starts; empty for the user's home (or / when it has none).
+    pub working_directory: String,
+    /// `NAME`, `VALUE` set over the login environment, in order.
+    pub environment: Vec<(String, String)>,
+}
+
+impl AppSettings {
+    /// Checks a `USER[:GROUP]` spec: names or numbers, no blanks or line breaks.
+    pub fn validate_user(spec: &str) -> Result<(), String> {
+        let ok = |part: &str| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-$".contains(&b))
+        };
+        let valid = match spec.split_once(':') {
+            Some((user, group)) => ok(user) && ok(group),
+            None => ok(spec),
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(format!(
+                "user '{spec}' is not USER or USER:GROUP (names or numbers of the machine's \
+                 /etc/passwd and /etc/group)"
+            ))
+        }
+    }
+
+    /// Checks a working directory: an absolute path without `..` or line breaks.
+    pub fn validate_working_directory(path: &str) -> Result<(), String> {
+        if path.starts_with('/') && !path.split('/').any(|c| c == "..") && !path.contains('\n') {
+            Ok(())
+        } else {
+            Err(format!(
+                "working directory '{path}' is not an absolute path (e.g. --workdir /srv/app)"
+            ))
+        }
+    }
+
+    /// Parses a `NAME=VALUE` assignment: NAME of letters, digits and '_', not starting with a
+    /// digit; VALUE without line breaks.
+    pub fn parse_variable(assignment: &str) -> Result<(String, String), String> {
+        let bad = |why: &str| format!("environment variable '{assignment}': {why}");
+        let (name, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| bad("expected NAME=VALUE (e.g. --env LOG_LEVEL=debug)"))?;
+        let name_ok = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name_ok {
+            return Err(bad(
+                "the name must be letters, digits and '_', not starting with a digit",
+            ));
+        }
+        if value.contains(['\n', '\r', '\0']) {
+            return Err(bad("the value must not contain a line break"));
+        }
+        Ok((name.to_owned(), value.to_owned()))
+    }
+
+    /// Sets `name` to `value`, replacing an earlier value.
+    pub fn set_variable(&mut self, name: String, value: String) {
+        self.environment.retain(|(k, _)| *k != name);
+        self.environment.push((name, value));
+    }
 }
 
 /// What PID 1 is.

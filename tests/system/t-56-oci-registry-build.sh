@@ -20,6 +20,9 @@ test_56_oci_layout_with_whiteouts() {
     expect_ok berth create ocim --image ociimg
     [[ $(sed -n 's/^Command=//p' /etc/berth/machines/ocim.machine | paste -sd'|') == "/bin/echo|hello from oci" ]] \
         || fail "the default command was not taken"
+    # ...and its WorkingDir and Env, written into the definition where an admin sees them.
+    grep -qx 'WorkingDirectory=/opt' /etc/berth/machines/ocim.machine || fail "WorkingDir was not taken"
+    grep -qx 'Environment=PATH=/usr/bin:/bin' /etc/berth/machines/ocim.machine || fail "Env was not taken"
     expect_ok berth rm ocim
     expect_fail "not an OCI image layout|neither|not a container image|docker save" berth import-oci "$FIXTURES/small.tar" notoci
     assert_no_image notoci
@@ -133,4 +136,55 @@ CF
     grep -q "hello from /opt/app" "$OUT" || fail "the image's CMD did not run"
     expect_ok systemctl cat berth-build@app.timer
     expect_ok berth rmi --all-versions app
+}
+
+test_59_image_user_workdir_env_reach_app_machines() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    local src=/var/tmp/build-user root=/var/lib/machines/userapp.v/userapp_1
+    rm -rf "$src"
+    mkdir -p "$src/data"
+    printf '#!/bin/sh\necho "tool as $(id -un)"\n' >"$src/tool"
+    chmod 755 "$src/tool"
+    echo payload >"$src/data/file"
+    cat >"$src/Containerfile" <<'CF'
+FROM deb
+COPY tool /bin/tool
+WORKDIR /srv/app
+COPY --chown=nobody:nogroup data/ ./data/
+ENV GREETING=hi MODE=prod
+USER nobody
+RUN touch /srv/app/data/made-by-run
+CMD ["/bin/sh", "-c", "echo \"$GREETING $MODE $(id -un):$(id -gn) $(pwd) $HOME\"; tool"]
+CF
+    expect_ok berth build "$src" --name userapp --version 1
+    # COPY through the image's /bin -> usr/bin symlink lands in usr/bin; the symlink stays.
+    [[ -L $root/bin && -x $root/usr/bin/tool ]] || fail "COPY to /bin/tool did not follow the image's /bin symlink"
+    # --chown owns every copied entry; the RUN step as USER nobody could write there.
+    [[ $(stat -c %u:%g "$root/srv/app/data" "$root/srv/app/data/file" | sort -u) == 65534:65534 ]] \
+        || fail "COPY --chown did not own the copied files: $(stat -c '%n %u:%g' "$root"/srv/app/data{,/file})"
+    [[ $(stat -c %u "$root/srv/app/data/made-by-run") == 65534 ]] || fail "RUN did not run as USER nobody"
+
+    # An app machine made from it runs as its USER, in its WORKDIR, with its ENV...
+    expect_ok berth run --rm --image userapp
+    grep -qx "hi prod nobody:nogroup /srv/app /" "$OUT" || fail "the image's USER, WORKDIR and ENV were not applied"
+    grep -qx "tool as nobody" "$OUT" || fail "the copied tool did not run"
+    # ...and --user, --workdir, --env override them.
+    expect_ok berth run --rm --image userapp --user root --workdir /tmp -e MODE=dev
+    grep -qx "hi dev root:root /tmp /root" "$OUT" || fail "--user, --workdir, --env did not override the image"
+    expect_ok berth create ua --image userapp -e EXTRA=1
+    local def=/etc/berth/machines/ua.machine
+    grep -qx 'User=nobody' "$def" && grep -qx 'WorkingDirectory=/srv/app' "$def" \
+        && grep -qx 'Environment=GREETING=hi' "$def" && grep -qx 'Environment=EXTRA=1' "$def" \
+        || fail "the definition lacks the app settings: $(cat "$def")"
+    expect_ok berth rm ua
+
+    # Bad settings are refused before anything exists.
+    expect_fail "environment variable '1X=y'" berth create ub --image userapp --env 1X=y
+    expect_fail "are for app machines" berth create ub --image deb --boot --user nobody
+    expect_fail "working directory 'rel' is not an absolute path" berth create ub --image userapp -w rel
+    [[ ! -e /etc/berth/machines/ub.machine && ! -e /var/lib/berth/machines/ub ]] || fail "a refused create left ub"
+    # A user the machine doesn't have fails the start, and --rm leaves nothing.
+    expect_fail "no user 'ghost'" berth run --rm --image userapp --user ghost
+    [[ -z $(find /etc/berth/machines -name 'run-*') ]] || fail "a failed run left its machine"
+    expect_ok berth rmi --all-versions userapp
 }

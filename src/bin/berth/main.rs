@@ -195,6 +195,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             disk_size,
             timezone,
             locale,
+            app,
             command,
         } => {
             let (machine, warnings) = manager
@@ -209,6 +210,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     &storage,
                     disk_size.unwrap_or(0),
                     (&timezone, &locale),
+                    app_options(&app),
                 )
                 .await?;
             print_warnings(&warnings);
@@ -292,6 +294,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             disk_size,
             timezone,
             locale,
+            app,
             command,
         } => {
             if name.as_deref() == Some("") {
@@ -315,11 +318,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     disk_size.unwrap_or(0),
                     rm,
                     tty,
-                    stdin.as_fd().into(),
-                    stdout.as_fd().into(),
-                    stderr.as_fd().into(),
+                    (
+                        stdin.as_fd().into(),
+                        stdout.as_fd().into(),
+                        stderr.as_fd().into(),
+                    ),
                     &term,
                     (&timezone, &locale),
+                    app_options(&app),
                 )
                 .await?;
             let relay = tty.then(|| start_relay(terminal)).transpose()?;
@@ -873,4 +879,14 @@ pub(crate) fn report_import(result: &ImportResult) {
             eprintln!("  {line}");
         }
     }
+}
+
+/// `--user`, `--workdir`, `--env` as CreateMachine and RunMachine take them (empty: the
+/// image's default).
+fn app_options(app: &berth::cli::AppOptions) -> (&str, &str, &[String]) {
+    (
+        app.user.as_deref().unwrap_or(""),
+        app.workdir.as_deref().unwrap_or(""),
+        &app.env,
+    )
 }

@@ -18,13 +18,13 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use zbus::Connection;
 
+mod copy;
+
 use crate::image::containerfile::{self, Step};
-use crate::image::tree::TreePath;
 use crate::image::{
     self, AppDefaults, BaseImage, BuildSource, ImageError, ImageRecord, ImageRef, ImportReport,
     Pool,
@@ -175,6 +175,10 @@ pub async fn build(
         disk_size: None,
         timezone: guest_etc::IMAGE.into(),
         locale: guest_etc::IMAGE.into(),
+        // PID 1 is root whatever the base's USER; the steps run as the recipe says.
+        user: "0".into(),
+        working_directory: "/".into(),
+        environment: Vec::new(),
     };
     let machines_c = machines.clone();
     blocking(move || machines_c.create(&create).map(drop)).await?;
@@ -185,6 +189,7 @@ pub async fn build(
         &name,
         &workspace,
         &recipe.steps,
+        base.record.app.clone().unwrap_or_default(),
         &output,
     )
     .await;
@@ -272,32 +277,16 @@ async fn unpack_context(context: File) -> Result<Workspace, BuildError> {
     Ok(workspace)
 }
 
-/// Opens `path` (relative, as the Containerfile names it) inside the context: symlinks and
-/// `..` resolve inside it, never out of it.
-fn open_in_context(context: &Path, path: &str) -> Result<OwnedFd, io::Error> {
-    let root = rustix::fs::open(
-        context,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let relative = path.trim_start_matches('/');
-    let relative = if relative.is_empty() { "." } else { relative };
-    Ok(rustix::fs::openat2(
-        &root,
-        relative,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )?)
-}
-
 fn read_in_context(context: &Path, path: &str) -> Result<String, BuildError> {
     let fd =
-        open_in_context(context, path).map_err(|_| BuildError::NoContainerfile(path.into()))?;
+        copy::open_in_root(context, path).map_err(|_| BuildError::NoContainerfile(path.into()))?;
     io::read_to_string(File::from(fd)).map_err(io_error(format!("reading {path}")))
 }
 
-/// Runs the steps; returns the app defaults the Containerfile set.
+/// Runs the steps; returns the app defaults: the base image's (`inherited`: its ENV, WORKDIR,
+/// USER, ENTRYPOINT, CMD and LABELs, as Docker inherits them) with the Containerfile's over
+/// them.
+#[allow(clippy::too_many_arguments)] // the facts of one build
 async fn run_steps(
     conn: &Connection,
     machines: &Machines,
@@ -305,6 +294,7 @@ async fn run_steps(
     name: &str,
     workspace: &Workspace,
     steps: &[Step],
+    inherited: AppDefaults,
     output: &BuildOutput,
 ) -> Result<AppDefaults, BuildError> {
     let (hold, keep_open) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
@@ -325,10 +315,21 @@ async fn run_steps(
         .await?
         .map(|r| r.leader)
         .ok_or_else(|| MachineError::NotRunning(name.to_owned()))?;
-    let mut app = AppDefaults::default();
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut labels = BTreeMap::new();
-    let (mut workdir, mut user) = (String::from("/"), String::new());
+    let mut app = inherited;
+    let mut env: Vec<(String, String)> = app
+        .env
+        .iter()
+        .filter_map(|a| a.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let mut labels: BTreeMap<String, String> = std::mem::take(&mut app.labels);
+    let mut workdir = if app.working_dir.is_empty() {
+        String::from("/")
+    } else {
+        app.working_dir.clone()
+    };
+    let mut user = app.user.clone();
+    let mut cmd_set = false;
     let root = machines.root_of(name);
     for (index, step) in steps.iter().enumerate() {
         let number = index + 1;
@@ -378,13 +379,14 @@ async fn run_steps(
                 dest,
                 chown,
             } => {
-                if chown.is_some() {
-                    return Err(step_error(
-                        "COPY --chown is not supported; COPY, then RUN chown".into(),
-                    ));
-                }
                 let dest = absolute(&workdir, dest);
-                copy_into(&workspace.context, &root, sources, &dest).map_err(step_error)?;
+                let owner = chown
+                    .as_deref()
+                    .map(|spec| copy::owner(&root, spec))
+                    .transpose()
+                    .map_err(step_error)?;
+                copy::copy_into(&workspace.context, &root, sources, &dest, owner)
+                    .map_err(step_error)?;
             }
             Step::Env(pairs) => {
                 for (key, value) in pairs {
@@ -394,11 +396,20 @@ async fn run_steps(
             }
             Step::Workdir(dir) => {
                 workdir = absolute(&workdir, dir);
-                make_directory(&root, &workdir).map_err(step_error)?;
+                copy::make_directory(&root, &workdir).map_err(step_error)?;
             }
             Step::User(who) => who.clone_into(&mut user),
-            Step::Entrypoint(command) => app.entrypoint = command.argv(),
-            Step::Cmd(command) => app.cmd = command.argv(),
+            Step::Entrypoint(command) => {
+                app.entrypoint = command.argv();
+                // As Docker does: a new ENTRYPOINT drops the CMD the base image had.
+                if !cmd_set {
+                    app.cmd.clear();
+                }
+            }
+            Step::Cmd(command) => {
+                app.cmd = command.argv();
+                cmd_set = true;
+            }
             Step::Label(pairs) => labels.extend(pairs.iter().cloned()),
         }
     }
@@ -449,96 +460,15 @@ fn absolute(workdir: &str, path: &str) -> String {
     }
 }
 
-fn tree_path(path: &str) -> Result<TreePath, String> {
-    TreePath::parse(path.trim_start_matches('/').as_bytes())
-        .map_err(|reason| format!("'{path}': {reason}"))
-}
-
-/// Creates directory `path` (and its parents) in the machine's root, refusing symlinks.
-fn make_directory(root: &Path, path: &str) -> Result<(), String> {
-    let mut tree = image::tree::TreeWriter::new(open_root(root)?);
-    tree.open_directory(&tree_path(path)?)
-        .map(drop)
-        .map_err(|e| format!("creating {path}: {e}"))
-}
-
-fn open_root(root: &Path) -> Result<OwnedFd, String> {
-    rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("opening the build root: {e}"))
-}
-
-/// COPY: each source (a file or a directory's contents) from the context into `dest` in the
-/// machine's root, owned by root as Docker does. `dest` is a directory when it ends in `/`
-/// or there are several sources, or when it is a directory already.
-fn copy_into(context: &Path, root: &Path, sources: &[String], dest: &str) -> Result<(), String> {
-    let into_directory = dest.ends_with('/') || sources.len() > 1;
-    for source in sources {
-        let fd = open_in_context(context, source)
-            .map_err(|e| format!("'{source}' is not in the build context: {e}"))?;
-        let stat = rustix::fs::fstat(&fd).map_err(|e| format!("{source}: {e}"))?;
-        let is_dir = rustix::fs::FileType::from_raw_mode(stat.st_mode).is_dir();
-        let mut tree = image::tree::TreeWriter::new(open_root(root)?);
-        if is_dir {
-            let target = tree
-                .open_directory(&tree_path(dest)?)
-                .map_err(|e| format!("creating {dest}: {e}"))?;
-            let mut inner = image::tree::TreeWriter::new(target);
-            image::copy_tree_into(fd, &mut inner).map_err(|e| format!("copying {source}: {e}"))?;
-            report_refusals(inner.finish(), source)?;
-            continue;
-        }
-        let dest_is_dir =
-            into_directory || tree.open_directory_existing(&tree_path(dest)?).is_some();
-        let path = if dest_is_dir {
-            let leaf = Path::new(source)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            format!("{}/{leaf}", dest.trim_end_matches('/'))
-        } else {
-            dest.to_owned()
-        };
-        let meta = image::tree::Metadata {
-            mode: stat.st_mode & 0o7777,
-            mtime: stat.st_mtime,
-            ..image::tree::Metadata::default()
-        };
-        let path = tree_path(&path)?;
-        let mut file = File::from(fd);
-        let result = tree.file(&path, &meta, image::tree::Content::Reader(&mut file));
-        tree.settle(&path.to_string(), result)
-            .map_err(|e| format!("writing {path}: {e}"))?;
-        report_refusals(tree.finish(), source)?;
-    }
-    Ok(())
-}
-
-fn report_refusals(
-    result: io::Result<Vec<image::tree::Refusal>>,
-    source: &str,
-) -> Result<(), String> {
-    let refused = result.map_err(|e| format!("copying {source}: {e}"))?;
-    match refused.first() {
-        None => Ok(()),
-        Some(r) => Err(format!(
-            "not copied: {}: {} (name the real path, not one through a symlink)",
-            r.path, r.reason
-        )),
-    }
-}
-
 /// The build machine's identity files go: the image gets its base's /etc/hostname and
 /// /etc/machine-id back (a machine made from it gets its own at create).
 fn restore_identity(root: &Path, base: &Path) -> Result<(), BuildError> {
     let mut tree = image::tree::TreeWriter::new(
-        open_root(root).map_err(|e| io_error("opening the build root")(io::Error::other(e)))?,
+        copy::open_root(root)
+            .map_err(|e| io_error("opening the build root")(io::Error::other(e)))?,
     );
     for file in ["etc/hostname", "etc/machine-id"] {
-        let path = tree_path(file).map_err(|e| io_error(file)(io::Error::other(e)))?;
+        let path = copy::tree_path(file).map_err(|e| io_error(file)(io::Error::other(e)))?;
         match File::open(base.join(file)) {
             Ok(mut original) => {
                 let meta = original
