@@ -10,6 +10,7 @@
 //! - [`machine`]: machine definitions, roots, and the start/stop lifecycle.
 //! - [`build`]: images built from a Containerfile in transient machines.
 //! - [`source`]: the client's side of a build: a git commit or directory as a tar stream.
+//! - [`net`]: network modes, berth's bridge and address pool, nftables and the machines' DNS.
 //! - [`runtime`]: namespaces, mounts, ID maps, berth's init and exec; never D-Bus.
 //! - [`systemd`]: the only client of systemd1 and machine1.
 //! - [`terminal`]: the CLI's relay to a machine's terminal.
@@ -23,6 +24,7 @@ pub mod image;
 pub mod logging;
 pub mod machine;
 pub mod name;
+pub mod net;
 pub mod runtime;
 pub mod source;
 pub mod sys;

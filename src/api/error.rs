@@ -99,6 +99,7 @@ impl From<MachineError> for BusError {
             MachineError::NoFreeUidRange
             | MachineError::Runtime(_)
             | MachineError::Systemd(_)
+            | MachineError::Network(_)
             | MachineError::BadDefinition { .. }
             | MachineError::Io { .. } => Self::Failed(message),
         }

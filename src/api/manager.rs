@@ -477,7 +477,9 @@ impl Manager {
     /// `timezone_locale` is (zone, locale), each "host" or "" (follow the host, refreshed at
     /// each start) or a value written once into the guest's /etc. `app` is an app machine's
     /// (user, working directory, NAME=VALUE variables): empty means the image's defaults (an
-    /// OCI config's User, WorkingDir, Env), variables are set over the image's. Returns the
+    /// OCI config's User, WorkingDir, Env), variables are set over the image's. `network` is
+    /// (mode, masquerade): "host" or "", "none", "private" or "bridge=BR", and whether a
+    /// private machine's outside traffic is masqueraded. Returns the
     /// machine and warnings (what the guest lacks). Needs org.berth.berth1.manage-machines.
     #[zbus(out_args("machine", "warnings"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth create`
@@ -494,11 +496,13 @@ impl Manager {
         disk_size: u64,
         timezone_locale: (String, String),
         app: (String, String, Vec<String>),
+        network: (String, bool),
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(MachineEntry, Vec<String>), BusError> {
         let (timezone, locale) = timezone_locale;
         let (user, working_directory, environment) = app;
+        let (network, masquerade) = network;
         authorize(conn, &header, Action::ManageMachines).await?;
         check_properties(conn, &properties).await?;
         let mode = mode(boot, command)?;
@@ -516,6 +520,8 @@ impl Manager {
             user,
             working_directory,
             environment,
+            network,
+            masquerade,
         };
         let machines = self.machines.clone();
         tracing::info!(name = %request.name, image = %request.image, "creating machine");
@@ -573,11 +579,13 @@ impl Manager {
         term: String,
         timezone_locale: (String, String),
         app: (String, String, Vec<String>),
+        network: (String, bool),
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, zbus::OwnedFd), BusError> {
         let (timezone, locale) = timezone_locale;
         let (user, working_directory, environment) = app;
+        let (network, masquerade) = network;
         authorize(conn, &header, Action::ManageMachines).await?;
         check_properties(conn, &properties).await?;
         let mode = mode(boot, command)?;
@@ -600,6 +608,8 @@ impl Manager {
             user,
             working_directory,
             environment,
+            network,
+            masquerade,
         };
         let machines = self.machines.clone();
         tracing::info!(%name, image = %request.image, remove, tty, "running machine");

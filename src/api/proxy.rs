@@ -52,6 +52,7 @@ pub trait Manager {
         disk_size: u64,
         timezone_locale: (&str, &str),
         app: (&str, &str, &[String]),
+        network: (&str, bool),
     ) -> zbus::Result<(MachineEntry, Vec<String>)>;
 
     fn remove_machine(&self, name: &str) -> zbus::Result<()>;
@@ -86,6 +87,7 @@ pub trait Manager {
         term: &str,
         timezone_locale: (&str, &str),
         app: (&str, &str, &[String]),
+        network: (&str, bool),
     ) -> zbus::Result<(String, zbus::OwnedFd)>;
 
     fn wait_machine(&self, name: &str) -> zbus::Result<(i32, String)>;

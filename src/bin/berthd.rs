@@ -49,6 +49,7 @@ async fn run() -> anyhow::Result<()> {
             format!("cannot serve {BUS_NAME} on the system bus (is another berthd running?)")
         })?;
     berth::machine::lifecycle::adopt(&connection, &machines).await;
+    berth::machine::network::restore(&connection, &machines).await;
     sd_notify::notify(&[NotifyState::Ready]).context("notifying systemd of readiness")?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "berthd ready");
 

@@ -179,6 +179,9 @@ pub async fn build(
         user: "0".into(),
         working_directory: "/".into(),
         environment: Vec::new(),
+        // RUN steps reach the network as the host does (package downloads).
+        network: String::new(),
+        masquerade: true,
     };
     let machines_c = machines.clone();
     blocking(move || machines_c.create(&create).map(drop)).await?;

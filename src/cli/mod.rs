@@ -249,6 +249,8 @@ pub enum Command {
         locale: String,
         #[command(flatten)]
         app: AppOptions,
+        #[command(flatten)]
+        network: NetworkOptions,
         /// The command an app machine runs (after '--'; default: the image's Entrypoint and
         /// Cmd).
         #[arg(last = true, value_name = "CMD")]
@@ -353,6 +355,8 @@ pub enum Command {
         locale: String,
         #[command(flatten)]
         app: AppOptions,
+        #[command(flatten)]
+        network: NetworkOptions,
         /// The command to run (after '--'; default: the image's Entrypoint and Cmd).
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -570,4 +574,18 @@ pub struct AppOptions {
     /// environment; repeatable.
     #[arg(long = "env", short = 'e', value_name = "NAME=VALUE")]
     pub env: Vec<String>,
+}
+
+/// How a machine is networked.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NetworkOptions {
+    /// 'host' (share the host's network), 'none' (only loopback), 'private' (a veth pair to
+    /// berth's bridge berth0, an address from 10.89.0.0/16 and fd89:6265:7274::/64, names of
+    /// other machines resolvable) or 'bridge=BR' (a veth pair to your bridge BR).
+    #[arg(long, value_name = "MODE", default_value = "host")]
+    pub network: String,
+    /// Don't masquerade a private machine's traffic to the outside (it then reaches only the
+    /// host and other machines).
+    #[arg(long)]
+    pub no_masquerade: bool,
 }

@@ -19,6 +19,8 @@
 //! DiskSize=1073741824       # its size in bytes
 //! Created=1795460082000000
 //! Ephemeral=yes             # only for `berth run --rm`: removed once it stops
+//! Network=private           # host (default) | none | private | bridge=BR
+//! Masquerade=no             # private: no masquerading to the outside (default yes)
 //!
 //! [Files]
 //! Bind=/srv/data:/data:ro
@@ -28,6 +30,7 @@
 //! IODeviceWeight=/dev/vda 200
 //! ```
 
+use crate::net::Network;
 use crate::runtime::AppSettings;
 use crate::runtime::guest_etc::{self, GuestEtc, HOST};
 use std::fmt::Write as _;
@@ -135,6 +138,9 @@ pub struct Definition {
     pub timezone: String,
     /// `host` (the host's LANG, refreshed at each start) or a locale written once.
     pub locale: String,
+    pub network: Network,
+    /// A private machine's traffic to the outside is masqueraded (`--no-masquerade`: not).
+    pub masquerade: bool,
 }
 
 impl Definition {
@@ -153,6 +159,7 @@ impl Definition {
         GuestEtc {
             timezone: resolve(&self.timezone, guest_etc::host_timezone),
             locale: resolve(&self.locale, guest_etc::host_locale),
+            resolv_conf: None,
         }
     }
 
@@ -165,6 +172,9 @@ impl Definition {
         }
         if self.locale != HOST {
             etc.locale = None;
+        }
+        if self.network == Network::Private {
+            etc.resolv_conf = Some(crate::net::dns::guest_resolv_conf());
         }
         etc
     }
@@ -214,6 +224,12 @@ impl Definition {
         if self.ephemeral {
             kv("Ephemeral", "yes");
         }
+        if self.network != Network::Host {
+            kv("Network", &self.network.to_string());
+        }
+        if !self.masquerade {
+            kv("Masquerade", "no");
+        }
         if !self.binds.is_empty() {
             out.push_str("\n[Files]\n");
             for bind in &self.binds {
@@ -249,6 +265,8 @@ impl Definition {
         let mut properties = Vec::new();
         let mut timezone = String::from(HOST);
         let mut locale = String::from(HOST);
+        let mut network = Network::Host;
+        let mut masquerade = true;
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim_start();
             let syntax = |message: &str| DefinitionError::Syntax {
@@ -328,6 +346,22 @@ impl Definition {
                                     message: "expected a size in bytes".into(),
                                 })?,
                         );
+                }
+                ("Machine", "Network") => {
+                    network = Network::parse(value).map_err(|e| syntax(&e.to_string()))?;
+                }
+                ("Machine", "Masquerade") => {
+                    masquerade = match value {
+                        "yes" | "true" | "1" => true,
+                        "no" | "false" | "0" => false,
+                        other => {
+                            return Err(DefinitionError::BadValue {
+                                key: "Masquerade",
+                                value: other.to_owned(),
+                                message: "expected yes or no".into(),
+                            });
+                        }
+                    }
                 }
                 ("Machine", "Ephemeral") => {
                     ephemeral = match value {
@@ -414,6 +448,8 @@ impl Definition {
             properties,
             timezone,
             locale,
+            network,
+            masquerade,
         })
     }
 }
@@ -454,6 +490,8 @@ mod tests {
             properties: vec!["MemoryMax=1G".into(), "IODeviceWeight=/dev/vda 200".into()],
             timezone: "Europe/Berlin".into(),
             locale: HOST.into(),
+            network: Network::Private,
+            masquerade: false,
         }
     }
 

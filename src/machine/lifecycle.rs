@@ -140,6 +140,10 @@ async fn start_machine(
         Ok::<_, MachineError>((launch, notify))
     })
     .await?;
+    if let Err(e) = super::network::attach(machines, &definition, launch.pid).await {
+        launch.abort();
+        return Err(e);
+    }
     let pid = launch.pid;
     let terminal = launch.terminal.take();
     let pidfd = rustix::process::Pid::from_raw(pid)
@@ -155,7 +159,7 @@ async fn start_machine(
     }
     match pidfd {
         Some(pidfd) => {
-            tokio::spawn(reap(name.to_owned(), pidfd, reboot));
+            tokio::spawn(reap(definition.clone(), pidfd, reboot));
         }
         None => {
             tracing::warn!(%name, pid, "no pidfd for the machine's PID 1; it won't be reaped by berthd")
@@ -358,13 +362,15 @@ struct Reboot {
 /// the status file unless berth's init already wrote the payload's there. A booted init
 /// killed by SIGHUP asked for a reboot (the kernel's reboot(2) in a PID namespace): the
 /// machine is started again, as systemd-nspawn does.
-async fn reap(name: String, pidfd: OwnedFd, reboot: Option<Reboot>) {
+async fn reap(definition: Definition, pidfd: OwnedFd, reboot: Option<Reboot>) {
+    let name = definition.name.clone();
     let Ok(fd) = crate::sys::process::register_async(pidfd) else {
         return;
     };
     if fd.readable().await.is_err() {
         return;
     }
+    super::network::detach(&definition);
     let waited = rustix::process::waitid(
         rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(fd.get_ref())),
         rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
@@ -568,6 +574,7 @@ fn spawn_config(machines: &Machines, d: &Definition) -> SpawnConfig {
         etc: d.host_following_etc(),
         notify: false,
         app: d.app.clone(),
+        own_network: d.network.is_own_namespace(),
     }
 }
 

@@ -8,6 +8,7 @@
 mod definition;
 pub mod io_check;
 pub mod lifecycle;
+pub mod network;
 pub mod processes;
 pub mod readiness;
 mod rebase;
@@ -25,11 +26,12 @@ use thiserror::Error;
 
 pub use definition::{Bind, Definition, DefinitionError, Mode, is_machine_id};
 pub use rebase::Outdated;
-pub use uid_range::{RANGE_SIZE, UidRange};
+pub use uid_range::{FIRST_BASE, RANGE_SIZE, UidRange};
 
 use crate::image::tree::{Content, Metadata, TreePath};
 use crate::image::{self, ImageError, Pool};
 use crate::name::{self, NameError};
+use crate::net::Network;
 use crate::runtime::{AppSettings, guest_etc};
 
 /// Where machine definitions live (admin-readable, and editable while a machine is stopped).
@@ -60,6 +62,8 @@ pub enum MachineError {
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error(transparent)]
     Systemd(#[from] crate::systemd::SystemdError),
+    #[error("the machine's network: {0}")]
+    Network(#[from] crate::net::NetError),
     #[error("the image for the machine: {0}")]
     Image(#[from] ImageError),
     #[error("all {} UID ranges of systemd's container range are in use", (uid_range::LAST_ID + 1 - uid_range::FIRST_BASE) / RANGE_SIZE)]
@@ -103,6 +107,10 @@ pub struct CreateRequest {
     pub working_directory: String,
     /// `--env NAME=VALUE`, set over the image's variables.
     pub environment: Vec<String>,
+    /// `--network host|none|private|bridge=BR` (empty: host).
+    pub network: String,
+    /// `--no-masquerade` makes this false.
+    pub masquerade: bool,
 }
 
 /// The machine store.
@@ -166,6 +174,23 @@ impl Machines {
             )));
         }
         Self::check_app_request(request)?;
+        let network = Network::parse(&request.network)
+            .map_err(|e| MachineError::InvalidArgument(e.to_string()))?;
+        if let Network::Bridge(bridge) = &network
+            && !Path::new("/sys/class/net")
+                .join(bridge)
+                .join("bridge")
+                .is_dir()
+        {
+            return Err(MachineError::InvalidArgument(
+                crate::net::NetError::NoBridge(bridge.clone()).to_string(),
+            ));
+        }
+        if !request.masquerade && network != Network::Private {
+            return Err(MachineError::InvalidArgument(
+                "--no-masquerade is for --network private machines".into(),
+            ));
+        }
         let binds = request
             .binds
             .iter()
@@ -252,6 +277,8 @@ impl Machines {
             properties: properties.iter().map(|p| p.assignment()).collect(),
             timezone,
             locale,
+            network,
+            masquerade: request.masquerade,
         };
 
         let created = definition.created_usec;
@@ -547,6 +574,7 @@ impl Machines {
         let etc = guest_etc::GuestEtc {
             timezone: resolved.timezone.filter(|_| zone_given),
             locale: resolved.locale.filter(|_| locale_given),
+            resolv_conf: None,
         };
         let root = File::open(&tree)
             .map(std::os::fd::OwnedFd::from)

@@ -51,6 +51,8 @@ fn request(name: &str) -> CreateRequest {
         user: String::new(),
         working_directory: String::new(),
         environment: Vec::new(),
+        network: String::new(),
+        masquerade: true,
     }
 }
 
@@ -126,6 +128,15 @@ fn bad_requests_leave_nothing_behind() {
     r.mode = Mode::App(vec!["true".into()]);
     r.user = "a b".into();
     cases.push((r, "user 'a b' is not USER or USER:GROUP"));
+    let mut r = request("x");
+    r.network = "bridged".into();
+    cases.push((r, "network 'bridged' is not host, none, private"));
+    let mut r = request("x");
+    r.network = "bridge=nosuchbr0".into();
+    cases.push((r, "bridge 'nosuchbr0' does not exist"));
+    let mut r = request("x");
+    r.masquerade = false;
+    cases.push((r, "--no-masquerade is for --network private"));
     let mut r = request("x");
     r.binds = vec!["relative:/x".into()];
     cases.push((r, "bind 'relative:/x'"));

@@ -33,11 +33,14 @@ pub struct GuestEtc {
     pub timezone: Option<String>,
     /// A locale name for LANG, e.g. `de_DE.UTF-8`.
     pub locale: Option<String>,
+    /// /etc/resolv.conf of a private machine (left alone when the guest's is a symlink).
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
 }
 
 impl GuestEtc {
     pub fn is_empty(&self) -> bool {
-        self.timezone.is_none() && self.locale.is_none()
+        self.timezone.is_none() && self.locale.is_none() && self.resolv_conf.is_none()
     }
 }
 
@@ -375,6 +378,24 @@ pub fn apply(tree: &mut TreeWriter, etc: &GuestEtc, mtime: i64) -> Vec<String> {
                      fall back to C: install the locale in the machine"
                 )),
             }
+        }
+    }
+    if let Some(resolv_conf) = &etc.resolv_conf {
+        let is_link = rustix::fs::statat(
+            &root,
+            "etc/resolv.conf",
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink
+        });
+        if !is_link && exists_in_root(&root, "etc") {
+            let result = tree.file(
+                &tree_path("etc/resolv.conf"),
+                &meta,
+                crate::image::tree::Content::Reader(&mut resolv_conf.as_bytes()),
+            );
+            settle(tree, "etc/resolv.conf", result);
         }
     }
     warnings

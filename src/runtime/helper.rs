@@ -26,7 +26,8 @@ use rustix::mount::{
 use super::{Payload, RuntimeError, SpawnConfig, StdioMode};
 use crate::machine::RANGE_SIZE;
 use crate::sys::process::{
-    CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_PARENT, Forked,
+    CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWUTS,
+    CLONE_PARENT, Forked,
 };
 
 /// Entry point of `berthd --spawn-machine`.
@@ -213,8 +214,12 @@ fn outer(
     // PID 1 becomes an unprivileged host UID that may not traverse berth's 0700 state
     // directory: it starts inside its root and uses relative paths only.
     errno("entering the root", rustix::process::chdir(root))?;
-    let flags =
+    let mut flags =
         CLONE_PARENT | CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC;
+    if config.own_network {
+        // berthd configures it (loopback, the veth's end) before PID 1 goes on.
+        flags |= CLONE_NEWNET;
+    }
     match step(
         "cloning the machine's PID 1",
         crate::sys::process::clone_process(flags),

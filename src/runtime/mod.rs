@@ -97,6 +97,8 @@ pub struct SpawnConfig {
     pub notify: bool,
     /// How an app machine's command runs (ignored when booting).
     pub app: AppSettings,
+    /// A network namespace of its own (every network mode but host).
+    pub own_network: bool,
 }
 
 /// How an app machine's command runs: as whom, where, with which variables (an OCI config's

@@ -11,6 +11,7 @@ pub const CLONE_NEWNS: u64 = libc::CLONE_NEWNS as u64;
 pub const CLONE_NEWPID: u64 = libc::CLONE_NEWPID as u64;
 pub const CLONE_NEWUTS: u64 = libc::CLONE_NEWUTS as u64;
 pub const CLONE_NEWIPC: u64 = libc::CLONE_NEWIPC as u64;
+pub const CLONE_NEWNET: u64 = libc::CLONE_NEWNET as u64;
 
 /// Which side of a fork or clone this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -196,6 +196,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             timezone,
             locale,
             app,
+            network,
             command,
         } => {
             let (machine, warnings) = manager
@@ -211,6 +212,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     disk_size.unwrap_or(0),
                     (&timezone, &locale),
                     app_options(&app),
+                    (network.network.as_str(), !network.no_masquerade),
                 )
                 .await?;
             print_warnings(&warnings);
@@ -295,6 +297,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             timezone,
             locale,
             app,
+            network,
             command,
         } => {
             if name.as_deref() == Some("") {
@@ -326,6 +329,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     &term,
                     (&timezone, &locale),
                     app_options(&app),
+                    (network.network.as_str(), !network.no_masquerade),
                 )
                 .await?;
             let relay = tty.then(|| start_relay(terminal)).transpose()?;

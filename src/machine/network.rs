@@ -1,0 +1,165 @@
+//! A machine's network at start and stop, and berth's host side of it (the bridge, the
+//! nftables table, the DNS server), made the first time a private machine starts.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use tokio::sync::OnceCell;
+use zbus::Connection;
+
+use super::{Definition, MachineError, Machines};
+use crate::net::link::Netlink;
+use crate::net::{MachineAddresses, NetError, Network, addressing, dns, nft};
+
+/// Set once berth's bridge, table and DNS server are up in this berthd.
+static HOST_SIDE: OnceCell<()> = OnceCell::const_new();
+
+/// The IPv4 and IPv6 address of a machine with a private network.
+pub fn addresses(definition: &Definition) -> Option<MachineAddresses> {
+    (definition.network == Network::Private)
+        .then(|| MachineAddresses::of(&definition.name, definition.uid_range))
+}
+
+/// The bridge `berth0` with its addresses, IPv4 forwarding, berth's nftables table and the
+/// DNS server for machine names; each made once (and again after a failure).
+async fn prepare_host(machines: &Machines) -> Result<(), MachineError> {
+    let machines = machines.clone();
+    HOST_SIDE
+        .get_or_try_init(|| async move {
+            Netlink::host()?.ensure_bridge().await?;
+            // Masquerading and forwarding to machines need the host to route IPv4. (IPv6
+            // forwarding is left to the admin: turning it on stops the host from accepting
+            // router advertisements.)
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .map_err(NetError::io("turning on IPv4 forwarding"))?;
+            tokio::task::spawn_blocking(nft::ensure_table)
+                .await
+                .map_err(|e| NetError::Nft(e.to_string()))??;
+            let resolver: dns::Resolver = Arc::new(move |name: &str| {
+                let definition = machines.get(name).ok()?;
+                addresses(&definition).map(|a| (a.ipv4, a.ipv6))
+            });
+            dns::spawn(resolver).await;
+            Ok::<(), MachineError>(())
+        })
+        .await
+        .map(drop)
+}
+
+/// Sets up the network of a machine whose PID 1 (`pid`) waits in its namespaces: nothing for
+/// the host's network; loopback for `none`; for a private machine the veth pair to
+/// `berth0`, its addresses and routes inside, and its masquerading.
+pub async fn attach(
+    machines: &Machines,
+    definition: &Definition,
+    pid: i32,
+) -> Result<(), MachineError> {
+    let host_link = addressing::host_link_name(&definition.name);
+    match &definition.network {
+        Network::Host => Ok(()),
+        Network::None => {
+            Netlink::in_namespace_of(pid)?.configure_guest(None).await?;
+            Ok(())
+        }
+        Network::Private => {
+            prepare_host(machines).await?;
+            let addresses = MachineAddresses::of(&definition.name, definition.uid_range);
+            let host = Netlink::host()?;
+            let bridge = host.ensure_bridge().await?;
+            host.add_veth(&host_link, addresses.mac, pid, bridge)
+                .await?;
+            Netlink::in_namespace_of(pid)?
+                .configure_guest(Some(&addresses))
+                .await?;
+            if definition.masquerade {
+                let (v4, v6) = (addresses.ipv4, addresses.ipv6);
+                tokio::task::spawn_blocking(move || nft::masquerade(v4, v6, true))
+                    .await
+                    .map_err(|e| NetError::Nft(e.to_string()))??;
+            }
+            Ok(())
+        }
+        Network::Bridge(bridge) => {
+            let host = Netlink::host()?;
+            let index = host
+                .index_of(bridge)
+                .await?
+                .ok_or_else(|| NetError::NoBridge(bridge.clone()))?;
+            let mac = addressing::mac_of(&definition.name);
+            host.add_veth(&host_link, mac, pid, index).await?;
+            let guest = Netlink::in_namespace_of(pid)?;
+            guest.configure_guest(None).await?;
+            guest.guest_link_up().await?;
+            Ok(())
+        }
+    }
+}
+
+/// What a stopped machine leaves: its masquerading elements (its links went with its
+/// network namespace). Failures are logged; berthd's next start rewrites the table anyway.
+pub fn detach(definition: &Definition) {
+    if let Some(addresses) = addresses(definition)
+        && definition.masquerade
+        && let Err(e) = nft::masquerade(addresses.ipv4, addresses.ipv6, false)
+    {
+        tracing::warn!(name = %definition.name, "removing the machine's nftables elements: {e}");
+    }
+}
+
+/// For a machine that ran before this berthd started: its elements go when its PID 1 ends.
+async fn detach_when_gone(definition: Definition, leader: u32) {
+    let pidfd = rustix::process::Pid::from_raw(i32::try_from(leader).unwrap_or(0))
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok());
+    let Some(fd) = pidfd.and_then(|fd| crate::sys::process::register_async(fd).ok()) else {
+        return;
+    };
+    if fd.readable().await.is_ok() {
+        detach(&definition);
+    }
+}
+
+/// At berthd's start: berth's table rewritten from the private machines that run now, so
+/// nothing of machines that went away while berthd was down stays behind.
+pub async fn restore(conn: &Connection, machines: &Machines) {
+    let Ok(definitions) = machines.list() else {
+        return;
+    };
+    let mut running: Vec<(Ipv4Addr, Ipv6Addr)> = Vec::new();
+    let mut private_running = false;
+    for definition in &definitions {
+        let Some(addresses) = addresses(definition) else {
+            continue;
+        };
+        let leader = match super::lifecycle::state(conn, &definition.name).await {
+            Ok(Some(running)) => Some(running.leader),
+            _ => None,
+        };
+        let is_running = leader.is_some();
+        private_running |= is_running;
+        if let Some(leader) = leader {
+            tokio::spawn(detach_when_gone(definition.clone(), leader));
+        }
+        if is_running && definition.masquerade {
+            running.push((addresses.ipv4, addresses.ipv6));
+        }
+    }
+    let has_table = std::process::Command::new("nft")
+        .args(["list", "table", "inet", "berth"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_table && running.is_empty() {
+        return;
+    }
+    let written = tokio::task::spawn_blocking(move || nft::write_table(&running)).await;
+    match written {
+        Ok(Ok(())) => tracing::info!("berth's nftables table restored from the running machines"),
+        Ok(Err(e)) => tracing::warn!("restoring berth's nftables table: {e}"),
+        Err(e) => tracing::warn!("restoring berth's nftables table: {e}"),
+    }
+    // Running private machines need this berthd's DNS server (and the bridge).
+    if private_running && let Err(e) = prepare_host(machines).await {
+        tracing::warn!("preparing berth's network for private machines: {e}");
+    }
+}

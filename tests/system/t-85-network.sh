@@ -1,0 +1,108 @@
+# shellcheck shell=bash
+# Network modes: none (loopback only), private (veth to berth0, pool addresses, machine names
+# over berthd's DNS, masquerading in berth's nftables table), and nothing left behind.
+
+# The address of a running machine's host0, read inside its network namespace.
+machine_ipv4() {
+    local leader
+    leader=$(machinectl show "$1" -p Leader --value)
+    nsenter -t "$leader" -n ip -4 -o addr show host0 | awk '{print $4}' | cut -d/ -f1
+}
+
+machine_mac() {
+    nsenter -t "$(machinectl show "$1" -p Leader --value)" -n ip -o link show host0 \
+        | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2
+}
+
+test_85_network_none_and_private_machines_by_name() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    local www=/var/tmp/www bb=/bin/busybox:/usr/local/bin/busybox:ro ip leader
+    mkdir -p "$www"
+    echo "hello from pa" >"$www/hello"
+
+    # none: a namespace of its own with loopback up and nothing else.
+    expect_ok berth run --rm --image deb --network none -- cat /proc/net/dev
+    grep -q ' lo:' "$OUT" || fail "no loopback in a --network none machine"
+    [[ $(grep -c ':' "$OUT") == 1 ]] || fail "a --network none machine has more than loopback: $(cat "$OUT")"
+
+    # private: pa serves HTTP on its pool address; the host reaches it.
+    expect_ok berth create pa --image deb --network private --bind "$bb" --bind "$www:/srv/www:ro" \
+        -- /usr/local/bin/busybox httpd -f -p 8080 -h /srv/www
+    grep -qx 'Network=private' /etc/berth/machines/pa.machine || fail "Network= not in the definition"
+    expect_ok berth start pa
+    ip=$(machine_ipv4 pa)
+    [[ $ip == 10.89.* ]] || fail "pa has no address from berth's pool: '$ip'"
+    ip -o link show ve-pa | grep -q 'master berth0' || fail "ve-pa is not a port of berth0: $(ip -o link show ve-pa)"
+    ip -o addr show berth0 | grep -q 'inet 10.89.0.1/16' || fail "berth0 lacks 10.89.0.1/16"
+    local mac
+    mac=$(machine_mac pa)
+    [[ $mac =~ ^[0-9a-f][2367ae](:[0-9a-f]{2}){5}$ ]] || fail "host0's MAC '$mac' is not a local unicast one"
+    for _ in $(seq 50); do
+        python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://$ip:8080/hello', timeout=2).read().decode())" \
+            >/var/tmp/got 2>/dev/null && break
+        sleep 0.2
+    done
+    [[ $(cat /var/tmp/got) == "hello from pa" ]] || fail "the host did not reach pa's server at $ip:8080"
+    # Masquerading: pa's address is in berth's table.
+    expect_ok nft list table inet berth
+    grep -q "$ip" "$OUT" || fail "pa's address is not in berth's nftables table"
+
+    # Another private machine reaches pa by name, through berthd's DNS; it keeps its MAC.
+    expect_ok berth run --rm --image deb --network private --bind "$bb" -- \
+        /usr/local/bin/busybox wget -q -O - http://pa:8080/hello
+    grep -qx "hello from pa" "$OUT" || fail "a private machine did not reach pa by name"
+    expect_ok berth run --rm --image deb --network private -- getent hosts pa.berth
+    grep -q "^$ip " "$OUT" || fail "pa.berth does not resolve to $ip"
+    expect_ok berth run --rm --image deb --network private -- cat /etc/resolv.conf
+    grep -qx "nameserver 10.89.0.1" "$OUT" || fail "a private machine's resolv.conf does not name berthd's DNS"
+
+    # berth stop: no link, no element left.
+    expect_ok berth stop pa
+    ! ip link show ve-pa >/dev/null 2>&1 || fail "ve-pa is left after berth stop"
+    expect_ok nft list table inet berth
+    ! grep -q "$ip" "$OUT" || fail "pa's address is left in the table after berth stop"
+
+    # kill -9 of its init: the same.
+    expect_ok berth start pa
+    [[ $(machine_mac pa) == "$mac" && $(machine_ipv4 pa) == "$ip" ]] || fail "pa's MAC or address changed across a restart"
+    leader=$(machinectl show pa -p Leader --value)
+    kill -9 "$leader"
+    for _ in $(seq 100); do
+        machinectl show pa >/dev/null 2>&1 || break
+        sleep 0.1
+    done
+    sleep 1
+    ! ip link show ve-pa >/dev/null 2>&1 || fail "ve-pa is left after kill -9"
+    expect_ok nft list table inet berth
+    ! grep -q "$ip" "$OUT" || fail "pa's address is left in the table after kill -9"
+
+    # A stale element (a machine gone while berthd was down) goes at berthd's start; a
+    # running machine's is restored.
+    expect_ok berth start pa
+    nft add element inet berth masquerade4 '{ 10.89.255.250 }'
+    nft delete element inet berth masquerade4 "{ $ip }"
+    expect_ok systemctl restart berthd.service
+    expect_ok berth list
+    expect_ok nft list table inet berth
+    grep -q "$ip" "$OUT" || fail "berthd's start did not restore pa's element"
+    ! grep -q "10.89.255.250" "$OUT" || fail "berthd's start kept a stale element"
+    expect_ok berth stop pa
+    expect_ok berth rm pa
+
+    # --no-masquerade: reachable from the host, not masqueraded.
+    expect_ok berth create pq --image deb --network private --no-masquerade -- sleep infinity
+    grep -qx 'Masquerade=no' /etc/berth/machines/pq.machine || fail "Masquerade=no not in the definition"
+    expect_ok berth start pq
+    ip=$(machine_ipv4 pq)
+    expect_ok nft list table inet berth
+    ! grep -q "$ip" "$OUT" || fail "a --no-masquerade machine is masqueraded"
+    expect_ok berth stop pq
+    expect_ok berth rm pq
+
+    # Bad network input: a clear error, nothing created.
+    expect_fail "network 'bogus' is not host, none, private or bridge=BRIDGE" \
+        berth create nb --image deb --network bogus -- true
+    expect_fail "bridge 'nosuchbr0' does not exist" berth create nb --image deb --network bridge=nosuchbr0 -- true
+    expect_fail "--no-masquerade is for --network private" berth create nb --image deb --no-masquerade -- true
+    assert_no_machine nb
+}
