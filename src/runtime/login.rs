@@ -37,7 +37,18 @@ impl User {
             None => (spec, None),
         };
         let who = if who.is_empty() { "root" } else { who };
-        let mut user = Self::find(passwd, group, who).ok_or_else(|| {
+        let found = Self::find(passwd, group, who).or_else(|| {
+            // root is root even in an image without /etc/passwd (a bare app image).
+            (who == "root").then(|| Self {
+                name: "root".into(),
+                uid: 0,
+                gid: 0,
+                home: "/root".into(),
+                shell: "/bin/sh".into(),
+                groups: Vec::new(),
+            })
+        });
+        let mut user = found.ok_or_else(|| {
             format!("no user '{who}' in the machine's /etc/passwd; give a name or UID it has")
         })?;
         if let Some(name) = group_name {
@@ -294,6 +305,11 @@ mod tests {
         assert!(alice.groups.is_empty());
         assert_eq!(spec("1000:4242").expect("numbers").gid, 4242);
         assert_eq!(spec("").expect("root").uid, 0);
+        let bare = User::find_spec("", "", "").expect("root without /etc/passwd");
+        assert_eq!(
+            (bare.name.as_str(), bare.uid, bare.home.as_str()),
+            ("root", 0, "/root")
+        );
         assert_eq!(spec("alice").expect("alice").groups, vec![10]);
         let err = spec("alice:nogroup").expect_err("no such group");
         assert!(err.contains("no group 'nogroup'"), "{err}");
