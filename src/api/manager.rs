@@ -13,7 +13,9 @@ use zbus::message::Header;
 use zbus::{Connection, interface};
 
 use super::polkit::{Action, authorize};
-use super::{BusError, ImageEntry, ImportResult, MachineEntry, MachineStatus, UsageEntry};
+use super::{
+    BusError, ImageEntry, ImportResult, MachineEntry, MachineStatus, PortEntry, UsageEntry,
+};
 use crate::build;
 use crate::image::{ImageRef, Pool};
 use crate::machine::lifecycle::{Attach, Started};
@@ -478,8 +480,9 @@ impl Manager {
     /// each start) or a value written once into the guest's /etc. `app` is an app machine's
     /// (user, working directory, NAME=VALUE variables): empty means the image's defaults (an
     /// OCI config's User, WorkingDir, Env), variables are set over the image's. `network` is
-    /// (mode, masquerade): "host" or "", "none", "private" or "bridge=BR", and whether a
-    /// private machine's outside traffic is masqueraded. Returns the
+    /// (mode, masquerade, ports): "host" or "", "none", "private" or "bridge=BR"; whether a
+    /// private machine's outside traffic is masqueraded; its forwarded ports,
+    /// "[tcp:|udp:]HOSTPORT[:MACHINEPORT]". Returns the
     /// machine and warnings (what the guest lacks). Needs org.berth.berth1.manage-machines.
     #[zbus(out_args("machine", "warnings"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth create`
@@ -496,13 +499,13 @@ impl Manager {
         disk_size: u64,
         timezone_locale: (String, String),
         app: (String, String, Vec<String>),
-        network: (String, bool),
+        network: (String, bool, Vec<String>),
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(MachineEntry, Vec<String>), BusError> {
         let (timezone, locale) = timezone_locale;
         let (user, working_directory, environment) = app;
-        let (network, masquerade) = network;
+        let (network, masquerade, ports) = network;
         authorize(conn, &header, Action::ManageMachines).await?;
         check_properties(conn, &properties).await?;
         let mode = mode(boot, command)?;
@@ -522,6 +525,7 @@ impl Manager {
             environment,
             network,
             masquerade,
+            ports,
         };
         let machines = self.machines.clone();
         tracing::info!(name = %request.name, image = %request.image, "creating machine");
@@ -579,13 +583,13 @@ impl Manager {
         term: String,
         timezone_locale: (String, String),
         app: (String, String, Vec<String>),
-        network: (String, bool),
+        network: (String, bool, Vec<String>),
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, zbus::OwnedFd), BusError> {
         let (timezone, locale) = timezone_locale;
         let (user, working_directory, environment) = app;
-        let (network, masquerade) = network;
+        let (network, masquerade, ports) = network;
         authorize(conn, &header, Action::ManageMachines).await?;
         check_properties(conn, &properties).await?;
         let mode = mode(boot, command)?;
@@ -610,6 +614,7 @@ impl Manager {
             environment,
             network,
             masquerade,
+            ports,
         };
         let machines = self.machines.clone();
         tracing::info!(%name, image = %request.image, remove, tty, "running machine");
@@ -1212,6 +1217,45 @@ impl Manager {
         let mut entries = Vec::with_capacity(definitions.len());
         for d in definitions {
             entries.push(self.entry(conn, d).await?);
+        }
+        Ok(entries)
+    }
+
+    /// Lists the forwarded ports of machine `name` (every machine's when empty). Open to
+    /// everyone.
+    #[zbus(out_args("ports"))]
+    async fn list_ports(
+        &self,
+        name: String,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<PortEntry>, BusError> {
+        let machines = self.machines.clone();
+        let wanted = name.clone();
+        let definitions = blocking(move || {
+            if wanted.is_empty() {
+                machines.list()
+            } else {
+                machines.get(&wanted).map(|d| vec![d])
+            }
+        })
+        .await?;
+        let mut entries = Vec::new();
+        for d in definitions {
+            let Some(addresses) = crate::machine::network::addresses(&d) else {
+                continue;
+            };
+            let active = lifecycle::state(conn, &d.name).await?.is_some();
+            for port in &d.ports {
+                entries.push(PortEntry {
+                    machine: d.name.clone(),
+                    protocol: port.protocol.as_str().to_owned(),
+                    host_port: port.host_port,
+                    ipv4: addresses.ipv4.to_string(),
+                    ipv6: addresses.ipv6.to_string(),
+                    machine_port: port.machine_port,
+                    active,
+                });
+            }
         }
         Ok(entries)
     }

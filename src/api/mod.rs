@@ -14,7 +14,7 @@ mod types;
 pub use error::BusError;
 pub use manager::Manager;
 pub use proxy::ManagerProxy;
-pub use types::{ImageEntry, ImportResult, MachineEntry, MachineStatus, UsageEntry};
+pub use types::{ImageEntry, ImportResult, MachineEntry, MachineStatus, PortEntry, UsageEntry};
 
 /// berthd's well-known name on the system bus.
 pub const BUS_NAME: &str = "org.berth.Berth1";

@@ -2,7 +2,7 @@
 
 use zbus::proxy;
 
-use super::{ImageEntry, ImportResult, MachineEntry, MachineStatus, UsageEntry};
+use super::{ImageEntry, ImportResult, MachineEntry, MachineStatus, PortEntry, UsageEntry};
 
 #[proxy(
     interface = "org.berth.Berth1.Manager",
@@ -52,7 +52,7 @@ pub trait Manager {
         disk_size: u64,
         timezone_locale: (&str, &str),
         app: (&str, &str, &[String]),
-        network: (&str, bool),
+        network: (&str, bool, &[String]),
     ) -> zbus::Result<(MachineEntry, Vec<String>)>;
 
     fn remove_machine(&self, name: &str) -> zbus::Result<()>;
@@ -68,6 +68,8 @@ pub trait Manager {
     fn stop_machine(&self, name: &str, timeout_sec: u32) -> zbus::Result<()>;
 
     fn list_machines(&self) -> zbus::Result<Vec<MachineEntry>>;
+
+    fn list_ports(&self, name: &str) -> zbus::Result<Vec<PortEntry>>;
 
     #[allow(clippy::too_many_arguments)]
     fn run_machine(
@@ -87,7 +89,7 @@ pub trait Manager {
         term: &str,
         timezone_locale: (&str, &str),
         app: (&str, &str, &[String]),
-        network: (&str, bool),
+        network: (&str, bool, &[String]),
     ) -> zbus::Result<(String, zbus::OwnedFd)>;
 
     fn wait_machine(&self, name: &str) -> zbus::Result<(i32, String)>;

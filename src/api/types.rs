@@ -184,3 +184,17 @@ pub struct MachineStatus {
     pub limits: Vec<(String, String)>,
     pub processes: Vec<(String, u32, String)>,
 }
+
+/// One forwarded port, as `berth ports` shows it: the machine, "tcp" or "udp", the host's
+/// port, where IPv4 traffic goes (nftables DNAT) and IPv6 traffic (berthd's relay), the
+/// machine's port, and whether the forward is in place now (the machine runs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct PortEntry {
+    pub machine: String,
+    pub protocol: String,
+    pub host_port: u16,
+    pub ipv4: String,
+    pub ipv6: String,
+    pub machine_port: u16,
+    pub active: bool,
+}

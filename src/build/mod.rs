@@ -182,6 +182,7 @@ pub async fn build(
         // RUN steps reach the network as the host does (package downloads).
         network: String::new(),
         masquerade: true,
+        ports: Vec::new(),
     };
     let machines_c = machines.clone();
     blocking(move || machines_c.create(&create).map(drop)).await?;

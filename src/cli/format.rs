@@ -1,6 +1,6 @@
 //! Output formatting for the CLI.
 
-use crate::api::{ImageEntry, MachineEntry, MachineStatus, UsageEntry};
+use crate::api::{ImageEntry, MachineEntry, MachineStatus, PortEntry, UsageEntry};
 use crate::machine::RANGE_SIZE;
 
 /// Bytes in the binary units `ls -h` and systemctl use: `512B`, `1.5K`, `271.3M`.
@@ -196,6 +196,34 @@ pub fn outdated_table(rows: &[(String, String, String, String)]) -> String {
         .map(|(m, i, n, r)| vec![m.clone(), i.clone(), n.clone(), r.clone()])
         .collect();
     table(&["NAME", "IMAGE", "NEWER", "WHY"], &rows)
+}
+
+/// The `berth ports` table: IPv4 goes by nftables DNAT, IPv6 through berthd's relay.
+pub fn ports_table(ports: &[PortEntry]) -> String {
+    let rows: Vec<Vec<String>> = ports
+        .iter()
+        .map(|p| {
+            vec![
+                p.machine.clone(),
+                p.protocol.clone(),
+                p.host_port.to_string(),
+                format!("{}:{}", p.ipv4, p.machine_port),
+                format!("[{}]:{}", p.ipv6, p.machine_port),
+                if p.active { "active" } else { "stopped" }.to_owned(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "MACHINE",
+            "PROTO",
+            "HOST PORT",
+            "IPV4 (NFT DNAT)",
+            "IPV6 (RELAY)",
+            "STATE",
+        ],
+        &rows,
+    )
 }
 
 /// The `berth list` table.

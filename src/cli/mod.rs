@@ -423,6 +423,19 @@ pub enum Command {
         #[arg(long, default_value_t = 90)]
         timeout: u32,
     },
+    /// List forwarded ports.
+    ///
+    /// Every --port of private machines (or of NAME): the host port, where its IPv4 traffic
+    /// goes (a DNAT of berth's nftables table 'inet berth', as 'nft list table inet berth'
+    /// shows) and its IPv6 traffic (berthd's relay on [::]:PORT), and whether it is in place
+    /// (the machine runs).
+    Ports {
+        /// Only this machine's.
+        name: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a machine's state, unit, limits, processes and last log lines.
     Status {
         /// The machine.
@@ -588,4 +601,9 @@ pub struct NetworkOptions {
     /// host and other machines).
     #[arg(long)]
     pub no_masquerade: bool,
+    /// Forward a host port to a private machine: [tcp:|udp:]HOSTPORT[:MACHINEPORT] (default
+    /// tcp, the same port), from other hosts, the host itself (localhost too) and over IPv6;
+    /// repeatable. 'berth ports' lists them.
+    #[arg(long = "port", short = 'P', value_name = "[PROTO:]HOST[:MACHINE]")]
+    pub ports: Vec<String>,
 }

@@ -21,6 +21,7 @@
 //! Ephemeral=yes             # only for `berth run --rm`: removed once it stops
 //! Network=private           # host (default) | none | private | bridge=BR
 //! Masquerade=no             # private: no masquerading to the outside (default yes)
+//! Port=tcp:8080:80          # private: a forwarded host port; one per line
 //!
 //! [Files]
 //! Bind=/srv/data:/data:ro
@@ -30,7 +31,7 @@
 //! IODeviceWeight=/dev/vda 200
 //! ```
 
-use crate::net::Network;
+use crate::net::{Network, PortForward};
 use crate::runtime::AppSettings;
 use crate::runtime::guest_etc::{self, GuestEtc, HOST};
 use std::fmt::Write as _;
@@ -141,6 +142,8 @@ pub struct Definition {
     pub network: Network,
     /// A private machine's traffic to the outside is masqueraded (`--no-masquerade`: not).
     pub masquerade: bool,
+    /// A private machine's forwarded ports.
+    pub ports: Vec<PortForward>,
 }
 
 impl Definition {
@@ -230,6 +233,9 @@ impl Definition {
         if !self.masquerade {
             kv("Masquerade", "no");
         }
+        for port in &self.ports {
+            kv("Port", &port.to_string());
+        }
         if !self.binds.is_empty() {
             out.push_str("\n[Files]\n");
             for bind in &self.binds {
@@ -267,6 +273,7 @@ impl Definition {
         let mut locale = String::from(HOST);
         let mut network = Network::Host;
         let mut masquerade = true;
+        let mut ports = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim_start();
             let syntax = |message: &str| DefinitionError::Syntax {
@@ -349,6 +356,9 @@ impl Definition {
                 }
                 ("Machine", "Network") => {
                     network = Network::parse(value).map_err(|e| syntax(&e.to_string()))?;
+                }
+                ("Machine", "Port") => {
+                    ports.push(PortForward::parse(value).map_err(|e| syntax(&e))?);
                 }
                 ("Machine", "Masquerade") => {
                     masquerade = match value {
@@ -450,6 +460,7 @@ impl Definition {
             locale,
             network,
             masquerade,
+            ports,
         })
     }
 }
@@ -492,6 +503,7 @@ mod tests {
             locale: HOST.into(),
             network: Network::Private,
             masquerade: false,
+            ports: vec![PortForward::parse("8080:80").expect("port")],
         }
     }
 

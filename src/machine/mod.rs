@@ -111,6 +111,8 @@ pub struct CreateRequest {
     pub network: String,
     /// `--no-masquerade` makes this false.
     pub masquerade: bool,
+    /// `--port [tcp:|udp:]HOSTPORT[:MACHINEPORT]`, for private machines.
+    pub ports: Vec<String>,
 }
 
 /// The machine store.
@@ -191,6 +193,7 @@ impl Machines {
                 "--no-masquerade is for --network private machines".into(),
             ));
         }
+        let ports = self.check_ports(request, &network)?;
         let binds = request
             .binds
             .iter()
@@ -279,6 +282,7 @@ impl Machines {
             locale,
             network,
             masquerade: request.masquerade,
+            ports,
         };
 
         let created = definition.created_usec;
@@ -308,6 +312,54 @@ impl Machines {
             return Err(e);
         }
         Ok((definition, warnings))
+    }
+
+    /// `--port`s: well-formed, for a private machine, each host port once and not forwarded
+    /// to another machine already.
+    fn check_ports(
+        &self,
+        request: &CreateRequest,
+        network: &Network,
+    ) -> Result<Vec<crate::net::PortForward>, MachineError> {
+        let invalid = MachineError::InvalidArgument;
+        if !request.ports.is_empty() && *network != Network::Private {
+            return Err(invalid(
+                "--port is for --network private machines (a host-network machine's ports are \
+                 the host's already)"
+                    .into(),
+            ));
+        }
+        let mut ports: Vec<crate::net::PortForward> = Vec::new();
+        for text in &request.ports {
+            let port = crate::net::PortForward::parse(text).map_err(invalid)?;
+            if ports
+                .iter()
+                .any(|p| p.protocol == port.protocol && p.host_port == port.host_port)
+            {
+                return Err(invalid(format!(
+                    "host port {}/{} is given twice",
+                    port.host_port,
+                    port.protocol.as_str()
+                )));
+            }
+            ports.push(port);
+        }
+        for other in self.list()? {
+            if let Some(taken) = other.ports.iter().find(|o| {
+                ports
+                    .iter()
+                    .any(|p| p.protocol == o.protocol && p.host_port == o.host_port)
+            }) {
+                return Err(invalid(format!(
+                    "host port {}/{} is forwarded to machine '{}' already; choose another, or \
+                     remove that machine",
+                    taken.host_port,
+                    taken.protocol.as_str(),
+                    other.name
+                )));
+            }
+        }
+        Ok(ports)
     }
 
     /// `--user`, `--workdir` and `--env`: well-formed, and only for app machines.

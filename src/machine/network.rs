@@ -1,7 +1,6 @@
 //! A machine's network at start and stop, and berth's host side of it (the bridge, the
 //! nftables table, the DNS server), made the first time a private machine starts.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use tokio::sync::OnceCell;
@@ -9,7 +8,7 @@ use zbus::Connection;
 
 use super::{Definition, MachineError, Machines};
 use crate::net::link::Netlink;
-use crate::net::{MachineAddresses, NetError, Network, addressing, dns, nft};
+use crate::net::{MachineAddresses, NetError, Network, addressing, dns, nft, proxy};
 
 /// Set once berth's bridge, table and DNS server are up in this berthd.
 static HOST_SIDE: OnceCell<()> = OnceCell::const_new();
@@ -18,6 +17,24 @@ static HOST_SIDE: OnceCell<()> = OnceCell::const_new();
 pub fn addresses(definition: &Definition) -> Option<MachineAddresses> {
     (definition.network == Network::Private)
         .then(|| MachineAddresses::of(&definition.name, definition.uid_range))
+}
+
+/// What berth's nftables table holds for a private machine while it runs.
+pub fn rules(definition: &Definition) -> Option<nft::MachineRules> {
+    addresses(definition).map(|a| nft::MachineRules {
+        ipv4: a.ipv4,
+        ipv6: a.ipv6,
+        masquerade: definition.masquerade,
+        ports: definition.ports.clone(),
+    })
+}
+
+async fn nft_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, NetError> + Send + 'static,
+) -> Result<T, NetError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| NetError::Nft(e.to_string()))?
 }
 
 /// The bridge `berth0` with its addresses, IPv4 forwarding, berth's nftables table and the
@@ -32,9 +49,18 @@ async fn prepare_host(machines: &Machines) -> Result<(), MachineError> {
             // router advertisements.)
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
                 .map_err(NetError::io("turning on IPv4 forwarding"))?;
-            tokio::task::spawn_blocking(nft::ensure_table)
-                .await
-                .map_err(|e| NetError::Nft(e.to_string()))??;
+            // Forwards from the host's own 127.0.0.1 are routed to the bridge.
+            std::fs::write(
+                format!(
+                    "/proc/sys/net/ipv4/conf/{}/route_localnet",
+                    addressing::BRIDGE
+                ),
+                "1",
+            )
+            .map_err(NetError::io(
+                "allowing forwards from localhost (route_localnet)",
+            ))?;
+            nft_blocking(nft::ensure_table).await?;
             let resolver: dns::Resolver = Arc::new(move |name: &str| {
                 let definition = machines.get(name).ok()?;
                 addresses(&definition).map(|a| (a.ipv4, a.ipv6))
@@ -71,11 +97,15 @@ pub async fn attach(
             Netlink::in_namespace_of(pid)?
                 .configure_guest(Some(&addresses))
                 .await?;
-            if definition.masquerade {
-                let (v4, v6) = (addresses.ipv4, addresses.ipv6);
-                tokio::task::spawn_blocking(move || nft::masquerade(v4, v6, true))
+            if let Some(rules) = rules(definition) {
+                let added = rules.clone();
+                nft_blocking(move || nft::apply_machine(&added, true))
                     .await
-                    .map_err(|e| NetError::Nft(e.to_string()))??;
+                    .map_err(|e| forward_conflict(machines, definition, e))?;
+                if let Err(e) = proxy::start(&definition.name, addresses.ipv6, &definition.ports) {
+                    let _ = nft_blocking(move || nft::apply_machine(&rules, false)).await;
+                    return Err(e.into());
+                }
             }
             Ok(())
         }
@@ -95,12 +125,39 @@ pub async fn attach(
     }
 }
 
-/// What a stopped machine leaves: its masquerading elements (its links went with its
-/// network namespace). Failures are logged; berthd's next start rewrites the table anyway.
+/// An nftables refusal to add a forward another running machine has, said plainly.
+fn forward_conflict(machines: &Machines, definition: &Definition, error: NetError) -> MachineError {
+    let others = machines.list().unwrap_or_default();
+    let clash = others
+        .iter()
+        .filter(|o| o.name != definition.name)
+        .find_map(|o| {
+            o.ports
+                .iter()
+                .find(|p| {
+                    definition
+                        .ports
+                        .iter()
+                        .any(|q| q.protocol == p.protocol && q.host_port == p.host_port)
+                })
+                .map(|p| (o.name.clone(), *p))
+        });
+    match clash {
+        Some((other, port)) => MachineError::InvalidArgument(format!(
+            "host port {}/{} is forwarded to machine '{other}', which runs; stop it first",
+            port.host_port,
+            port.protocol.as_str()
+        )),
+        None => error.into(),
+    }
+}
+
+/// What a stopped machine leaves: its nftables elements and IPv6 relays (its links went with
+/// its network namespace). Failures are logged; berthd's next start rewrites the table anyway.
 pub fn detach(definition: &Definition) {
-    if let Some(addresses) = addresses(definition)
-        && definition.masquerade
-        && let Err(e) = nft::masquerade(addresses.ipv4, addresses.ipv6, false)
+    proxy::stop(&definition.name);
+    if let Some(rules) = rules(definition)
+        && let Err(e) = nft::apply_machine(&rules, false)
     {
         tracing::warn!(name = %definition.name, "removing the machine's nftables elements: {e}");
     }
@@ -124,10 +181,11 @@ pub async fn restore(conn: &Connection, machines: &Machines) {
     let Ok(definitions) = machines.list() else {
         return;
     };
-    let mut running: Vec<(Ipv4Addr, Ipv6Addr)> = Vec::new();
+    let mut running: Vec<nft::MachineRules> = Vec::new();
+    let mut relays = Vec::new();
     let mut private_running = false;
     for definition in &definitions {
-        let Some(addresses) = addresses(definition) else {
+        let Some(rules) = rules(definition) else {
             continue;
         };
         let leader = match super::lifecycle::state(conn, &definition.name).await {
@@ -139,17 +197,16 @@ pub async fn restore(conn: &Connection, machines: &Machines) {
         if let Some(leader) = leader {
             tokio::spawn(detach_when_gone(definition.clone(), leader));
         }
-        if is_running && definition.masquerade {
-            running.push((addresses.ipv4, addresses.ipv6));
+        if is_running {
+            relays.push((
+                definition.name.clone(),
+                rules.ipv6,
+                definition.ports.clone(),
+            ));
+            running.push(rules);
         }
     }
-    let has_table = std::process::Command::new("nft")
-        .args(["list", "table", "inet", "berth"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_table && running.is_empty() {
+    if running.is_empty() && !nft::has_table() {
         return;
     }
     let written = tokio::task::spawn_blocking(move || nft::write_table(&running)).await;
@@ -158,8 +215,13 @@ pub async fn restore(conn: &Connection, machines: &Machines) {
         Ok(Err(e)) => tracing::warn!("restoring berth's nftables table: {e}"),
         Err(e) => tracing::warn!("restoring berth's nftables table: {e}"),
     }
-    // Running private machines need this berthd's DNS server (and the bridge).
+    // Running private machines need this berthd's DNS server (and the bridge) and relays.
     if private_running && let Err(e) = prepare_host(machines).await {
         tracing::warn!("preparing berth's network for private machines: {e}");
+    }
+    for (name, ipv6, ports) in relays {
+        if let Err(e) = proxy::start(&name, ipv6, &ports) {
+            tracing::warn!(%name, "restoring the machine's IPv6 forwards: {e}");
+        }
     }
 }

@@ -53,6 +53,7 @@ fn request(name: &str) -> CreateRequest {
         environment: Vec::new(),
         network: String::new(),
         masquerade: true,
+        ports: Vec::new(),
     }
 }
 
@@ -134,6 +135,17 @@ fn bad_requests_leave_nothing_behind() {
     let mut r = request("x");
     r.network = "bridge=nosuchbr0".into();
     cases.push((r, "bridge 'nosuchbr0' does not exist"));
+    let mut r = request("x");
+    r.ports = vec!["8080:80".into()];
+    cases.push((r, "--port is for --network private"));
+    let mut r = request("x");
+    r.network = "private".into();
+    r.ports = vec!["8080:80".into(), "tcp:8080:81".into()];
+    cases.push((r, "host port 8080/tcp is given twice"));
+    let mut r = request("x");
+    r.network = "private".into();
+    r.ports = vec!["80800".into()];
+    cases.push((r, "port '80800' is not valid"));
     let mut r = request("x");
     r.masquerade = false;
     cases.push((r, "--no-masquerade is for --network private"));

@@ -12,12 +12,15 @@ pub mod addressing;
 pub mod dns;
 pub mod link;
 pub mod nft;
+pub mod port;
+pub mod proxy;
 
 use std::fmt;
 
 use thiserror::Error;
 
 pub use addressing::MachineAddresses;
+pub use port::{PortForward, Protocol};
 
 /// How a machine is networked.
 #[derive(Debug, Clone, PartialEq, Eq)]

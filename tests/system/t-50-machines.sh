@@ -56,7 +56,7 @@ test_51_bad_create_input_leaves_nothing() {
     done
     # A leading '-' is an option to the CLI; the D-Bus API refuses it too.
     expect_fail "machine name '-x' must not start with '-'" \
-        busctl call org.berth.Berth1 /org/berth/Berth1 org.berth.Berth1.Manager CreateMachine "ssbassasasst(ss)(ssas)" -- -x base true 0 "" 0 0 "" 0 "" "" "" "" 0
+        busctl call org.berth.Berth1 /org/berth/Berth1 org.berth.Berth1.Manager CreateMachine "ssbassasasst(ss)(ssas)(sbas)" -- -x base true 0 "" 0 0 "" 0 "" "" "" "" 0 "" true 0
     expect_fail "no image named 'nope'" berth create m --image nope --boot
     expect_fail "cannot be used with" berth create m --image base --boot -- /bin/true
     expect_fail "no command for machine 'm'" berth create m --image base

@@ -156,7 +156,7 @@ test_73_bad_input_leaves_nothing() {
     for name in '' '..' 'a/b' '-rf' 'has space' "$(printf 'a%.0s' $(seq 65))" 'my_box' 'web-' 'a..b'; do
         # Through the API (the CLI would take a leading '-' for an option) and through run.
         expect_fail "machine name" busctl call org.berth.Berth1 /org/berth/Berth1 \
-            org.berth.Berth1.Manager CreateMachine "ssbassasasst(ss)(ssas)" -- "$name" deb true 0 "" 0 0 "" 0 "" "" "" "" 0
+            org.berth.Berth1.Manager CreateMachine "ssbassasasst(ss)(ssas)(sbas)" -- "$name" deb true 0 "" 0 0 "" 0 "" "" "" "" 0 "" true 0
         expect_fail "machine name" berth run --rm --name="$name" --image deb -- true
     done
     expect_fail "machine name 'a/b' contains '/'" berth create a/b --image deb --boot

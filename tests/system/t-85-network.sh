@@ -2,6 +2,19 @@
 # Network modes: none (loopback only), private (veth to berth0, pool addresses, machine names
 # over berthd's DNS, masquerading in berth's nftables table), and nothing left behind.
 
+# Fetches URL and prints the body (or nothing); retried while a server comes up. With
+# NETNS, from that network namespace (another host).
+fetch() {
+    local url=$1 netns=${2:-} run=()
+    [[ -n $netns ]] && run=(ip netns exec "$netns")
+    for _ in $(seq 50); do
+        "${run[@]}" python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('$url', timeout=3).read().decode())" \
+            2>/dev/null && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
 # The address of a running machine's host0, read inside its network namespace.
 machine_ipv4() {
     local leader
@@ -26,8 +39,8 @@ test_85_network_none_and_private_machines_by_name() {
     [[ $(grep -c ':' "$OUT") == 1 ]] || fail "a --network none machine has more than loopback: $(cat "$OUT")"
 
     # private: pa serves HTTP on its pool address; the host reaches it.
-    expect_ok berth create pa --image deb --network private --bind "$bb" --bind "$www:/srv/www:ro" \
-        -- /usr/local/bin/busybox httpd -f -p 8080 -h /srv/www
+    expect_ok berth create pa --image deb --network private --port 8080:80 --bind "$bb" --bind "$www:/srv/www:ro" \
+        -- /usr/local/bin/busybox httpd -f -p 80 -h /srv/www
     grep -qx 'Network=private' /etc/berth/machines/pa.machine || fail "Network= not in the definition"
     expect_ok berth start pa
     ip=$(machine_ipv4 pa)
@@ -37,19 +50,45 @@ test_85_network_none_and_private_machines_by_name() {
     local mac
     mac=$(machine_mac pa)
     [[ $mac =~ ^[0-9a-f][2367ae](:[0-9a-f]{2}){5}$ ]] || fail "host0's MAC '$mac' is not a local unicast one"
-    for _ in $(seq 50); do
-        python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://$ip:8080/hello', timeout=2).read().decode())" \
-            >/var/tmp/got 2>/dev/null && break
-        sleep 0.2
-    done
-    [[ $(cat /var/tmp/got) == "hello from pa" ]] || fail "the host did not reach pa's server at $ip:8080"
+    [[ $(fetch "http://$ip:80/hello") == "hello from pa" ]] || fail "the host did not reach pa's server at $ip:80"
     # Masquerading: pa's address is in berth's table.
     expect_ok nft list table inet berth
     grep -q "$ip" "$OUT" || fail "pa's address is not in berth's nftables table"
 
+    # The forward: on the host's own address, on 127.0.0.1 and [::1], and from another host
+    # (a network namespace behind a veth) over IPv4 and IPv6.
+    ip link add dummy0 type dummy 2>/dev/null || true
+    ip addr add 192.0.2.10/24 dev dummy0 2>/dev/null || true
+    ip link set dummy0 up
+    ip netns add other 2>/dev/null || true
+    ip link add vother type veth peer name eth0 netns other 2>/dev/null || true
+    ip addr add 198.51.100.1/24 dev vother 2>/dev/null || true
+    ip -6 addr add 2001:db8::1/64 dev vother nodad 2>/dev/null || true
+    ip link set vother up
+    ip netns exec other ip addr add 198.51.100.2/24 dev eth0 2>/dev/null || true
+    ip netns exec other ip -6 addr add 2001:db8::2/64 dev eth0 nodad 2>/dev/null || true
+    ip netns exec other ip link set eth0 up
+    ip netns exec other ip link set lo up
+    local url
+    for url in http://192.0.2.10:8080/hello http://127.0.0.1:8080/hello "http://[::1]:8080/hello"; do
+        [[ $(fetch "$url") == "hello from pa" ]] || fail "the forward did not answer on $url"
+    done
+    for url in http://198.51.100.1:8080/hello "http://[2001:db8::1]:8080/hello"; do
+        [[ $(fetch "$url" other) == "hello from pa" ]] || fail "the forward did not answer another host on $url"
+    done
+    expect_ok berth ports
+    grep -Eq "^pa +tcp +8080 +$ip:80 +\[fd89:6265:7274::[0-9a-f]+\]:80 +active" "$OUT" || fail "berth ports does not list pa's forward"
+    expect_ok nft list table inet berth
+    grep -q "8080 : $ip . 80" "$OUT" || fail "nft does not show pa's forward"
+    expect_fail "host port 8080/tcp is forwarded to machine 'pa' already" \
+        berth create pz --image deb --network private --port 8080 -- true
+    expect_fail "--port is for --network private" berth create pz --image deb --port 8081 -- true
+    expect_fail "port '99999' is not valid" berth create pz --image deb --network private --port 99999 -- true
+    assert_no_machine pz
+
     # Another private machine reaches pa by name, through berthd's DNS; it keeps its MAC.
     expect_ok berth run --rm --image deb --network private --bind "$bb" -- \
-        /usr/local/bin/busybox wget -q -O - http://pa:8080/hello
+        /usr/local/bin/busybox wget -q -O - http://pa/hello
     grep -qx "hello from pa" "$OUT" || fail "a private machine did not reach pa by name"
     expect_ok berth run --rm --image deb --network private -- getent hosts pa.berth
     grep -q "^$ip " "$OUT" || fail "pa.berth does not resolve to $ip"
@@ -60,7 +99,10 @@ test_85_network_none_and_private_machines_by_name() {
     expect_ok berth stop pa
     ! ip link show ve-pa >/dev/null 2>&1 || fail "ve-pa is left after berth stop"
     expect_ok nft list table inet berth
-    ! grep -q "$ip" "$OUT" || fail "pa's address is left in the table after berth stop"
+    ! grep -q "$ip" "$OUT" || fail "pa's address or forward is left in the table after berth stop"
+    ! fetch "http://[::1]:8080/hello" >/dev/null || fail "the IPv6 relay still answers after berth stop"
+    expect_ok berth ports pa
+    grep -Eq "^pa +tcp +8080 .* stopped" "$OUT" || fail "berth ports does not show pa's forward as stopped"
 
     # kill -9 of its init: the same.
     expect_ok berth start pa
@@ -74,7 +116,7 @@ test_85_network_none_and_private_machines_by_name() {
     sleep 1
     ! ip link show ve-pa >/dev/null 2>&1 || fail "ve-pa is left after kill -9"
     expect_ok nft list table inet berth
-    ! grep -q "$ip" "$OUT" || fail "pa's address is left in the table after kill -9"
+    ! grep -q "$ip" "$OUT" || fail "pa's address or forward is left in the table after kill -9"
 
     # A stale element (a machine gone while berthd was down) goes at berthd's start; a
     # running machine's is restored.
@@ -86,6 +128,7 @@ test_85_network_none_and_private_machines_by_name() {
     expect_ok nft list table inet berth
     grep -q "$ip" "$OUT" || fail "berthd's start did not restore pa's element"
     ! grep -q "10.89.255.250" "$OUT" || fail "berthd's start kept a stale element"
+    [[ $(fetch "http://[::1]:8080/hello") == "hello from pa" ]] || fail "berthd's start did not restore pa's IPv6 relay"
     expect_ok berth stop pa
     expect_ok berth rm pa
 
@@ -105,4 +148,6 @@ test_85_network_none_and_private_machines_by_name() {
     expect_fail "bridge 'nosuchbr0' does not exist" berth create nb --image deb --network bridge=nosuchbr0 -- true
     expect_fail "--no-masquerade is for --network private" berth create nb --image deb --no-masquerade -- true
     assert_no_machine nb
+    ip netns del other
+    ip link del dummy0
 }

@@ -212,7 +212,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     disk_size.unwrap_or(0),
                     (&timezone, &locale),
                     app_options(&app),
-                    (network.network.as_str(), !network.no_masquerade),
+                    (
+                        network.network.as_str(),
+                        !network.no_masquerade,
+                        &network.ports,
+                    ),
                 )
                 .await?;
             print_warnings(&warnings);
@@ -329,7 +333,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     &term,
                     (&timezone, &locale),
                     app_options(&app),
-                    (network.network.as_str(), !network.no_masquerade),
+                    (
+                        network.network.as_str(),
+                        !network.no_masquerade,
+                        &network.ports,
+                    ),
                 )
                 .await?;
             let relay = tty.then(|| start_relay(terminal)).transpose()?;
@@ -572,6 +580,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 machine.hostname,
                 machine.machine_id
             );
+        }
+        Command::Ports { name, json } => {
+            let ports = manager.list_ports(name.as_deref().unwrap_or("")).await?;
+            print_listing(
+                &ports,
+                json,
+                "No forwarded ports. Give --port HOSTPORT[:MACHINEPORT] to a --network private machine at create.",
+                format::ports_table,
+            )?;
         }
         Command::List { json, .. } => {
             let machines = manager.list_machines().await?;
