@@ -100,6 +100,12 @@ pub struct MachineEntry {
     pub storage: String,
     pub disk_size: u64,
     pub disk_allocated: u64,
+    /// host, none, private or bridge=BR.
+    pub network: String,
+    /// A private machine's IPv4 and IPv6 address and host link; forwarded ports as
+    /// `tcp:HOST:MACHINE`.
+    pub addresses: Vec<String>,
+    pub ports: Vec<String>,
 }
 
 impl MachineEntry {
@@ -109,6 +115,11 @@ impl MachineEntry {
         running: Option<RunningMachine>,
         last_exit: Option<ExitStatus>,
     ) -> Self {
+        let network = d.network.to_string();
+        let addresses = crate::machine::network::addresses(&d)
+            .map(|a| vec![a.ipv4.to_string(), a.ipv6.to_string(), a.host_link])
+            .unwrap_or_default();
+        let ports = d.ports.iter().map(ToString::to_string).collect();
         let (mode, command) = match d.mode {
             Mode::Boot => ("boot".to_owned(), Vec::new()),
             Mode::App(command) => ("app".to_owned(), command),
@@ -148,6 +159,9 @@ impl MachineEntry {
                 .and_then(|(path, _)| crate::machine::volume::allocated(path))
                 .unwrap_or(0),
             storage: d.storage,
+            network,
+            addresses,
+            ports,
         }
     }
 }

@@ -402,6 +402,14 @@ pub fn status(st: &MachineStatus, now_usec: u64, usage: &str) -> String {
         line(&mut out, "Command", m.command.join(" "));
     }
     line(&mut out, "Hostname", m.hostname.clone());
+    let network = match m.addresses.as_slice() {
+        [v4, v6, link] => format!("{} ({v4}, {v6}; host link {link})", m.network),
+        _ => m.network.clone(),
+    };
+    line(&mut out, "Network", network);
+    if !m.ports.is_empty() {
+        line(&mut out, "Ports", m.ports.join(", "));
+    }
     line(&mut out, "Machine ID", m.machine_id.clone());
     line(
         &mut out,
