@@ -540,6 +540,9 @@ mod tests {
             storage: "copy".into(),
             disk_size: 0,
             disk_allocated: 0,
+            network: "host".into(),
+            addresses: Vec::new(),
+            ports: Vec::new(),
         };
         let t = machines_table(&[m]);
         let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
