@@ -181,6 +181,9 @@ pub async fn restore(conn: &Connection, machines: &Machines) {
     let Ok(definitions) = machines.list() else {
         return;
     };
+    if !definitions.iter().any(|d| d.network == Network::Private) {
+        return;
+    }
     let mut running: Vec<nft::MachineRules> = Vec::new();
     let mut relays = Vec::new();
     let mut private_running = false;

@@ -94,7 +94,7 @@ pub fn table_script(machines: &[MachineRules]) -> String {
          {dnat}\
          \t}}\n\
          \tchain output {{\n\
-         \t\ttype nat hook output priority dstnat; policy accept;\n\
+         \t\ttype nat hook output priority -100; policy accept;\n\
          {dnat}\
          \t}}\n\
          \tchain postrouting {{\n\
@@ -201,7 +201,7 @@ fn run(script: &str) -> Result<(), NetError> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let first = stderr
         .lines()
-        .find(|l| l.starts_with("Error"))
+        .find(|l| l.contains("Error"))
         .unwrap_or("nft failed")
         .trim()
         .to_owned();
