@@ -90,7 +90,7 @@ test_85_network_none_and_private_machines_by_name() {
     expect_ok berth run --rm --image deb --network private --bind "$bb" -- \
         /usr/local/bin/busybox wget -q -O - http://pa/hello
     grep -qx "hello from pa" "$OUT" || fail "a private machine did not reach pa by name"
-    expect_ok berth run --rm --image deb --network private -- getent hosts pa.berth
+    expect_ok berth run --rm --image deb --network private -- getent ahostsv4 pa.berth
     grep -q "^$ip " "$OUT" || fail "pa.berth does not resolve to $ip"
     expect_ok berth run --rm --image deb --network private -- cat /etc/resolv.conf
     grep -qx "nameserver 10.89.0.1" "$OUT" || fail "a private machine's resolv.conf does not name berthd's DNS"
@@ -141,6 +141,19 @@ test_85_network_none_and_private_machines_by_name() {
     ! grep -q "$ip" "$OUT" || fail "a --no-masquerade machine is masqueraded"
     expect_ok berth stop pq
     expect_ok berth rm pq
+
+    # bridge=BR: the host end is a port of the admin's bridge; the guest gets host0 up.
+    ip link add brtest type bridge 2>/dev/null || true
+    ip link set brtest up
+    expect_ok berth create pbr --image deb --network bridge=brtest -- sleep infinity
+    expect_ok berth start pbr
+    ip -o link show ve-pbr | grep -q 'master brtest' || fail "ve-pbr is not a port of brtest"
+    nsenter -t "$(machinectl show pbr -p Leader --value)" -n ip -o link show host0 | grep -q 'state UP\|,UP' \
+        || fail "host0 of a bridged machine is not up"
+    expect_ok berth stop pbr
+    ! ip link show ve-pbr >/dev/null 2>&1 || fail "ve-pbr is left after berth stop"
+    expect_ok berth rm pbr
+    ip link del brtest
 
     # Bad network input: a clear error, nothing created.
     expect_fail "network 'bogus' is not host, none, private or bridge=BRIDGE" \
