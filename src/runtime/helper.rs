@@ -648,6 +648,16 @@ fn inner(
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         "",
     )?;
+    if config.own_network {
+        // The sysfs mounted before the clone shows the host's network devices; one mounted
+        // from the machine's own network namespace shows its own (lo, host0), over it.
+        mount_fs(
+            "sysfs",
+            Path::new("sys"),
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            "",
+        )?;
+    }
     step("reporting readiness", writeln!(&*socket, "proc"))?;
     if read_line(reader)? != "go" {
         return Err(RuntimeError::step(

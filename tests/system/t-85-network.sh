@@ -37,6 +37,9 @@ test_85_network_none_and_private_machines_by_name() {
     expect_ok berth run --rm --image deb --network none -- cat /proc/net/dev
     grep -q ' lo:' "$OUT" || fail "no loopback in a --network none machine"
     [[ $(grep -c ':' "$OUT") == 1 ]] || fail "a --network none machine has more than loopback: $(cat "$OUT")"
+    # Its /sys shows its own devices, not the host's.
+    expect_ok berth run --rm --image deb --network none -- ls /sys/class/net
+    [[ $(cat "$OUT") == lo ]] || fail "/sys/class/net of a --network none machine shows: $(cat "$OUT")"
 
     # private: pa serves HTTP on its pool address; the host reaches it.
     expect_ok berth create pa --image deb --network private --port 8080:80 --bind "$bb" --bind "$www:/srv/www:ro" \
