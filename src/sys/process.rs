@@ -56,3 +56,14 @@ pub fn register_async(
     // AsyncFd (and with it the registration) is dropped.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
 }
+
+/// Restores the default action of SIGPIPE (Rust programs start with it ignored), so a CLI
+/// writing into a closed pipe (`berth list | head -1`) ends quietly as other Unix tools do,
+/// instead of failing on EPIPE.
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL is not a handler function; setting it runs no code of ours in signal
+    // context, and it is called once at the start of main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

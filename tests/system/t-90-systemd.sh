@@ -23,7 +23,8 @@ test_90_enable_start_at_boot_and_systemctl() {
     # systemctl stop stops the machine cleanly.
     expect_ok systemctl stop berth@web9.service
     ! machinectl list --no-legend | grep -q '^web9 ' || fail "still registered after systemctl stop"
-    berth list | grep -Eq '^web9 +stopped ' || fail "berth list does not show web9 stopped"
+    expect_ok berth list
+    grep -Eq '^web9 +stopped ' "$OUT" || fail "berth list does not show web9 stopped"
 
     # At boot: machines.target starts it. A machine that stops itself ends the service.
     expect_ok systemctl start machines.target

@@ -15,6 +15,7 @@ use clap::Parser;
 mod build;
 
 fn main() -> ExitCode {
+    berth::sys::process::default_sigpipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
