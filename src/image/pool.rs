@@ -755,6 +755,11 @@ fn staging_name(purpose: &str, name: &str) -> String {
 /// Deletes a tree without following symlinks (std's remove_dir_all is safe against that);
 /// btrfs subvolumes are directories that root may rmdir once empty.
 fn remove_tree(path: &Path) -> io::Result<()> {
+    // A subvolume (an image or a machine's snapshot on btrfs) goes in one ioctl instead of a
+    // walk over every file; one that holds other subvolumes is walked.
+    if crate::sys::btrfs::is_subvolume(path) && crate::sys::btrfs::delete_subvolume(path).is_ok() {
+        return Ok(());
+    }
     match fs::remove_dir_all(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,

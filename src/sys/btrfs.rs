@@ -21,6 +21,8 @@ struct VolArgs {
 nix::ioctl_write_ptr!(btrfs_ioc_subvol_create, 0x94, 14, VolArgs);
 // BTRFS_IOC_SNAP_CREATE = _IOW(BTRFS_IOCTL_MAGIC, 1, struct btrfs_ioctl_vol_args)
 nix::ioctl_write_ptr!(btrfs_ioc_snap_create, 0x94, 1, VolArgs);
+// BTRFS_IOC_SNAP_DESTROY = _IOW(BTRFS_IOCTL_MAGIC, 15, struct btrfs_ioctl_vol_args)
+nix::ioctl_write_ptr!(btrfs_ioc_snap_destroy, 0x94, 15, VolArgs);
 
 /// The inode number of every subvolume's root directory.
 const SUBVOLUME_ROOT_INO: u64 = 256;
@@ -84,5 +86,15 @@ pub fn create_subvolume(path: &Path) -> io::Result<()> {
     // initialized, correctly sized `btrfs_ioctl_vol_args` whose name is NUL-terminated (the
     // buffer is zeroed and the name is shorter than it); the kernel only reads it.
     unsafe { btrfs_ioc_subvol_create(dir.as_raw_fd(), &args) }?;
+    Ok(())
+}
+
+/// Deletes subvolume `path` with all its files at once (the kernel frees the space in the
+/// background), as `btrfs subvolume delete` does. Fails for a subvolume holding others.
+pub fn delete_subvolume(path: &Path) -> io::Result<()> {
+    let (dir, args) = vol_args(path)?;
+    // SAFETY: as in create_subvolume: `dir` is open for the call and `args` is a fully
+    // initialized `btrfs_ioctl_vol_args` naming the subvolume; the kernel only reads it.
+    unsafe { btrfs_ioc_snap_destroy(dir.as_raw_fd(), &args) }?;
     Ok(())
 }
