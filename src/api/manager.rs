@@ -672,9 +672,9 @@ impl Manager {
         }
         let status = lifecycle::wait(conn, &name).await?;
         // An ephemeral machine is gone once this returns, so `berth run --rm` leaves nothing.
-        for _ in 0..600 {
+        for _ in 0..3000 {
             match self.machines.get(&name) {
-                Ok(d) if d.ephemeral => tokio::time::sleep(Duration::from_millis(100)).await,
+                Ok(d) if d.ephemeral => tokio::time::sleep(Duration::from_millis(20)).await,
                 _ => break,
             }
         }

@@ -346,7 +346,7 @@ async fn wait_gone(conn: &Connection, name: &str, timeout: Duration) -> Result<b
         if state(conn, name).await?.is_none() {
             return Ok(true);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(state(conn, name).await?.is_none())
 }
@@ -484,17 +484,19 @@ pub async fn wait(conn: &Connection, name: &str) -> Result<Option<ExitStatus>, M
         match pidfd.map(crate::sys::process::register_async) {
             Some(Ok(fd)) => {
                 let _ = fd.readable().await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            // The leader is gone already; machined drops the machine once its scope is
+            // empty, a moment later.
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
     // The reaper writes the status of a PID 1 killed outright; give it a moment.
-    for _ in 0..20 {
+    for _ in 0..100 {
         if let Some(status) = read_status(name) {
             return Ok(Some(status));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(None)
 }
