@@ -360,32 +360,8 @@ impl Definition {
                 ("Machine", "Port") => {
                     ports.push(PortForward::parse(value).map_err(|e| syntax(&e))?);
                 }
-                ("Machine", "Masquerade") => {
-                    masquerade = match value {
-                        "yes" | "true" | "1" => true,
-                        "no" | "false" | "0" => false,
-                        other => {
-                            return Err(DefinitionError::BadValue {
-                                key: "Masquerade",
-                                value: other.to_owned(),
-                                message: "expected yes or no".into(),
-                            });
-                        }
-                    }
-                }
-                ("Machine", "Ephemeral") => {
-                    ephemeral = match value {
-                        "yes" | "true" | "1" => true,
-                        "no" | "false" | "0" => false,
-                        other => {
-                            return Err(DefinitionError::BadValue {
-                                key: "Ephemeral",
-                                value: other.to_owned(),
-                                message: "expected yes or no".into(),
-                            });
-                        }
-                    }
-                }
+                ("Machine", "Masquerade") => masquerade = boolean("Masquerade", value)?,
+                ("Machine", "Ephemeral") => ephemeral = boolean("Ephemeral", value)?,
                 ("Files", "Bind") => binds.push(Bind::parse(value)?),
                 ("Resources", _) => {
                     let assignment = format!("{key}={value}");
@@ -462,6 +438,19 @@ impl Definition {
             masquerade,
             ports,
         })
+    }
+}
+
+/// A yes/no value as systemd writes them (yes, true, 1 / no, false, 0).
+fn boolean(key: &'static str, value: &str) -> Result<bool, DefinitionError> {
+    match value {
+        "yes" | "true" | "1" => Ok(true),
+        "no" | "false" | "0" => Ok(false),
+        other => Err(DefinitionError::BadValue {
+            key,
+            value: other.to_owned(),
+            message: "expected yes or no".into(),
+        }),
     }
 }
 

@@ -332,10 +332,7 @@ impl Machines {
         let mut ports: Vec<crate::net::PortForward> = Vec::new();
         for text in &request.ports {
             let port = crate::net::PortForward::parse(text).map_err(invalid)?;
-            if ports
-                .iter()
-                .any(|p| p.protocol == port.protocol && p.host_port == port.host_port)
-            {
+            if ports.iter().any(|p| p.clashes(&port)) {
                 return Err(invalid(format!(
                     "host port {}/{} is given twice",
                     port.host_port,
@@ -345,11 +342,11 @@ impl Machines {
             ports.push(port);
         }
         for other in self.list()? {
-            if let Some(taken) = other.ports.iter().find(|o| {
-                ports
-                    .iter()
-                    .any(|p| p.protocol == o.protocol && p.host_port == o.host_port)
-            }) {
+            if let Some(taken) = other
+                .ports
+                .iter()
+                .find(|o| ports.iter().any(|p| p.clashes(o)))
+            {
                 return Err(invalid(format!(
                     "host port {}/{} is forwarded to machine '{}' already; choose another, or \
                      remove that machine",

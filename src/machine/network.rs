@@ -91,7 +91,11 @@ pub async fn attach(
             prepare_host(machines).await?;
             let addresses = MachineAddresses::of(&definition.name, definition.uid_range);
             let host = Netlink::host()?;
-            let bridge = host.ensure_bridge().await?;
+            // Made by prepare_host; made again only if an admin deleted it since.
+            let bridge = match host.index_of(addressing::BRIDGE).await? {
+                Some(index) => index,
+                None => host.ensure_bridge().await?,
+            };
             host.add_veth(&host_link, addresses.mac, pid, bridge)
                 .await?;
             Netlink::in_namespace_of(pid)?
@@ -134,12 +138,7 @@ fn forward_conflict(machines: &Machines, definition: &Definition, error: NetErro
         .find_map(|o| {
             o.ports
                 .iter()
-                .find(|p| {
-                    definition
-                        .ports
-                        .iter()
-                        .any(|q| q.protocol == p.protocol && q.host_port == p.host_port)
-                })
+                .find(|p| definition.ports.iter().any(|q| q.clashes(p)))
                 .map(|p| (o.name.clone(), *p))
         });
     match clash {

@@ -28,6 +28,11 @@ pub struct PortForward {
 }
 
 impl PortForward {
+    /// Whether both forward the same host port (and protocol).
+    pub fn clashes(&self, other: &Self) -> bool {
+        self.protocol == other.protocol && self.host_port == other.host_port
+    }
+
     /// Parses `[tcp:|udp:]HOSTPORT[:MACHINEPORT]` (the machine's port defaults to the host's).
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = |why: &str| {
