@@ -90,6 +90,7 @@ impl From<MachineError> for BusError {
             MachineError::NotFound(_) => Self::NoSuchMachine(message),
             MachineError::Image(inner) => Self::from(inner),
             MachineError::AlreadyRunning(_)
+            | MachineError::AlreadyStarting(_)
             | MachineError::NotReady(_)
             | MachineError::NotRunning(_)
             | MachineError::Running(_) => Self::InvalidState(message),

@@ -209,7 +209,7 @@ impl Manager {
     /// its version `version` when that is not empty. `origin` is recorded as where it came from (a path, or `-` for stdin). Unsafe entries
     /// (absolute paths, `..`, paths through symlinks, hard links leaving the tree, device
     /// nodes) are not written and are listed in the result. Needs
-    /// org.berth.berth1.manage-images.
+    /// org.berth.berth1.import-image.
     #[zbus(out_args("result"))]
     async fn import_tar(
         &self,
@@ -220,7 +220,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<ImportResult, BusError> {
-        authorize(conn, &header, Action::ManageImages).await?;
+        authorize(conn, &header, Action::ImportImage).await?;
         let pool = self.pool.clone();
         let file = File::from(OwnedFd::from(file));
         let target = ImageRef::new(&name, &version)?.to_string();
@@ -234,7 +234,7 @@ impl Manager {
     /// image `name` (version `version` when not empty): layers flattened in order with
     /// whiteouts applied, every blob's digest checked, the config's Entrypoint, Cmd, Env,
     /// WorkingDir and User kept as defaults for app machines. Needs
-    /// org.berth.berth1.manage-images.
+    /// org.berth.berth1.import-image.
     #[zbus(out_args("result"))]
     async fn import_oci(
         &self,
@@ -245,7 +245,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<ImportResult, BusError> {
-        authorize(conn, &header, Action::ManageImages).await?;
+        authorize(conn, &header, Action::ImportImage).await?;
         let pool = self.pool.clone();
         let file = File::from(OwnedFd::from(file));
         let target = ImageRef::new(&name, &version)?.to_string();
@@ -257,7 +257,7 @@ impl Manager {
 
     /// Copies the directory tree open as `directory` into image `name` (version `version`
     /// when not empty). Needs
-    /// org.berth.berth1.manage-images.
+    /// org.berth.berth1.import-image.
     #[zbus(out_args("result"))]
     async fn import_fs(
         &self,
@@ -268,7 +268,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<ImportResult, BusError> {
-        authorize(conn, &header, Action::ManageImages).await?;
+        authorize(conn, &header, Action::ImportImage).await?;
         let pool = self.pool.clone();
         let directory = OwnedFd::from(directory);
         let target = ImageRef::new(&name, &version)?.to_string();
@@ -283,7 +283,7 @@ impl Manager {
     /// it; recorded for rebuilds) by the Containerfile at `containerfile` in it. RUN steps
     /// run in a transient machine made from the Containerfile's FROM image; progress and
     /// their output go to `stdout` and `stderr`. Nothing is stored when a step fails. Needs
-    /// org.berth.berth1.manage-images.
+    /// org.berth.berth1.build-image.
     #[zbus(out_args("result"))]
     #[allow(clippy::too_many_arguments)] // one argument per fact of the build
     async fn build_image(
@@ -298,7 +298,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<ImportResult, BusError> {
-        authorize(conn, &header, Action::ManageImages).await?;
+        authorize(conn, &header, Action::BuildImage).await?;
         let (source, reference, commit) = source_reference_commit;
         let target = ImageRef::new(&name, &version)?;
         if target.version.is_none() {
@@ -367,7 +367,7 @@ impl Manager {
     /// as `NAME_VERSION.tar.zst` (`compression` "zstd", the default) or `.tar.xz` ("xz"),
     /// and adds its line to the directory's SHA256SUMS, as `machinectl pull-tar` and
     /// `berth pull` expect. Returns the file name and its sha256. Needs
-    /// org.berth.berth1.manage-images (an image may hold secrets).
+    /// org.berth.berth1.export-image (an image may hold secrets).
     #[zbus(out_args("file", "sha256"))]
     async fn export_image(
         &self,
@@ -377,7 +377,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, String), BusError> {
-        authorize(conn, &header, Action::ManageImages).await?;
+        authorize(conn, &header, Action::ExportImage).await?;
         let compression = match compression.as_str() {
             "" | "zstd" => crate::image::export::ExportCompression::Zstd,
             "xz" => crate::image::export::ExportCompression::Xz,
@@ -399,7 +399,7 @@ impl Manager {
     /// keyring /etc/berth/import-pubring.gpg or systemd's; "no") and imports it as image
     /// `name` (empty: from the file name, `NAME_VERSION.tar.zst`) at `version` (empty: from
     /// the file name, if it has one). A download that fails verification is discarded.
-    /// Needs org.berth.berth1.manage-images.
+    /// Needs org.berth.berth1.pull-image.
     #[zbus(out_args("result"))]
     async fn pull_image(
         &self,
@@ -411,7 +411,7 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<ImportResult, BusError> {
         use crate::image::pull::{self, Verify};
-        authorize(conn, &header, Action::ManageImages).await?;
+        authorize(conn, &header, Action::PullImage).await?;
         let verify = match verify.as_str() {
             "" | "checksum" => Verify::Checksum,
             "signature" => Verify::Signature,
@@ -455,7 +455,7 @@ impl Manager {
     }
 
     /// Removes image `name` (`NAME@VERSION` for one version; `NAME` of an image with
-    /// versions only with `all_versions`). Needs org.berth.berth1.manage-images.
+    /// versions only with `all_versions`). Needs org.berth.berth1.remove-image.
     async fn remove_image(
         &self,
         name: String,
@@ -463,7 +463,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), BusError> {
-        authorize(conn, &header, Action::ManageImages).await?;
+        authorize(conn, &header, Action::RemoveImage).await?;
         let pool = self.pool.clone();
         tracing::info!(%name, all_versions, "removing image");
         blocking(move || pool.remove(&name, all_versions)).await
@@ -483,7 +483,7 @@ impl Manager {
     /// (mode, masquerade, ports): "host" or "", "none", "private" or "bridge=BR"; whether a
     /// private machine's outside traffic is masqueraded; its forwarded ports,
     /// "[tcp:|udp:]HOSTPORT[:MACHINEPORT]". Returns the
-    /// machine and warnings (what the guest lacks). Needs org.berth.berth1.manage-machines.
+    /// machine and warnings (what the guest lacks). Needs org.berth.berth1.create-machine.
     #[zbus(out_args("machine", "warnings"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth create`
     async fn create_machine(
@@ -506,7 +506,7 @@ impl Manager {
         let (timezone, locale) = timezone_locale;
         let (user, working_directory, environment) = app;
         let (network, masquerade, ports) = network;
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::CreateMachine).await?;
         check_properties(conn, &properties).await?;
         let mode = mode(boot, command)?;
         let request = CreateRequest {
@@ -530,13 +530,15 @@ impl Manager {
         let machines = self.machines.clone();
         tracing::info!(name = %request.name, image = %request.image, "creating machine");
         let (definition, warnings) = blocking(move || machines.create(&request)).await?;
-        tracing::info!(name = %definition.name, uid_base = definition.uid_range.base, ?warnings, "created machine");
+        for warning in &warnings {
+            tracing::warn!(name = %definition.name, "{warning}");
+        }
         Ok((self.entry(conn, definition).await?, warnings))
     }
 
     /// Starts machine `name` in the transient scope `machine-NAME.scope` (machine.slice,
     /// Delegate=yes), registered with systemd-machined; returns once its init runs. Needs
-    /// org.berth.berth1.manage-machines.
+    /// org.berth.berth1.start-machine.
     #[zbus(out_args("machine"))]
     async fn start_machine(
         &self,
@@ -544,7 +546,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<MachineEntry, BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::StartMachine).await?;
         tracing::info!(%name, "starting machine");
         lifecycle::start(
             conn,
@@ -563,7 +565,7 @@ impl Manager {
     /// master side is returned (else /dev/null is); otherwise to `stdio` (standard input,
     /// output and error). `remove` makes it ephemeral: berthd removes it once it stops. When the start
     /// fails the machine is removed again. Collect the exit status with WaitMachine. Needs
-    /// org.berth.berth1.manage-machines.
+    /// org.berth.berth1.run-machine.
     #[zbus(out_args("name", "terminal"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth run`
     async fn run_machine(
@@ -590,7 +592,7 @@ impl Manager {
         let (timezone, locale) = timezone_locale;
         let (user, working_directory, environment) = app;
         let (network, masquerade, ports) = network;
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::RunMachine).await?;
         check_properties(conn, &properties).await?;
         let mode = mode(boot, command)?;
         let name = if name.is_empty() {
@@ -645,7 +647,8 @@ impl Manager {
                 return Err(e.into());
             }
         };
-        if remove {
+        // Its reaper removes it; without one (no pidfd), a watcher does.
+        if remove && !lifecycle::reaped_here(&name) {
             tokio::spawn(lifecycle::remove_when_stopped(
                 conn.clone(),
                 self.machines.clone(),
@@ -686,7 +689,7 @@ impl Manager {
     /// RunMachine (with `tty`, a new terminal of `window` rows and columns), with a login environment built from the guest's own files (PATH, HOME,
     /// SHELL, USER, LANG and LC_*, /etc/environment). `environment` passes the caller's TERM
     /// and COLORTERM (`NAME=VALUE`). Returns an id for WaitExec and the terminal's master side
-    /// (else /dev/null). Needs org.berth.berth1.manage-machines.
+    /// (else /dev/null). Needs org.berth.berth1.exec-machine.
     #[zbus(out_args("id", "terminal"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth exec`
     async fn exec_machine(
@@ -703,7 +706,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(u32, zbus::OwnedFd), BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::ExecMachine).await?;
         if command.first().is_none_or(String::is_empty) {
             return Err(BusError::InvalidArgument(
                 "no command: give the command to run after '--'".into(),
@@ -723,7 +726,7 @@ impl Manager {
     /// (empty: `user`'s login shell) as a transient service with PAMName=login, so logind
     /// registers the session and pam_env applies the guest's /etc/environment and locale;
     /// attached like ExecMachine. `environment` passes the caller's TERM and COLORTERM.
-    /// WaitExec returns the command's exit status. Needs org.berth.berth1.manage-machines.
+    /// WaitExec returns the command's exit status. Needs org.berth.berth1.shell-machine.
     #[zbus(out_args("id", "terminal"))]
     #[allow(clippy::too_many_arguments)] // one argument per option of `berth shell`
     async fn open_shell(
@@ -740,7 +743,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(u32, zbus::OwnedFd), BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::ShellMachine).await?;
         if command.first().is_some_and(String::is_empty) {
             return Err(BusError::InvalidArgument(
                 "empty command: give the command after '--', or none for a login shell".into(),
@@ -765,7 +768,7 @@ impl Manager {
     }
 
     /// Waits for the command ExecMachine started as `id`; returns its exit code (128 + the
-    /// signal when killed) and a description. Needs org.berth.berth1.manage-machines.
+    /// signal when killed) and a description. Needs org.berth.berth1.exec-machine.
     #[zbus(out_args("code", "description"))]
     async fn wait_exec(
         &self,
@@ -773,7 +776,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(i32, String), BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::ExecMachine).await?;
         let receiver = self
             .execs
             .lock()
@@ -788,7 +791,7 @@ impl Manager {
     }
 
     /// Sends `signal` to machine `name`: to its PID 1 only with `leader_only`, else to every
-    /// process of it. Needs org.berth.berth1.manage-machines.
+    /// process of it. Needs org.berth.berth1.kill-machine.
     async fn kill_machine(
         &self,
         name: String,
@@ -797,7 +800,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::KillMachine).await?;
         self.machines.get(&name)?;
         if !(1..=libc::SIGRTMAX()).contains(&signal) {
             return Err(BusError::InvalidArgument(format!(
@@ -816,7 +819,7 @@ impl Manager {
     }
 
     /// Stops machine `name` as StopMachine does (when it runs) and starts it again. Needs
-    /// org.berth.berth1.manage-machines.
+    /// org.berth.berth1.restart-machine.
     #[zbus(out_args("machine"))]
     async fn restart_machine(
         &self,
@@ -825,7 +828,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<MachineEntry, BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::RestartMachine).await?;
         tracing::info!(%name, "restarting machine");
         let timeout = Duration::from_secs(u64::from(timeout_sec));
         match lifecycle::stop(conn, &self.machines, &name, timeout).await {
@@ -849,7 +852,7 @@ impl Manager {
     /// definition for the next starts, unless `runtime` (then it must be running).
     /// `Timezone=` and `Locale=` ("host" or a value) are written into the machine's /etc and
     /// its definition. Every value is checked first; an invalid one changes nothing. Returns
-    /// warnings (what the guest lacks). Needs org.berth.berth1.manage-machines.
+    /// warnings (what the guest lacks). Needs org.berth.berth1.set-properties.
     #[zbus(out_args("warnings"))]
     async fn set_properties(
         &self,
@@ -859,7 +862,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<String>, BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::SetProperties).await?;
         self.machines.get(&name)?;
         if properties.is_empty() {
             return Err(BusError::InvalidArgument(
@@ -1044,7 +1047,7 @@ impl Manager {
     }
 
     /// Stops machine `name` cleanly (SIGRTMIN+3 to a systemd init, SIGTERM otherwise), and
-    /// kills its scope after `timeout_sec` seconds. Needs org.berth.berth1.manage-machines.
+    /// kills its scope after `timeout_sec` seconds. Needs org.berth.berth1.stop-machine.
     async fn stop_machine(
         &self,
         name: String,
@@ -1052,21 +1055,21 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::StopMachine).await?;
         tracing::info!(%name, "stopping machine");
         let timeout = Duration::from_secs(u64::from(timeout_sec));
         Ok(lifecycle::stop(conn, &self.machines, &name, timeout).await?)
     }
 
     /// Removes machine `name`: its definition and its root. Needs
-    /// org.berth.berth1.manage-machines.
+    /// org.berth.berth1.remove-machine.
     async fn remove_machine(
         &self,
         name: String,
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::RemoveMachine).await?;
         self.machines.get(&name)?;
         if lifecycle::state(conn, &name).await?.is_some() {
             return Err(MachineError::Running(name).into());
@@ -1088,7 +1091,7 @@ impl Manager {
     /// Replaces stopped machine `name`'s root with a fresh copy of its image at `version`
     /// (empty: the newest), keeping its definition: UID range, machine-id, hostname, mode,
     /// binds, properties and settings. Returns the machine, how its root was made, and
-    /// warnings. Needs org.berth.berth1.manage-machines.
+    /// warnings. Needs org.berth.berth1.rebase-machine.
     #[zbus(out_args("machine", "storage", "warnings"))]
     async fn rebase_machine(
         &self,
@@ -1097,7 +1100,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(MachineEntry, String, Vec<String>), BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::RebaseMachine).await?;
         self.machines.get(&name)?;
         if lifecycle::state(conn, &name).await?.is_some() {
             return Err(MachineError::InvalidArgument(format!(
@@ -1120,7 +1123,7 @@ impl Manager {
 
     /// Copies stopped machine `source` as the new machine `target` with its own UID range,
     /// machine-id and hostname (`hostname`, or `target` when empty). Returns the new machine
-    /// and how its root was made. Needs org.berth.berth1.manage-machines.
+    /// and how its root was made. Needs org.berth.berth1.create-machine.
     #[zbus(out_args("machine", "storage"))]
     async fn clone_machine(
         &self,
@@ -1130,7 +1133,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(MachineEntry, String), BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::CreateMachine).await?;
         self.machines.get(&source)?;
         if lifecycle::state(conn, &source).await?.is_some() {
             return Err(MachineError::InvalidArgument(format!(
@@ -1161,7 +1164,7 @@ impl Manager {
 
     /// Makes machine `name` start at boot: enables `berth@NAME.service` (wanted by
     /// machines.target) and machines.target. Returns systemd's changes (kind, link, target).
-    /// Needs org.berth.berth1.manage-machines.
+    /// Needs org.berth.berth1.enable-machine.
     #[zbus(out_args("changes"))]
     async fn enable_machine(
         &self,
@@ -1169,7 +1172,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<(String, String, String)>, BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::EnableMachine).await?;
         self.machines.get(&name)?;
         tracing::info!(%name, "enabling the machine at boot");
         Ok(systemd::enable_machine_service(conn, &name)
@@ -1178,7 +1181,7 @@ impl Manager {
     }
 
     /// Stops machine `name` from starting at boot (disables `berth@NAME.service`). Needs
-    /// org.berth.berth1.manage-machines.
+    /// org.berth.berth1.enable-machine.
     #[zbus(out_args("changes"))]
     async fn disable_machine(
         &self,
@@ -1186,7 +1189,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<(String, String, String)>, BusError> {
-        authorize(conn, &header, Action::ManageMachines).await?;
+        authorize(conn, &header, Action::EnableMachine).await?;
         self.machines.get(&name)?;
         tracing::info!(%name, "disabling the machine at boot");
         Ok(systemd::disable_machine_service(conn, &name)

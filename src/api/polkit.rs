@@ -10,25 +10,109 @@ use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
 
 use super::BusError;
 
-/// The polkit actions berthd checks, declared in `dbus/org.berth.berth1.policy`.
+/// The polkit actions berthd checks, one per kind of change, declared in
+/// `dbus/org.berth.berth1.policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    ManageImages,
-    ManageMachines,
+    /// Import an image into berth's pool (import-tar, import-fs, import-oci).
+    ImportImage,
+    /// Download an image into berth's pool (pull).
+    PullImage,
+    /// Build an image (build).
+    BuildImage,
+    /// Export an image as a tarball (export; an image may hold secrets).
+    ExportImage,
+    /// Remove an image (rmi).
+    RemoveImage,
+    /// Create a machine (create, clone).
+    CreateMachine,
+    /// Start a machine (start).
+    StartMachine,
+    /// Create and start a machine attached to the caller (run).
+    RunMachine,
+    /// Stop a machine (stop).
+    StopMachine,
+    /// Send a signal to a machine's processes (kill).
+    KillMachine,
+    /// Restart a machine (restart).
+    RestartMachine,
+    /// Run a command in a running machine (exec).
+    ExecMachine,
+    /// Open a login shell in a running machine (shell).
+    ShellMachine,
+    /// Change a machine's resource properties (set).
+    SetProperties,
+    /// Remove a machine (rm).
+    RemoveMachine,
+    /// Move a machine to another image version (rebase).
+    RebaseMachine,
+    /// Make a machine start at boot, or not (enable, disable).
+    EnableMachine,
 }
 
 impl Action {
+    /// Every action, in the order of the policy file.
+    pub const ALL: [Self; 17] = [
+        Self::ImportImage,
+        Self::PullImage,
+        Self::BuildImage,
+        Self::ExportImage,
+        Self::RemoveImage,
+        Self::CreateMachine,
+        Self::StartMachine,
+        Self::RunMachine,
+        Self::StopMachine,
+        Self::KillMachine,
+        Self::RestartMachine,
+        Self::ExecMachine,
+        Self::ShellMachine,
+        Self::SetProperties,
+        Self::RemoveMachine,
+        Self::RebaseMachine,
+        Self::EnableMachine,
+    ];
+
     pub fn id(self) -> &'static str {
         match self {
-            Self::ManageImages => "org.berth.berth1.manage-images",
-            Self::ManageMachines => "org.berth.berth1.manage-machines",
+            Self::ImportImage => "org.berth.berth1.import-image",
+            Self::PullImage => "org.berth.berth1.pull-image",
+            Self::BuildImage => "org.berth.berth1.build-image",
+            Self::ExportImage => "org.berth.berth1.export-image",
+            Self::RemoveImage => "org.berth.berth1.remove-image",
+            Self::CreateMachine => "org.berth.berth1.create-machine",
+            Self::StartMachine => "org.berth.berth1.start-machine",
+            Self::RunMachine => "org.berth.berth1.run-machine",
+            Self::StopMachine => "org.berth.berth1.stop-machine",
+            Self::KillMachine => "org.berth.berth1.kill-machine",
+            Self::RestartMachine => "org.berth.berth1.restart-machine",
+            Self::ExecMachine => "org.berth.berth1.exec-machine",
+            Self::ShellMachine => "org.berth.berth1.shell-machine",
+            Self::SetProperties => "org.berth.berth1.set-properties",
+            Self::RemoveMachine => "org.berth.berth1.remove-machine",
+            Self::RebaseMachine => "org.berth.berth1.rebase-machine",
+            Self::EnableMachine => "org.berth.berth1.enable-machine",
         }
     }
 
     fn what(self) -> &'static str {
         match self {
-            Self::ManageImages => "manage images",
-            Self::ManageMachines => "manage machines",
+            Self::ImportImage => "import images",
+            Self::PullImage => "download images",
+            Self::BuildImage => "build images",
+            Self::ExportImage => "export images",
+            Self::RemoveImage => "remove images",
+            Self::CreateMachine => "create machines",
+            Self::StartMachine => "start machines",
+            Self::RunMachine => "run machines",
+            Self::StopMachine => "stop machines",
+            Self::KillMachine => "send signals to machines",
+            Self::RestartMachine => "restart machines",
+            Self::ExecMachine => "run commands in machines",
+            Self::ShellMachine => "open shells in machines",
+            Self::SetProperties => "change machines' resource limits",
+            Self::RemoveMachine => "remove machines",
+            Self::RebaseMachine => "rebase machines",
+            Self::EnableMachine => "enable or disable machines at boot",
         }
     }
 }
@@ -78,5 +162,31 @@ pub async fn authorize(
             action.what(),
             action.id()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = include_str!("../../dbus/org.berth.berth1.policy");
+
+    #[test]
+    fn every_action_is_declared_in_the_policy_file_and_nothing_else() {
+        let declared: Vec<&str> = POLICY
+            .split("<action id=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        let checked: Vec<&str> = Action::ALL.iter().map(|a| a.id()).collect();
+        assert_eq!(declared, checked);
+        for action in Action::ALL {
+            assert!(!action.what().is_empty());
+            assert!(
+                POLICY.contains(&format!("required to {}.", action.what())),
+                "{} has no matching <message>",
+                action.id()
+            );
+        }
     }
 }

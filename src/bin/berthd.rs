@@ -15,8 +15,14 @@ fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("--exec-machine") {
         return berth::runtime::exec::exec_main();
     }
+    berth::sys::process::tune_malloc();
     berth::logging::init("berthd");
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Two workers serve the bus; filesystem and process work runs on the blocking pool.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -37,6 +43,7 @@ async fn run() -> anyhow::Result<()> {
     let machines = berth::machine::default_store(pool.clone());
     let cleaned = pool.clean_stale() + machines.clean_stale();
     let helper = std::env::current_exe().context("finding berthd's own binary")?;
+    let helper_path = helper.clone();
     if cleaned > 0 {
         tracing::info!(cleaned, "removed leftovers of interrupted imports");
     }
@@ -48,6 +55,11 @@ async fn run() -> anyhow::Result<()> {
         .with_context(|| {
             format!("cannot serve {BUS_NAME} on the system bus (is another berthd running?)")
         })?;
+    if let Err(e) = berth::systemd::keep_job_signals(&connection).await {
+        tracing::warn!("cannot subscribe to systemd's job signals: {e}");
+    }
+    let spare_for = helper_path.clone();
+    tokio::task::spawn_blocking(move || berth::runtime::prepare_spare_helper(&spare_for));
     berth::machine::lifecycle::adopt(&connection, &machines).await;
     berth::machine::network::restore(&connection, &machines).await;
     sd_notify::notify(&[NotifyState::Ready]).context("notifying systemd of readiness")?;

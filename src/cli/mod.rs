@@ -41,7 +41,7 @@ pub enum Command {
     /// Entries that would land outside the image (absolute paths, '..', paths through symlinks,
     /// hard links to files outside it) and device nodes are not written; each is listed as a
     /// warning. The image appears only once the import is complete.
-    #[command(name = "import-tar")]
+    #[command(disable_version_flag = true, name = "import-tar")]
     ImportTar {
         /// The tar archive, or '-' for standard input.
         file: PathBuf,
@@ -58,7 +58,7 @@ pub enum Command {
     /// Copies DIR (owners, modes, times, extended attributes, symlinks and hard links kept) into
     /// the image NAME, reflinking file data where the filesystem can. Other filesystems mounted
     /// below DIR are not crossed; device nodes and sockets are skipped with a warning.
-    #[command(name = "import-fs")]
+    #[command(disable_version_flag = true, name = "import-fs")]
     ImportFs {
         /// The directory to copy.
         dir: PathBuf,
@@ -80,6 +80,7 @@ pub enum Command {
         name = "import-oci",
         after_help = "Examples:\n  docker save alpine:3.20 | berth import-oci - alpine --version 3.20\n  skopeo copy docker://nginx oci-archive:nginx.tar && berth import-oci nginx.tar nginx"
     )]
+    #[command(disable_version_flag = true)]
     ImportOci {
         /// The archive, or '-' for standard input.
         file: PathBuf,
@@ -122,6 +123,7 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  berth pull http://registry.example.org/web_1.2.tar.zst --verify signature"
     )]
+    #[command(disable_version_flag = true)]
     Pull {
         /// The tarball's URL.
         url: String,
@@ -162,6 +164,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  berth build /srv/src/web --name web\n  berth build https://git.example.org/web.git#v2 --name web --version 2.0"
     )]
+    #[command(disable_version_flag = true)]
     Build {
         /// A directory, a git checkout, or a git URL; #REF picks a branch, tag or commit.
         source: String,
@@ -606,4 +609,17 @@ pub struct NetworkOptions {
     /// repeatable. 'berth ports' lists them.
     #[arg(long = "port", short = 'P', value_name = "[PROTO:]HOST[:MACHINE]")]
     pub ports: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (unique flags, valid defaults, …), which otherwise run
+    /// only when a debug build parses the subcommand in question, and then panic.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -433,10 +433,11 @@ impl Pool {
         &self,
         name: &str,
         target: &Path,
+        durable: bool,
         prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
     ) -> Result<&'static str, ImageError> {
         let image = self.get(name)?;
-        copy_tree_to(&image.path, target, prepare)
+        copy_tree_to(&image.path, target, durable, prepare)
     }
 
     /// Copies image `name` into the existing, empty directory `dir` (a machine's volume).
@@ -516,10 +517,13 @@ impl Pool {
 /// a subvolume and `target` is on the same btrfs, else a copy (file data reflinked where the
 /// filesystem can). Staged beside `target`, adjusted by `prepare` (which gets a writer
 /// confined to the copy), then renamed into place; nothing is left behind when a step fails.
+/// `durable` syncs the copy before the rename, so it survives a crash; an ephemeral machine's
+/// root (`berth run --rm`) doesn't need that, and its start doesn't wait for a sync.
 /// Returns how the copy was made: "btrfs snapshot", "reflink copy" or "copy".
 pub fn copy_tree_to(
     source: &Path,
     target: &Path,
+    durable: bool,
     prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
 ) -> Result<&'static str, ImageError> {
     let (parent, leaf) = match (target.parent(), target.file_name()) {
@@ -536,8 +540,10 @@ pub fn copy_tree_to(
     {
         let mut tree = TreeWriter::new(staging.open_existing()?);
         prepare(&mut tree)?;
-        tree.sync()
-            .map_err(ImageError::io("syncing the snapshot"))?;
+        if durable {
+            tree.sync()
+                .map_err(ImageError::io("syncing the snapshot"))?;
+        }
         tree.finish()
             .map_err(ImageError::io("setting directory times"))?;
         staging.commit(target)?;
@@ -553,7 +559,9 @@ pub fn copy_tree_to(
     .map_err(|e| ImageError::io(format!("opening {}", source.display()))(e.into()))?;
     fs_import::copy_tree(source_fd, &mut tree)?;
     prepare(&mut tree)?;
-    tree.sync().map_err(ImageError::io("syncing the copy"))?;
+    if durable {
+        tree.sync().map_err(ImageError::io("syncing the copy"))?;
+    }
     tree.finish()
         .map_err(ImageError::io("setting directory times"))?;
     let kind = if staging.subvolume || is_xfs(parent) {

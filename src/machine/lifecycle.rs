@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use zbus::Connection;
 
+use super::reapers::Reaping;
+use super::stopwatch::Stopwatch;
 use super::{Definition, MachineError, Machines, Mode, readiness};
 use crate::runtime::{
     self, ExitStatus, Launch, Payload, SpawnBind, SpawnConfig, SpawnFds, StdioMode,
@@ -81,10 +83,15 @@ async fn start_machine(
     name: &str,
     attach: Attach,
 ) -> Result<Started, MachineError> {
+    let mut watch = Stopwatch::start();
+    // One start of a machine at a time: a second, concurrent one is refused here rather than
+    // racing the first to systemd.
+    let _starting = Starting::claim(name)?;
     let definition = machines.get(name)?;
     if state(conn, name).await?.is_some() {
         return Err(MachineError::AlreadyRunning(name.to_owned()));
     }
+    watch.lap("check");
     let root = machines.root_of(name);
     if definition.mode == Mode::Boot && !INITS.iter().any(|init| root.join(init).exists()) {
         return Err(MachineError::InvalidArgument(format!(
@@ -109,18 +116,20 @@ async fn start_machine(
     };
     let base = definition.uid_range.base;
     let helper_path = helper.clone();
-    let reboot = (definition.mode == Mode::Boot).then(|| Reboot {
+    let reaper = Reaper {
         conn: conn.clone(),
         machines: machines.clone(),
         helper: helper.clone(),
-    });
+    };
     let notify_dir = config.notify.then(|| config.root.join("run/host"));
-    let (mut launch, notify) = blocking_machine(move || {
+    let (mut launch, notify, watch) = blocking_machine(move || {
         let mut launch = Launch::spawn(&helper, &config, &fds)?;
+        watch.lap("spawn");
         if let Err(e) = launch.map_ids(base) {
             launch.abort();
             return Err(e.into());
         }
+        watch.lap("uid maps");
         // The notify socket, bound in the machine's own /run/host (a tmpfs of its mount
         // namespace, reached through its PID 1) before PID 1 execs: no host path shows inside.
         let notify = match notify_dir {
@@ -137,18 +146,30 @@ async fn start_machine(
             }
             None => None,
         };
-        Ok::<_, MachineError>((launch, notify))
+        Ok::<_, MachineError>((launch, notify, watch))
     })
     .await?;
+    let mut watch = watch;
     if let Err(e) = super::network::attach(machines, &definition, launch.pid).await {
         launch.abort();
         return Err(e);
+    }
+    if definition.network != crate::net::Network::Host {
+        watch.lap("network");
     }
     let pid = launch.pid;
     let terminal = launch.terminal.take();
     let pidfd = rustix::process::Pid::from_raw(pid)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok());
-    let result = bring_up(conn, machines, &definition, launch, pidfd.as_ref()).await;
+    let result = bring_up(
+        conn,
+        machines,
+        &definition,
+        launch,
+        pidfd.as_ref(),
+        &mut watch,
+    )
+    .await;
     if let (Some(socket), Some(pid)) = (notify, rustix::process::Pid::from_raw(pid)) {
         match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
             Ok(exited) => {
@@ -159,22 +180,27 @@ async fn start_machine(
     }
     match pidfd {
         Some(pidfd) => {
-            tokio::spawn(reap(definition.clone(), pidfd, reboot));
+            // Registered before the start returns, so a WaitMachine right after finds it.
+            let reaping = super::reapers::begin(name);
+            tokio::spawn(reap(reaper, definition.clone(), pidfd, reaping));
         }
         None => {
             tracing::warn!(%name, pid, "no pidfd for the machine's PID 1; it won't be reaped by berthd")
         }
     }
     result?;
-    // An app may well have ended already; that is a successful start.
-    let running = match state(conn, name).await? {
-        Some(running) => running,
-        None if matches!(definition.mode, Mode::App(_)) => RunningMachine {
+    let running = match definition.mode {
+        // Its command runs (or has run: an app that ended already started successfully).
+        Mode::App(_) => Some(RunningMachine {
             leader: u32::try_from(pid).unwrap_or(0),
             unit: unit_name::machine_scope(name),
-            state: "stopped".into(),
+            state: "running".into(),
             timestamp_usec: 0,
-        },
+        }),
+        Mode::Boot => state(conn, name).await?,
+    };
+    let running = match running {
+        Some(running) => running,
         None => {
             return Err(MachineError::InvalidArgument(format!(
                 "machine '{name}' exited right after it started; see 'journalctl -u {}'",
@@ -189,7 +215,37 @@ async fn start_machine(
         // An app machine is up once its command runs.
         readiness::mark_ready(name);
     }
+    watch.lap("state");
+    tracing::info!(%name, pid, "machine started in {watch}");
+    tokio::task::spawn_blocking(move || runtime::prepare_spare_helper(&helper_path));
     Ok(Started { running, terminal })
+}
+
+/// The machines being started by this berthd.
+static STARTING: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A claim on starting one machine, released when dropped.
+struct Starting(String);
+
+impl Starting {
+    fn claim(name: &str) -> Result<Self, MachineError> {
+        let mut starting = STARTING
+            .lock()
+            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        if !starting.insert(name.to_owned()) {
+            return Err(MachineError::AlreadyStarting(name.to_owned()));
+        }
+        Ok(Self(name.to_owned()))
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Ok(mut starting) = STARTING.lock() {
+            starting.remove(&self.0);
+        }
+    }
 }
 
 /// Compiles the machine's locale with its own `locale-gen`, in the background, when the
@@ -247,6 +303,7 @@ async fn bring_up(
     definition: &Definition,
     launch: Launch,
     pidfd: Option<&OwnedFd>,
+    watch: &mut Stopwatch,
 ) -> Result<(), MachineError> {
     let pid = launch.pid;
     let base = definition.uid_range.base;
@@ -270,7 +327,9 @@ async fn bring_up(
                 })?,
         };
         systemd::start_scope(conn, &spec).await?;
+        watch.lap("scope");
         runtime::delegate_payload_cgroup(&scope_cgroup(&unit), pid, base)?;
+        watch.lap("delegate");
         // A volume is mounted only in the machine's namespace: tools reach its files (e.g.
         // `journalctl -M`) through the leader's root.
         let root = if definition.volume.is_some() {
@@ -286,6 +345,7 @@ async fn bring_up(
             &root,
         )
         .await?;
+        watch.lap("register");
         Ok::<(), MachineError>(())
     }
     .await;
@@ -299,7 +359,7 @@ async fn bring_up(
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     })?;
-    tracing::info!(name = %definition.name, pid, "machine started");
+    watch.lap("exec");
     Ok(())
 }
 
@@ -340,8 +400,13 @@ pub async fn stop(
     }
 }
 
+/// Waits until machine `name` is gone from machined, at most `timeout`: on its reaper when
+/// this berthd has one, else by asking machined every 50 ms. Whether it is gone.
 async fn wait_gone(conn: &Connection, name: &str, timeout: Duration) -> Result<bool, MachineError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    if let Some(finished) = super::reapers::finished(name) {
+        let _ = tokio::time::timeout_at(deadline, finished).await;
+    }
     while tokio::time::Instant::now() < deadline {
         if state(conn, name).await?.is_none() {
             return Ok(true);
@@ -351,18 +416,21 @@ async fn wait_gone(conn: &Connection, name: &str, timeout: Duration) -> Result<b
     Ok(state(conn, name).await?.is_none())
 }
 
-/// What it takes to start a booted machine again when its systemd asks for a reboot.
-struct Reboot {
+/// What the reaper needs besides the machine: the bus, the store, and the helper to start
+/// a booted machine again when its systemd asks for a reboot.
+struct Reaper {
     conn: Connection,
     machines: Machines,
     helper: PathBuf,
 }
 
-/// Waits for the machine's PID 1 (a child of berthd) to exit and reaps it. Its status goes to
-/// the status file unless berth's init already wrote the payload's there. A booted init
-/// killed by SIGHUP asked for a reboot (the kernel's reboot(2) in a PID namespace): the
-/// machine is started again, as systemd-nspawn does.
-async fn reap(definition: Definition, pidfd: OwnedFd, reboot: Option<Reboot>) {
+/// Waits for the machine's PID 1 (a child of berthd) to exit and reaps it, then ends the
+/// machine at once instead of waiting for systemd and machined to notice: records the exit
+/// status (unless berth's init wrote the payload's already), unregisters it from machined,
+/// stops its scope and, for an ephemeral machine, removes it. Waiters on `reaping` wake after
+/// that. A booted init killed by SIGHUP asked for a reboot (the kernel's reboot(2) in a PID
+/// namespace): the machine is started again, as systemd-nspawn does.
+async fn reap(reaper: Reaper, definition: Definition, pidfd: OwnedFd, reaping: Reaping) {
     let name = definition.name.clone();
     let Ok(fd) = crate::sys::process::register_async(pidfd) else {
         return;
@@ -370,6 +438,7 @@ async fn reap(definition: Definition, pidfd: OwnedFd, reboot: Option<Reboot>) {
     if fd.readable().await.is_err() {
         return;
     }
+    let mut watch = Stopwatch::start();
     super::network::detach(&definition);
     let waited = rustix::process::waitid(
         rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(fd.get_ref())),
@@ -383,29 +452,60 @@ async fn reap(definition: Definition, pidfd: OwnedFd, reboot: Option<Reboot>) {
         },
         _ => None,
     };
+    let boot = definition.mode == Mode::Boot;
     // A guest systemd ends a poweroff or halt by raising SIGINT (a reboot: SIGHUP), as
     // systemd-nspawn expects; that is a clean shutdown, reported as exit status 0 as nspawn does.
     let status = match status {
-        Some(ExitStatus::Killed(libc::SIGINT)) if reboot.is_some() => Some(ExitStatus::Exited(0)),
+        Some(ExitStatus::Killed(libc::SIGINT)) if boot => Some(ExitStatus::Exited(0)),
         other => other,
     };
-    tracing::info!(%name, ?status, "machine's PID 1 exited");
     if let Some(status) = status
         && read_status(&name).is_none()
     {
         let _ = fs::write(status_path(&name), format!("{}\n", status.to_line()));
     }
-    if let (Some(ExitStatus::Killed(libc::SIGHUP)), Some(r)) = (status, reboot) {
-        tracing::info!(%name, "machine asked for a reboot; starting it again");
-        if let Err(e) = wait_gone(&r.conn, &name, Duration::from_secs(60)).await {
-            tracing::warn!(%name, "cannot reboot the machine: {e}");
-            return;
+    watch.lap("status");
+    // Its PID namespace is gone with its PID 1, so the scope is empty. systemd and machined
+    // would notice on their own; asking both at once makes the end a known moment.
+    let unit = unit_name::machine_scope(&name);
+    let (unregistered, stopped) = tokio::join!(
+        systemd::unregister_machine(&reaper.conn, &name),
+        systemd::stop_scope(&reaper.conn, &unit)
+    );
+    if let Err(e) = unregistered {
+        tracing::warn!(%name, "cannot unregister the machine from machined: {e}");
+    }
+    if let Err(e) = stopped {
+        tracing::warn!(%name, "cannot stop {unit}: {e}");
+    }
+    watch.lap("unregister and stop scope");
+    tracing::info!(%name, ?status, "machine's PID 1 exited; ended the machine in {watch}");
+    let rebooting = boot && status == Some(ExitStatus::Killed(libc::SIGHUP));
+    if definition.ephemeral && !rebooting {
+        let machines = reaper.machines.clone();
+        let removing = name.clone();
+        match blocking_machine(move || machines.remove(&removing)).await {
+            Ok(()) | Err(MachineError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(%name, "cannot remove ephemeral machine: {e}"),
         }
-        match start(&r.conn, &r.machines, r.helper, &name, Attach::Journal).await {
+    }
+    if rebooting {
+        tracing::info!(%name, "machine asked for a reboot; starting it again");
+        match start(
+            &reaper.conn,
+            &reaper.machines,
+            reaper.helper,
+            &name,
+            Attach::Journal,
+        )
+        .await
+        {
             Ok(_) => tracing::info!(%name, "machine rebooted"),
             Err(e) => tracing::warn!(%name, "cannot reboot the machine: {e}"),
         }
     }
+    // Waiters wake now: after a reboot they find the new start's reaper.
+    drop(reaping);
 }
 
 fn status_path(name: &str) -> PathBuf {
@@ -473,6 +573,15 @@ pub async fn wait_ready(
 /// is unknown: it was killed while berthd was not its parent).
 pub async fn wait(conn: &Connection, name: &str) -> Result<Option<ExitStatus>, MachineError> {
     loop {
+        // Started by this berthd: its reaper says when it has ended (a reboot starts a new
+        // reaper, which is waited for in turn).
+        if let Some(finished) = super::reapers::finished(name) {
+            finished.await;
+            if super::reapers::finished(name).is_none() {
+                break;
+            }
+            continue;
+        }
         let Some(running) = state(conn, name).await? else {
             break;
         };
@@ -499,6 +608,12 @@ pub async fn wait(conn: &Connection, name: &str) -> Result<Option<ExitStatus>, M
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(None)
+}
+
+/// Whether this berthd reaps machine `name` (it started it): its reaper then ends it, and
+/// removes it when it is ephemeral.
+pub fn reaped_here(name: &str) -> bool {
+    super::reapers::finished(name).is_some()
 }
 
 /// Removes ephemeral machine `name` (`berth run --rm`) once it has stopped.
@@ -598,4 +713,27 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| MachineError::InvalidArgument(format!("internal error: {e}")))?
         .map_err(MachineError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_is_started_by_one_request_at_a_time() {
+        let first = Starting::claim("claimed").expect("first claim");
+        let second = Starting::claim("claimed")
+            .map(drop)
+            .expect_err("second claim");
+        assert!(
+            second
+                .to_string()
+                .contains("being started by another request"),
+            "{second}"
+        );
+        let other = Starting::claim("another").expect("another machine");
+        drop(first);
+        drop(Starting::claim("claimed").expect("claim after release"));
+        drop(other);
+    }
 }

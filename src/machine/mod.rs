@@ -11,7 +11,9 @@ pub mod lifecycle;
 pub mod network;
 pub mod processes;
 pub mod readiness;
+mod reapers;
 mod rebase;
+pub mod stopwatch;
 mod uid_range;
 pub mod usage;
 pub mod volume;
@@ -51,6 +53,10 @@ pub enum MachineError {
     InvalidArgument(String),
     #[error("machine '{0}' is already running; 'berth stop {0}' stops it")]
     AlreadyRunning(String),
+    #[error(
+        "machine '{0}' is being started by another request; 'berth status {0}' shows it once it runs"
+    )]
+    AlreadyStarting(String),
     #[error("machine '{0}' is not running; 'berth start {0}' starts it")]
     NotRunning(String),
     #[error("machine '{0}' is running; stop it first with 'berth stop {0}'")]
@@ -153,6 +159,7 @@ impl Machines {
         &self,
         request: &CreateRequest,
     ) -> Result<(Definition, Vec<String>), MachineError> {
+        let mut watch = stopwatch::Stopwatch::start();
         name::validate_machine(&request.name)?;
         let hostname = if request.hostname.is_empty() {
             request.name.clone()
@@ -251,6 +258,7 @@ impl Machines {
             Self::check_zone_in(&image.path, &format!("image '{}'", image.name), &timezone)?;
         }
 
+        watch.lap("checks");
         let _guard = self
             .create_lock
             .lock()
@@ -285,6 +293,7 @@ impl Machines {
             ports,
         };
 
+        watch.lap("uid range");
         let created = definition.created_usec;
         let identity = rebase::identity_files(&definition);
         let etc = definition.guest_etc();
@@ -295,7 +304,9 @@ impl Machines {
             Ok(())
         };
         let storage = match request.disk_size {
-            None => self.pool.copy_image(&image.reference(), &root, prepare)?,
+            None => self
+                .pool
+                .copy_image(&image.reference(), &root, !request.ephemeral, prepare)?,
             Some(size) => {
                 let path = self.volume_path(&request.name);
                 self.make_volume(&image.reference(), &path, size, &root, prepare)?;
@@ -304,6 +315,7 @@ impl Machines {
             }
         };
         definition.storage = storage.to_owned();
+        watch.lap("root");
         if let Err(e) = self.write_definition(&definition) {
             let _ = image::discard(&root);
             if let Some((path, _)) = &definition.volume {
@@ -311,6 +323,13 @@ impl Machines {
             }
             return Err(e);
         }
+        watch.lap("definition");
+        tracing::info!(
+            name = %definition.name,
+            uid_base = definition.uid_range.base,
+            storage,
+            "created machine in {watch}"
+        );
         Ok((definition, warnings))
     }
 
@@ -667,6 +686,7 @@ impl Machines {
 
     /// Removes a machine's definition, root and volume.
     pub fn remove(&self, name: &str) -> Result<(), MachineError> {
+        let mut watch = stopwatch::Stopwatch::start();
         let definition = self.get(name)?;
         if let Some((path, _)) = &definition.volume {
             match fs::remove_file(path) {
@@ -684,10 +704,14 @@ impl Machines {
         if root.symlink_metadata().is_ok() {
             image::discard(&root)?;
         }
+        watch.lap("root");
         fs::remove_file(self.definition_path(name)).map_err(|source| MachineError::Io {
             context: format!("removing {}", self.definition_path(name).display()),
             source,
-        })
+        })?;
+        watch.lap("definition");
+        tracing::info!(%name, "removed machine in {watch}");
+        Ok(())
     }
 
     /// Deletes roots a crash left half-made or half-deleted.

@@ -89,7 +89,7 @@ impl Machines {
                     .join(format!(".#berth-rebase-{name}-{}", std::process::id()));
                 let kind = self
                     .pool
-                    .copy_image(&image.reference(), &staging, prepare)?;
+                    .copy_image(&image.reference(), &staging, true, prepare)?;
                 // Atomic: the machine has either its old root or its new one.
                 if let Err(e) =
                     rustix::fs::renameat_with(CWD, &staging, CWD, &root, RenameFlags::EXCHANGE)
@@ -177,7 +177,7 @@ impl Machines {
         let identity = identity_files(&definition);
         let created = definition.created_usec;
         let root = self.root_of(target);
-        let kind = image::copy_tree_to(&self.root_of(source), &root, |tree| {
+        let kind = image::copy_tree_to(&self.root_of(source), &root, true, |tree| {
             super::write_identity(tree, &identity, created)
         })?;
         definition.storage = kind.to_owned();

@@ -6,7 +6,6 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::MachineError;
 
@@ -21,7 +20,7 @@ fn io_error(context: String) -> impl FnOnce(io::Error) -> MachineError {
 
 /// Runs a tool (mkfs.ext4, mount, umount); its stderr becomes the error.
 fn run(program: &str, args: &[&str]) -> Result<(), MachineError> {
-    let output = Command::new(program)
+    let output = crate::sys::process::command(program)
         .args(args)
         .env("LC_ALL", "C")
         .output()

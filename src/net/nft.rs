@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use super::NetError;
 use super::addressing::{BRIDGE, IPV4_NETWORK, IPV4_PREFIX};
@@ -150,7 +150,7 @@ pub fn write_table(machines: &[MachineRules]) -> Result<(), NetError> {
 
 /// Whether berth's table exists.
 pub fn has_table() -> bool {
-    Command::new("nft")
+    crate::sys::process::command("nft")
         .args(["list", "table", "inet", "berth"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -176,7 +176,7 @@ pub fn apply_machine(rules: &MachineRules, add: bool) -> Result<(), NetError> {
 }
 
 fn run(script: &str) -> Result<(), NetError> {
-    let mut child = Command::new("nft")
+    let mut child = crate::sys::process::command("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -75,7 +75,7 @@ impl Exec {
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| RuntimeError::step("creating a socket pair", e))?;
         // The helper's own messages (before it reaches the machine) go to berthd's journal.
-        let _child = Command::new(helper_binary)
+        let _child = crate::sys::process::command(helper_binary)
             .arg("--exec-machine")
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
@@ -182,18 +182,21 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
         rustix::process::pidfd_open(leader, rustix::process::PidfdFlags::empty())
             .map_err(io::Error::from),
     )?;
+    // A machine on the host's network has no namespace of its own to enter (and the host's
+    // isn't the machine's root's to join).
+    let own_network = netns_of(&format!("/proc/{leader}/ns/net")) != netns_of("/proc/self/ns/net");
+    let mut namespaces = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
+    if own_network {
+        namespaces |= CloneFlags::CLONE_NEWNET;
+    }
     step(
         "entering the machine's namespaces (needs kernel 5.8+)",
-        nix::sched::setns(
-            &pidfd,
-            CloneFlags::CLONE_NEWUSER
-                | CloneFlags::CLONE_NEWNS
-                | CloneFlags::CLONE_NEWPID
-                | CloneFlags::CLONE_NEWUTS
-                | CloneFlags::CLONE_NEWIPC
-                | CloneFlags::CLONE_NEWCGROUP,
-        )
-        .map_err(io::Error::from),
+        nix::sched::setns(&pidfd, namespaces).map_err(io::Error::from),
     )?;
     // Become the machine's root, so what it creates (the terminal) is the machine's.
     let root_uid = Uid::from_raw(0);
@@ -205,6 +208,8 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
             .and_then(|()| nix::unistd::setresuid(root_uid, root_uid, root_uid))
             .map_err(io::Error::from),
     )?;
+    // The same confinement as the machine's PID 1, which nothing here inherits.
+    super::confine::apply(own_network)?;
     let user = User::lookup(&config.user)?;
     let (stdio, terminal) = if config.tty {
         // Group tty (5), as a login terminal is.
@@ -264,6 +269,13 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
     )?;
     drop(terminal);
     Ok(init::supervise(child, &all))
+}
+
+/// The inode of a network namespace file (`None` when it can't be read).
+fn netns_of(path: &str) -> Option<u64> {
+    fs::metadata(path)
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
 }
 
 /// Joins the machine's payload cgroup, or, for a boot machine (or when the payload is an

@@ -711,6 +711,7 @@ fn inner(
         rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()),
     )?;
     errno("new session", rustix::process::setsid().map(drop))?;
+    super::confine::apply(config.own_network)?;
     let stdio = match (config.stdio, fds.stdio, fds.terminal, journal) {
         (StdioMode::Passed, Some(stdio), _, _) => stdio,
         (StdioMode::Terminal, _, Some(terminal), _) => {

@@ -4,6 +4,7 @@
 //! berthd never forks itself (it is multi-threaded); it starts `berthd --spawn-machine`
 //! ([`helper::helper_main`]) and talks to it and to the machine's PID 1 over a socket.
 
+pub mod confine;
 pub mod exec;
 mod fdpass;
 pub mod guest_etc;
@@ -19,7 +20,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -206,6 +208,78 @@ pub struct SpawnFds {
     pub stdio: Option<[OwnedFd; 3]>,
 }
 
+/// A spawn helper (`berthd --spawn-machine`) that has started and waits on its socket for a
+/// spawn config.
+#[derive(Debug)]
+struct Helper {
+    process: Child,
+    socket: UnixStream,
+}
+
+/// The helper started ahead of the next machine start, and the binary it runs. Exec'ing
+/// berthd's binary and loading it is the largest step of an app start in the VM test host
+/// (60-100 ms of ~250); a spare that is ready takes it off the start's critical path.
+static SPARE_HELPER: Mutex<Option<(PathBuf, Helper)>> = Mutex::new(None);
+
+impl Helper {
+    fn start(binary: &Path) -> Result<Self, RuntimeError> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| RuntimeError::step("creating a socket pair", e))?;
+        ours.set_read_timeout(Some(STEP_TIMEOUT))
+            .map_err(|e| RuntimeError::step("socket timeout", e))?;
+        let process = crate::sys::process::command(binary)
+            .arg("--spawn-machine")
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| RuntimeError::step(&format!("starting {}", binary.display()), e))?;
+        Ok(Self {
+            process,
+            socket: ours,
+        })
+    }
+
+    /// The spare helper when it runs `binary` and still waits, else a new one.
+    fn take(binary: &Path) -> Result<Self, RuntimeError> {
+        let spare = SPARE_HELPER.lock().ok().and_then(|mut spare| spare.take());
+        let Some((path, mut helper)) = spare else {
+            return Self::start(binary);
+        };
+        if path == binary && matches!(helper.process.try_wait(), Ok(None)) {
+            return Ok(helper);
+        }
+        let _ = helper.process.kill();
+        let _ = helper.process.wait();
+        Self::start(binary)
+    }
+}
+
+/// Starts a spare spawn helper running `binary` for the next machine start, unless one waits
+/// already. Called when berthd starts and after each start, off the start's critical path.
+pub fn prepare_spare_helper(binary: &Path) {
+    let waiting = || SPARE_HELPER.lock().map_or(true, |spare| spare.is_some());
+    if waiting() {
+        return;
+    }
+    // Started without the lock held, so a machine start never waits for this one.
+    let mut helper = match Helper::start(binary) {
+        Ok(helper) => helper,
+        Err(e) => {
+            tracing::debug!("cannot start a spare spawn helper: {e}");
+            return;
+        }
+    };
+    if let Ok(mut spare) = SPARE_HELPER.lock()
+        && spare.is_none()
+    {
+        *spare = Some((binary.to_owned(), helper));
+        return;
+    }
+    // Another start put one there meanwhile.
+    let _ = helper.process.kill();
+    let _ = helper.process.wait();
+}
+
 /// A machine being started: its PID 1 exists but waits for berthd.
 #[derive(Debug)]
 pub struct Launch {
@@ -227,16 +301,10 @@ impl Launch {
         config: &SpawnConfig,
         fds: &SpawnFds,
     ) -> Result<Self, RuntimeError> {
-        let (ours, theirs) =
-            UnixStream::pair().map_err(|e| RuntimeError::step("creating a socket pair", e))?;
-        ours.set_read_timeout(Some(STEP_TIMEOUT))
-            .map_err(|e| RuntimeError::step("socket timeout", e))?;
-        let mut child = Command::new(helper_binary)
-            .arg("--spawn-machine")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| RuntimeError::step(&format!("starting {}", helper_binary.display()), e))?;
+        let Helper {
+            process: mut child,
+            socket: ours,
+        } = Helper::take(helper_binary)?;
         let config_line = serde_json::to_string(config).map_err(io::Error::other);
         let reader = ours
             .try_clone()

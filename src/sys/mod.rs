@@ -5,3 +5,4 @@
 pub mod btrfs;
 pub mod mount;
 pub mod process;
+pub mod seccomp;

@@ -67,3 +67,84 @@ pub fn default_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
+
+/// Keeps berthd's heap from staying large after a burst of work. glibc's malloc by default
+/// gives each allocating thread an arena of its own (up to 8 per CPU), and raises its mmap and
+/// trim thresholds after a large buffer is freed, so memory an import or a burst of starts
+/// used is kept for the rest of the daemon's life. Two arenas, and fixed thresholds (buffers
+/// over 128 KiB are mapped and unmapped; free memory over 256 KiB at the heap's top goes back
+/// to the kernel), keep the idle daemon small.
+pub fn tune_malloc() {
+    // SAFETY: mallopt only changes malloc tunables; it is called at the start of main, before
+    // any other thread exists, and each value is a valid positive setting of its parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 * 1024);
+    }
+}
+
+/// A `Command` for `program` whose child inherits only its standard streams (and what the
+/// Command sets up itself). File descriptors zbus receives (a caller's stdin, stdout and
+/// stderr, a terminal) are not close-on-exec, and berthd runs many requests at once: without
+/// this, a helper or tool started for one request could keep another caller's pipe open (so
+/// it never sees EOF) or carry it into a machine.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(program);
+    // SAFETY: the closure runs in the forked child before exec and only makes raw
+    // close_range(2) / fcntl(2) system calls, which are async-signal-safe; it allocates
+    // nothing and touches no lock.
+    unsafe {
+        command.pre_exec(|| {
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            let marked = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
+            if marked != 0 {
+                // Kernels before 5.11: mark them one by one.
+                for fd in 3..4096 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn commands_inherit_only_their_standard_streams() {
+        let file = std::fs::File::open("/dev/null").expect("open");
+        // dup(2) gives a descriptor without close-on-exec, as zbus's received ones are.
+        let inheritable = rustix::io::dup(&file).expect("dup");
+        let fd = inheritable.as_raw_fd();
+        let output = super::command("sh")
+            .args([
+                "-c",
+                &format!("test -e /proc/self/fd/{fd} && echo open || echo closed"),
+            ])
+            .output()
+            .expect("sh");
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "closed");
+        let plain = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("test -e /proc/self/fd/{fd} && echo open || echo closed"),
+            ])
+            .output()
+            .expect("sh");
+        assert_eq!(
+            String::from_utf8_lossy(&plain.stdout).trim(),
+            "open",
+            "the fd leaks without it"
+        );
+    }
+}

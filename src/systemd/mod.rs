@@ -6,12 +6,12 @@ mod scope;
 mod status;
 pub mod unit_name;
 
-pub use scope::{ScopeSpec, scope_properties, start_scope};
+pub use scope::{ScopeSpec, keep_job_signals, scope_properties, start_scope, stop_scope};
 pub use status::{UnitStatus, unit_status};
 
 use thiserror::Error;
 use zbus::Connection;
-use zbus_systemd::machine1::{MachineProxy, ManagerProxy as MachinedProxy};
+use zbus_systemd::machine1::ManagerProxy as MachinedProxy;
 use zbus_systemd::systemd1::ManagerProxy as SystemdProxy;
 
 #[derive(Debug, Error)]
@@ -91,6 +91,30 @@ pub struct RunningMachine {
     pub timestamp_usec: u64,
 }
 
+impl RunningMachine {
+    /// From the properties of machined's Machine object (`Leader` u, `Unit` s, `State` s,
+    /// `Timestamp` t).
+    pub fn from_properties(
+        all: &std::collections::HashMap<String, zbus::OwnedVariant>,
+    ) -> Result<Self, SystemdError> {
+        fn get<T: TryFrom<zbus::OwnedVariant, Error = zbus::Error>>(
+            all: &std::collections::HashMap<String, zbus::OwnedVariant>,
+            name: &str,
+        ) -> Result<T, SystemdError> {
+            let value = all.get(name).ok_or_else(|| {
+                zbus::Error::Failure(format!("machined's Machine object has no {name}"))
+            })?;
+            Ok(T::try_from(value.try_clone()?)?)
+        }
+        Ok(Self {
+            leader: get(all, "Leader")?,
+            unit: get(all, "Unit")?,
+            state: get(all, "State")?,
+            timestamp_usec: get(all, "Timestamp")?,
+        })
+    }
+}
+
 /// Registers a machine whose leader already runs in its own scope (`RegisterMachine`).
 pub async fn register_machine(
     conn: &Connection,
@@ -117,7 +141,9 @@ pub async fn register_machine(
         })
 }
 
-/// The machine `name` as machined knows it; `None` when it isn't registered.
+/// The machine `name` as machined knows it; `None` when it isn't registered. Two calls
+/// (GetMachine, then one GetAll), and no property cache: a cached proxy would add a match
+/// rule and remove it again on every look.
 pub async fn running_machine(
     conn: &Connection,
     name: &str,
@@ -128,19 +154,33 @@ pub async fn running_machine(
         Err(e) if is_gone(&e) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let machine = MachineProxy::builder(conn).path(path).build().await?;
-    let read = async {
-        Ok::<_, zbus::Error>(RunningMachine {
-            leader: machine.leader().await?,
-            unit: machine.unit().await?,
-            state: machine.state().await?,
-            timestamp_usec: machine.timestamp().await?,
-        })
-    };
-    match read.await {
-        Ok(running) => Ok(Some(running)),
+    let properties = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination("org.freedesktop.machine1")
+        .path(path)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?;
+    let interface =
+        zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.machine1.Machine");
+    let all = match properties
+        .get_all(interface)
+        .await
+        .map_err(zbus::Error::from)
+    {
+        Ok(all) => all,
         // It went away between GetMachine and reading it: it isn't running.
-        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) if is_gone(&e) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(RunningMachine::from_properties(&all)?))
+}
+
+/// Drops machine `name` from machined (its leader has exited; berthd stops the scope).
+pub async fn unregister_machine(conn: &Connection, name: &str) -> Result<(), SystemdError> {
+    let machined = MachinedProxy::new(conn).await?;
+    match machined.unregister_machine(name.to_owned()).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_gone(&e) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -151,6 +191,7 @@ fn is_gone(e: &zbus::Error) -> bool {
         error_name(e).as_deref(),
         Some(
             "org.freedesktop.machine1.NoSuchMachine"
+                | "org.freedesktop.systemd1.NoSuchUnit"
                 | "org.freedesktop.DBus.Error.UnknownObject"
                 | "org.freedesktop.DBus.Error.UnknownMethod"
         )
@@ -271,5 +312,42 @@ fn error_name(e: &zbus::Error) -> Option<String> {
         zbus::Error::MethodError(name, _, _) => Some(name.to_string()),
         zbus::Error::FDO(fdo) => Some(zbus::DBusError::name(&**fdo).to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variant(value: impl Into<zbus::Variant<'static>>) -> zbus::OwnedVariant {
+        zbus::OwnedVariant::try_from(value.into()).expect("owned")
+    }
+
+    #[test]
+    fn a_running_machine_is_read_from_machineds_properties() {
+        let mut all = std::collections::HashMap::new();
+        all.insert("Leader".to_owned(), variant(4242u32));
+        all.insert("Unit".to_owned(), variant("machine-web.scope"));
+        all.insert("State".to_owned(), variant("running"));
+        all.insert("Timestamp".to_owned(), variant(1_700_000_000_000_000u64));
+        all.insert("Class".to_owned(), variant("container"));
+        let running = RunningMachine::from_properties(&all).expect("parsed");
+        assert_eq!(
+            running,
+            RunningMachine {
+                leader: 4242,
+                unit: "machine-web.scope".into(),
+                state: "running".into(),
+                timestamp_usec: 1_700_000_000_000_000,
+            }
+        );
+        all.remove("Unit");
+        let missing = RunningMachine::from_properties(&all).expect_err("no Unit");
+        assert!(missing.to_string().contains("no Unit"), "{missing}");
+        all.insert("Unit".to_owned(), variant(7u32));
+        assert!(
+            RunningMachine::from_properties(&all).is_err(),
+            "a Unit that isn't a string"
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! the job to finish.
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use zbus::{Connection, OwnedVariant, Variant};
@@ -70,60 +72,115 @@ pub fn scope_properties(spec: &ScopeSpec<'_>, use_pidfd: bool) -> Result<Propert
     Ok(props)
 }
 
+/// Whether systemd takes `PIDFDs` (≥ 255; Debian 12 ships 252): learnt at the first start,
+/// so later starts don't pay a refused call each.
+static TAKES_PIDFDS: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const YES: u8 = 1;
+const NO: u8 = 2;
+
 /// Starts the scope and waits until its start job is done (only then is the leader in it).
 pub async fn start_scope(conn: &Connection, spec: &ScopeSpec<'_>) -> Result<(), SystemdError> {
     let systemd = SystemdProxy::new(conn).await?;
     // Subscribe before starting, or the JobRemoved signal may come first.
     let mut removed = systemd.receive_job_removed().await?;
-    let mut result = start(&systemd, spec, true).await;
-    // systemd < 255 has no PIDFDs (Debian 12 ships 252): fall back to PIDs.
-    let unknown_property = result
-        .as_ref()
-        .err()
-        .and_then(super::error_name)
-        .is_some_and(|n| {
-            matches!(
-                n.as_str(),
-                "org.freedesktop.DBus.Error.UnknownProperty"
-                    | "org.freedesktop.DBus.Error.PropertyReadOnly"
-            )
-        });
-    if unknown_property && spec.leader_pidfd.is_some() {
-        tracing::debug!("systemd has no PIDFDs property; using PIDs");
-        result = start(&systemd, spec, false).await;
+    let try_pidfd = spec.leader_pidfd.is_some() && TAKES_PIDFDS.load(Ordering::Relaxed) != NO;
+    let mut result = start(&systemd, spec, try_pidfd).await;
+    if try_pidfd {
+        let unknown_property = result
+            .as_ref()
+            .err()
+            .and_then(super::error_name)
+            .is_some_and(|n| {
+                matches!(
+                    n.as_str(),
+                    "org.freedesktop.DBus.Error.UnknownProperty"
+                        | "org.freedesktop.DBus.Error.PropertyReadOnly"
+                )
+            });
+        if unknown_property {
+            tracing::debug!("systemd has no PIDFDs property; using PIDs");
+            TAKES_PIDFDS.store(NO, Ordering::Relaxed);
+            result = start(&systemd, spec, false).await;
+        } else if result.is_ok() {
+            TAKES_PIDFDS.store(YES, Ordering::Relaxed);
+        }
     }
     let job = result.map_err(|e| SystemdError::StartRefused {
         unit: spec.unit.clone(),
         message: super::method_error_text(&e),
     })?;
+    wait_job(&mut removed, &job, &spec.unit).await
+}
+
+/// Stops scope `unit` (the machine's PID 1 has exited) and waits until it is gone, so a
+/// machine that ended leaves no unit behind; a unit that is gone already is fine.
+pub async fn stop_scope(conn: &Connection, unit: &str) -> Result<(), SystemdError> {
+    let systemd = SystemdProxy::new(conn).await?;
+    let mut removed = systemd.receive_job_removed().await?;
+    match systemd.stop_unit(unit.to_owned(), "replace".into()).await {
+        Ok(job) => wait_job(&mut removed, &job, unit).await,
+        Err(e) if super::is_gone(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn wait_job(
+    removed: &mut zbus_systemd::systemd1::JobRemovedStream,
+    job: &zbus::OwnedObjectPath,
+    unit: &str,
+) -> Result<(), SystemdError> {
     while let Some(signal) = removed.next().await {
         let args = signal.args()?;
-        if args.job() == &job {
+        if args.job() == job {
             return match args.result().as_str() {
                 "done" => Ok(()),
                 other => Err(SystemdError::JobFailed {
-                    unit: spec.unit.clone(),
+                    unit: unit.to_owned(),
                     result: other.to_owned(),
                 }),
             };
         }
     }
     Err(SystemdError::JobFailed {
-        unit: spec.unit.clone(),
+        unit: unit.to_owned(),
         result: "unknown (the bus connection closed)".into(),
     })
 }
+
+/// Keeps berthd's JobRemoved match rule registered for the connection's life: each start and
+/// stop subscribes again, and zbus then shares the rule instead of an AddMatch and a
+/// RemoveMatch round trip to the bus every time.
+pub async fn keep_job_signals(conn: &Connection) -> Result<(), SystemdError> {
+    let systemd = SystemdProxy::new(conn).await?;
+    let mut removed = systemd.receive_job_removed().await?;
+    tokio::spawn(async move { while removed.next().await.is_some() {} });
+    Ok(())
+}
+
+/// How long a start waits for the scope of the machine's previous run to be unloaded (a
+/// reboot, or a start right after a stop, may come before systemd has collected it).
+const UNIT_EXISTS_PATIENCE: Duration = Duration::from_secs(2);
 
 async fn start(
     systemd: &SystemdProxy<'_>,
     spec: &ScopeSpec<'_>,
     use_pidfd: bool,
 ) -> zbus::Result<zbus::OwnedObjectPath> {
-    let props =
-        scope_properties(spec, use_pidfd).map_err(|e| zbus::Error::Failure(e.to_string()))?;
-    systemd
-        .start_transient_unit(spec.unit.clone(), "fail".into(), props, Vec::new())
-        .await
+    let deadline = tokio::time::Instant::now() + UNIT_EXISTS_PATIENCE;
+    loop {
+        let props =
+            scope_properties(spec, use_pidfd).map_err(|e| zbus::Error::Failure(e.to_string()))?;
+        let result = systemd
+            .start_transient_unit(spec.unit.clone(), "fail".into(), props, Vec::new())
+            .await;
+        let exists = result.as_ref().err().and_then(super::error_name).as_deref()
+            == Some("org.freedesktop.systemd1.UnitExists");
+        if !exists || tokio::time::Instant::now() >= deadline {
+            return result;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[cfg(test)]

@@ -59,12 +59,12 @@ test_23_unprivileged_user_may_list_but_not_change() {
     chmod 644 /var/tmp/tester.tar
     expect_ok as_tester berth images
     grep -q '^keep ' "$OUT"
-    expect_fail "not authorized to manage images" as_tester berth import-tar /var/tmp/tester.tar nope
+    expect_fail "not authorized to import images \(polkit action org.berth.berth1.import-image\)" as_tester berth import-tar /var/tmp/tester.tar nope
     [[ $(wc -l <"$ERR") == 1 ]] || fail "expected one line of error"
     assert_no_image nope
-    expect_fail "not authorized to manage images" as_tester berth import-fs "$FIXTURES/tree" nope
+    expect_fail "not authorized to import images" as_tester berth import-fs "$FIXTURES/tree" nope
     assert_no_image nope
-    expect_fail "not authorized to manage images" as_tester berth rmi keep
+    expect_fail "not authorized to remove images" as_tester berth rmi keep
     [[ -d /var/lib/machines/keep ]]
     expect_ok berth rmi keep
 }

@@ -37,8 +37,8 @@ test_50_create_list_remove_machines() {
 
     expect_ok as_tester berth list
     grep -q '^web ' "$OUT"
-    expect_fail "not authorized to manage machines" as_tester berth create other --image base --boot
-    expect_fail "not authorized to manage machines" as_tester berth rm web
+    expect_fail "not authorized to create machines" as_tester berth create other --image base --boot
+    expect_fail "not authorized to remove machines" as_tester berth rm web
     [[ -f $def ]]
 
     expect_ok berth rm web job

@@ -44,7 +44,7 @@ test_55_image_versions_outdated_rebase_clone() {
     id=$(sed -n 's/^MachineID=//p' /etc/berth/machines/old.machine)
     base=$(sed -n 's/^UIDBase=//p' /etc/berth/machines/old.machine)
     echo changed >/var/lib/berth/machines/old/etc/local-change
-    expect_fail "not authorized to manage machines" as_tester berth rebase old
+    expect_fail "not authorized to rebase machines" as_tester berth rebase old
     expect_ok berth rebase old
     grep -q "Rebased machine 'old' onto image 'lin@1.10' (copy)" "$OUT"
     [[ $(cat /var/lib/berth/machines/old/etc/release) == 1.10 ]] || fail "root is not 1.10's"

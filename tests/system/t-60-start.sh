@@ -94,8 +94,8 @@ test_62_machines_survive_a_berthd_restart() {
     expect_ok berth start keep
     local leader
     leader=$(machinectl show -p Leader --value keep)
-    expect_fail "not authorized to manage machines" as_tester berth stop keep
-    expect_fail "not authorized to manage machines" as_tester berth start keep
+    expect_fail "not authorized to stop machines" as_tester berth stop keep
+    expect_fail "not authorized to start machines" as_tester berth start keep
     systemctl restart berthd.service
     [[ $(machinectl show -p Leader --value keep) == "$leader" ]] || fail "leader changed"
     expect_ok berth list

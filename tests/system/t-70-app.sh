@@ -145,7 +145,7 @@ test_72_exec_runs_inside_a_running_machine() {
     grep -q '^TERM=' <<<"$out" || fail "no TERM"
     expect_fail "no user 'ghost' in the machine's /etc/passwd" berth exec --user ghost app2 -- true
     expect_fail "executing /no/such: No such file" berth exec app2 -- /no/such
-    expect_fail "not authorized to manage machines" as_tester berth exec app2 -- true
+    expect_fail "not authorized to run commands in machines" as_tester berth exec app2 -- true
     expect_ok berth stop app2
     expect_ok berth rm app2
 }
