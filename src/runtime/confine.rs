@@ -72,6 +72,15 @@ const fn denied(name: &'static str, native: libc::c_long, i386: u32) -> DeniedCa
     }
 }
 
+/// A call only the 32-bit x86 table has (64-bit systems use the plain name's number).
+const fn denied_i386(name: &'static str, i386: u32) -> DeniedCall {
+    DeniedCall {
+        name,
+        native: None,
+        i386: Some(i386),
+    }
+}
+
 /// The refused system calls (EPERM).
 pub const DENIED_CALLS: &[DeniedCall] = &[
     denied("init_module", libc::SYS_init_module, 128),
@@ -88,23 +97,11 @@ pub const DENIED_CALLS: &[DeniedCall] = &[
     denied("request_key", libc::SYS_request_key, 287),
     denied("keyctl", libc::SYS_keyctl, 288),
     denied("settimeofday", libc::SYS_settimeofday, 79),
-    DeniedCall {
-        name: "stime",
-        native: None,
-        i386: Some(25),
-    },
+    denied_i386("stime", 25),
     denied("clock_settime", libc::SYS_clock_settime, 264),
-    DeniedCall {
-        name: "clock_settime64",
-        native: None,
-        i386: Some(404),
-    },
+    denied_i386("clock_settime64", 404),
     denied("clock_adjtime", libc::SYS_clock_adjtime, 343),
-    DeniedCall {
-        name: "clock_adjtime64",
-        native: None,
-        i386: Some(405),
-    },
+    denied_i386("clock_adjtime64", 405),
     denied("swapon", libc::SYS_swapon, 87),
     denied("swapoff", libc::SYS_swapoff, 115),
     denied("acct", libc::SYS_acct, 51),
