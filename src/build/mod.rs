@@ -184,6 +184,8 @@ pub async fn build(
         masquerade: true,
         ports: Vec::new(),
     };
+    // Its root becomes the image after it stops; the build removes it, not its reaper.
+    let _kept = lifecycle::KeptAfterExit::hold(&name);
     let machines_c = machines.clone();
     blocking(move || machines_c.create(&create).map(drop)).await?;
     let result = run_steps(

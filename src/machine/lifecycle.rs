@@ -248,6 +248,39 @@ impl Drop for Starting {
     }
 }
 
+/// Ephemeral machines whose owner inside berthd removes them itself (a build, which stores
+/// the stopped machine's root as the image first), so their reaper leaves them be.
+static KEPT_AFTER_EXIT: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// While held, the ephemeral machine stays after its PID 1 exits; the holder removes it.
+#[derive(Debug)]
+pub struct KeptAfterExit(String);
+
+impl KeptAfterExit {
+    pub fn hold(name: &str) -> Self {
+        if let Ok(mut kept) = KEPT_AFTER_EXIT.lock() {
+            kept.insert(name.to_owned());
+        }
+        Self(name.to_owned())
+    }
+
+    fn is_held(name: &str) -> bool {
+        KEPT_AFTER_EXIT
+            .lock()
+            .map(|kept| kept.contains(name))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for KeptAfterExit {
+    fn drop(&mut self) {
+        if let Ok(mut kept) = KEPT_AFTER_EXIT.lock() {
+            kept.remove(&self.0);
+        }
+    }
+}
+
 /// Compiles the machine's locale with its own `locale-gen`, in the background, when the
 /// guest can but hasn't yet (a locale it lacked at create, or the host's new LANG).
 fn generate_locale(helper: &std::path::Path, definition: &Definition, leader: u32) {
@@ -481,7 +514,7 @@ async fn reap(reaper: Reaper, definition: Definition, pidfd: OwnedFd, reaping: R
     watch.lap("unregister and stop scope");
     tracing::info!(%name, ?status, "machine's PID 1 exited; ended the machine in {watch}");
     let rebooting = boot && status == Some(ExitStatus::Killed(libc::SIGHUP));
-    if definition.ephemeral && !rebooting {
+    if definition.ephemeral && !rebooting && !KeptAfterExit::is_held(&name) {
         let machines = reaper.machines.clone();
         let removing = name.clone();
         match blocking_machine(move || machines.remove(&removing)).await {

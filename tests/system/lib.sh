@@ -61,8 +61,8 @@ expect_ok() {
     OUT=$(mktemp) ERR=$(mktemp)
     "$@" >"$OUT" 2>"$ERR" || rc=$?
     echo "\$ $* -> exit $rc"
-    sed 's/^/  stdout: /' "$OUT" | head -40
-    sed 's/^/  stderr: /' "$ERR" | head -40
+    sed -n '1,40s/^/  stdout: /p' "$OUT"
+    sed -n '1,40s/^/  stderr: /p' "$ERR"
     ((rc == 0)) || fail "'$*' failed with exit $rc"
 }
 
