@@ -60,6 +60,11 @@ impl From<ImageError> for BusError {
                 | RegistryError::BadSums { .. }
                 | RegistryError::SumsNotText { .. },
             ) => Self::BadImageInput(message),
+            ImageError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                Self::Failed(format!(
+                    "{message}: the filesystem is full; free space on it, then try again (a failed import, pull or build keeps nothing of its image)"
+                ))
+            }
             ImageError::Registry(_) | ImageError::Io { .. } => Self::Failed(message),
         }
     }
@@ -104,5 +109,23 @@ impl From<MachineError> for BusError {
             | MachineError::BadDefinition { .. }
             | MachineError::Io { .. } => Self::Failed(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_says_what_to_do() {
+        let full = ImageError::Io {
+            context: "writing the image".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        let BusError::Failed(message) = BusError::from(full) else {
+            panic!("not Failed");
+        };
+        assert!(message.starts_with("writing the image: No space left on device"));
+        assert!(message.contains("the filesystem is full; free space on it, then try again"));
     }
 }

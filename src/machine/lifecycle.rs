@@ -125,6 +125,7 @@ async fn start_machine(
     let (mut launch, notify, watch) = blocking_machine(move || {
         let mut launch = Launch::spawn(&helper, &config, &fds)?;
         watch.lap("spawn");
+        super::crash_points::reached("spawn");
         if let Err(e) = launch.map_ids(base) {
             launch.abort();
             return Err(e.into());
@@ -361,6 +362,7 @@ async fn bring_up(
         };
         systemd::start_scope(conn, &spec).await?;
         watch.lap("scope");
+        super::crash_points::reached("scope");
         runtime::delegate_payload_cgroup(&scope_cgroup(&unit), pid, base)?;
         watch.lap("delegate");
         // A volume is mounted only in the machine's namespace: tools reach its files (e.g.
@@ -379,6 +381,7 @@ async fn bring_up(
         )
         .await?;
         watch.lap("register");
+        super::crash_points::reached("register");
         Ok::<(), MachineError>(())
     }
     .await;

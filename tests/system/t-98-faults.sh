@@ -65,3 +65,89 @@ test_99_machines_survive_machined_restart_and_berthd_kill() {
     assert_machine_gone steady
     expect_ok berth rm steady
 }
+
+# berthd runs with BERTH_CRASH_AFTER=STEP (a drop-in), or without it when STEP is empty.
+berthd_crashes_after() {
+    local dropin=/run/systemd/system/berthd.service.d
+    if [[ -n $1 ]]; then
+        mkdir -p "$dropin"
+        printf '[Service]\nEnvironment=BERTH_CRASH_AFTER=%s\n' "$1" >"$dropin/crash.conf"
+    else
+        rm -f "$dropin/crash.conf"
+    fi
+    systemctl daemon-reload
+    systemctl reset-failed berthd.service 2>/dev/null || true
+    systemctl restart berthd.service
+}
+
+# Waits up to 10 s for machine NAME's scope and registration to go (its PID 1 ends when berthd
+# does: it waits on berthd's socket).
+wait_machine_gone() {
+    for _ in $(seq 100); do
+        if ! machinectl show "$1" >/dev/null 2>&1 && [[ $(systemctl is-active "machine-$1.scope") != active ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    assert_machine_gone "$1"
+}
+
+test_93_berthd_killed_during_a_start_leaves_all_or_nothing() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_ok berth create cut --image deb -- sleep infinity
+    local step
+    for step in spawn scope register; do
+        berthd_crashes_after "$step"
+        expect_fail "." berth start cut
+        grep -q "berthd went away before it answered" "$ERR" || fail "after a crash at $step: the error does not say berthd went away: $(cat "$ERR")"
+        berthd_crashes_after ""
+        # Nothing of the cut start is left: no process, scope, registration or mount...
+        wait_machine_gone cut
+        ! pgrep -f 'sleep infinity' >/dev/null || fail "after a crash at $step: a payload runs: $(pgrep -af 'sleep infinity')"
+        ! grep -q "/var/lib/berth/machines/cut" /proc/self/mountinfo || fail "after a crash at $step: a mount is left"
+        expect_ok berth list
+        grep -Eq "^cut +stopped " "$OUT" || fail "after a crash at $step: berth list shows $(grep '^cut ' "$OUT")"
+        # ... and the machine starts normally afterwards, managed as any other.
+        expect_ok berth start cut
+        [[ $(machinectl show cut -p State --value) == running ]] || fail "after a crash at $step: the next start did not run"
+        expect_ok berth exec cut -- true
+        expect_ok berth stop cut
+        assert_machine_gone cut
+    done
+    expect_ok berth rm cut
+
+    # berth run --rm cut off after registration: the ephemeral machine is removed entirely.
+    berthd_crashes_after register
+    expect_fail "." berth run --rm --name cutrun --image deb -- sleep infinity
+    berthd_crashes_after ""
+    wait_machine_gone cutrun
+    expect_ok berth list
+    for _ in $(seq 50); do [[ -e /etc/berth/machines/cutrun.machine ]] || break; sleep 0.1; done
+    [[ ! -e /etc/berth/machines/cutrun.machine && ! -e /var/lib/berth/machines/cutrun ]] \
+        || fail "the cut-off run --rm left its definition or root"
+    assert_no_staging
+}
+
+test_94_a_full_disk_during_an_import_leaves_nothing() {
+    # A 48 MiB filesystem for the pool, and a 150 MB guest to import into it.
+    local disk=/var/tmp/small-pool.ext4 used_before used_after
+    rm -f "$disk"
+    truncate -s 48M "$disk"
+    mkfs.ext4 -q "$disk"
+    mount -o loop "$disk" /var/lib/machines
+    used_before=$(df --output=used /var/lib/machines | tail -1)
+    expect_fail "No space left on device.*the filesystem is full; free space on it" berth import-tar "$GUEST_TAR" full
+    used_after=$(df --output=used /var/lib/machines | tail -1)
+    echo "figure: full disk: $(cat "$ERR"); pool used ${used_before} KiB before, ${used_after} KiB after"
+    # No partial image visible, and the space is given back.
+    [[ -z $(ls -A /var/lib/machines | grep -v '^lost+found$') ]] || fail "left in the pool: $(ls -A /var/lib/machines)"
+    [[ ! -e /var/lib/berth/images/full.json ]] || fail "a record of the failed import is left"
+    expect_ok berth images
+    ! grep -q '^full ' "$OUT" || fail "berth images lists the failed import"
+    ((used_after <= used_before + 64)) || fail "the failed import did not give its space back: ${used_before} -> ${used_after} KiB"
+    # The pool works again once there is room.
+    expect_ok berth import-tar "$FIXTURES/small.tar" fits
+    expect_ok berth rmi fits
+    umount /var/lib/machines
+    rm -f "$disk"
+}

@@ -35,10 +35,29 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The name and message of an error reply (zbus reports the bus's own, org.freedesktop.DBus.*,
+/// as `Error::FDO`, any other as `Error::MethodError`).
+fn error_reply(e: &anyhow::Error) -> Option<(String, String)> {
+    match e.downcast_ref::<zbus::Error>()? {
+        zbus::Error::MethodError(name, text, _) => Some((
+            name.to_string(),
+            text.clone().unwrap_or_else(|| name.to_string()),
+        )),
+        zbus::Error::FDO(fdo) => {
+            use zbus::DBusError;
+            let name = fdo.name().to_string();
+            let text = fdo
+                .description()
+                .map_or_else(|| name.clone(), str::to_owned);
+            Some((name, text))
+        }
+        _ => None,
+    }
+}
+
 /// One line for the user: berthd's own message for its errors, context for ours.
 fn message(e: &anyhow::Error) -> String {
-    if let Some(zbus::Error::MethodError(name, text, _)) = e.downcast_ref::<zbus::Error>() {
-        let text = text.clone().unwrap_or_else(|| name.to_string());
+    if let Some((name, text)) = error_reply(e) {
         return match name.as_str() {
             "org.freedesktop.DBus.Error.ServiceUnknown"
             | "org.freedesktop.DBus.Error.NameHasNoOwner"
@@ -49,6 +68,12 @@ fn message(e: &anyhow::Error) -> String {
             "org.freedesktop.DBus.Error.AccessDenied" => {
                 format!("the system bus refused the call: {text}")
             }
+            "org.freedesktop.DBus.Error.NoReply" if text.contains("disconnected") => format!(
+                "berthd went away before it answered ({text}); it may have crashed: see 'journalctl -u berthd'. What the request did may be incomplete: check with 'berth list' or 'berth images', then retry"
+            ),
+            "org.freedesktop.DBus.Error.NoReply" => format!(
+                "berthd did not answer ({text}); see 'journalctl -u berthd'. The request may still be in progress: check with 'berth list' or 'berth images'"
+            ),
             _ => text,
         };
     }
