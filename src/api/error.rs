@@ -60,7 +60,9 @@ impl From<ImageError> for BusError {
                 | RegistryError::BadSums { .. }
                 | RegistryError::SumsNotText { .. },
             ) => Self::BadImageInput(message),
-            ImageError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            ImageError::Io { ref source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
                 Self::Failed(format!(
                     "{message}: the filesystem is full; free space on it, then try again (a failed import, pull or build keeps nothing of its image)"
                 ))
@@ -118,14 +120,23 @@ mod tests {
 
     #[test]
     fn a_full_disk_says_what_to_do() {
-        let full = ImageError::Io {
-            context: "writing the image".into(),
-            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
-        };
-        let BusError::Failed(message) = BusError::from(full) else {
-            panic!("not Failed");
-        };
-        assert!(message.starts_with("writing the image: No space left on device"));
-        assert!(message.contains("the filesystem is full; free space on it, then try again"));
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        // As the tree writer reports it: the entry's path in front, the kind kept.
+        let in_entry = std::io::Error::new(enospc.kind(), format!("./usr/lib/x: {enospc}"));
+        for source in [enospc, in_entry] {
+            let full = ImageError::Io {
+                context: "writing the image".into(),
+                source,
+            };
+            let BusError::Failed(message) = BusError::from(full) else {
+                panic!("not Failed");
+            };
+            assert!(message.starts_with("writing the image: "), "{message}");
+            assert!(message.contains("No space left on device"), "{message}");
+            assert!(
+                message.contains("the filesystem is full; free space on it, then try again"),
+                "{message}"
+            );
+        }
     }
 }

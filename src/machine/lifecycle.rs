@@ -171,6 +171,9 @@ async fn start_machine(
         &mut watch,
     )
     .await;
+    // Before its scope started, PID 1 is killed and reaped by the failed start itself, and a
+    // unit of the machine's name (if one refused ours) belongs to someone else: no reaper.
+    let scope_ours = result.as_ref().map_or_else(|f| f.scope_started, |()| true);
     if let (Some(socket), Some(pid)) = (notify, rustix::process::Pid::from_raw(pid)) {
         match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
             Ok(exited) => {
@@ -180,16 +183,17 @@ async fn start_machine(
         }
     }
     match pidfd {
-        Some(pidfd) => {
+        Some(pidfd) if scope_ours => {
             // Registered before the start returns, so a WaitMachine right after finds it.
             let reaping = super::reapers::begin(name);
             tokio::spawn(reap(reaper, definition.clone(), pidfd, reaping));
         }
+        Some(_) => {}
         None => {
             tracing::warn!(%name, pid, "no pidfd for the machine's PID 1; it won't be reaped by berthd")
         }
     }
-    result?;
+    result.map_err(|f| f.error)?;
     let running = match definition.mode {
         // Its command runs (or has run: an app that ended already started successfully).
         Mode::App(_) => Some(RunningMachine {
@@ -331,6 +335,21 @@ fn generate_locale(helper: &std::path::Path, definition: &Definition, leader: u3
     });
 }
 
+/// A start that failed in [`bring_up`], and whether the machine's scope had been started.
+struct StartFailure {
+    error: MachineError,
+    scope_started: bool,
+}
+
+impl<E: Into<MachineError>> From<E> for StartFailure {
+    fn from(error: E) -> Self {
+        Self {
+            error: error.into(),
+            scope_started: true,
+        }
+    }
+}
+
 async fn bring_up(
     conn: &Connection,
     machines: &Machines,
@@ -338,9 +357,10 @@ async fn bring_up(
     launch: Launch,
     pidfd: Option<&OwnedFd>,
     watch: &mut Stopwatch,
-) -> Result<(), MachineError> {
+) -> Result<(), StartFailure> {
     let pid = launch.pid;
     let base = definition.uid_range.base;
+    let mut scope_started = false;
     let result = async {
         let unit = unit_name::machine_scope(&definition.name);
         let spec = ScopeSpec {
@@ -361,6 +381,7 @@ async fn bring_up(
                 })?,
         };
         systemd::start_scope(conn, &spec).await?;
+        scope_started = true;
         watch.lap("scope");
         super::crash_points::reached("scope");
         runtime::delegate_payload_cgroup(&scope_cgroup(&unit), pid, base)?;
@@ -385,9 +406,12 @@ async fn bring_up(
         Ok::<(), MachineError>(())
     }
     .await;
-    if let Err(e) = result {
+    if let Err(error) = result {
         launch.abort();
-        return Err(e);
+        return Err(StartFailure {
+            error,
+            scope_started,
+        });
     }
     let abort_pid = launch.pid;
     blocking(move || launch.go()).await.inspect_err(|_| {

@@ -18,7 +18,9 @@ use zbus_systemd::systemd1::ManagerProxy as SystemdProxy;
 pub enum SystemdError {
     #[error("talking to systemd: {0}")]
     Bus(#[from] zbus::Error),
-    #[error("systemd refused to start {unit}: {message}")]
+    #[error(
+        "systemd refused to start {unit}: {message}; 'systemctl status {unit}' shows a unit of that name if one is in the way"
+    )]
     StartRefused { unit: String, message: String },
     #[error("systemd refused to change {unit}: {message}")]
     SetRefused { unit: String, message: String },

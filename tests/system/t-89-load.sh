@@ -46,14 +46,14 @@ test_89_twenty_clients_at_once_leak_nothing() {
     [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
     # A first, short round warms berthd up (its spare helper, lazily made connections and
     # buffers); what the longer second round adds is what it leaks.
-    load_round 15
+    load_round 10
     local fds_before rss_before fds_after rss_after
     sleep 2
     fds_before=$(berthd_fds) rss_before=$(berthd_rss_kb)
-    load_round 60
+    load_round 45
     sleep 2
     fds_after=$(berthd_fds) rss_after=$(berthd_rss_kb)
-    echo "figure: 20 clients for 60 s: $(cat /var/tmp/load/*.log | awk '{s += $3} END {print s}') rounds; berthd $fds_before -> $fds_after descriptors, RSS $rss_before -> $rss_after KiB"
+    echo "figure: 20 clients for 45 s: $(cat /var/tmp/load/*.log | awk '{s += $3} END {print s}') rounds; berthd $fds_before -> $fds_after descriptors, RSS $rss_before -> $rss_after KiB"
     [[ -z $(systemctl list-units --all --plain --no-legend 'machine-load*' 'machine-run-*') ]] \
         || fail "scopes left: $(systemctl list-units --all --plain --no-legend 'machine-*')"
     [[ -z $(machinectl list --no-legend | grep -E '^(load|run-)') ]] || fail "registrations left: $(machinectl list)"

@@ -25,6 +25,11 @@ test_95_root_in_a_machine_cannot_reach_the_host() {
     expect_ok berth start hg
     expect_ok berth start other
     berth exec other -- sh -c 'echo secret >/root/secret; chmod 600 /root/secret'
+    # Device access: closed, but for a short allow-list (the cgroup's device filter).
+    [[ $(systemctl show -P DevicePolicy machine-hg.scope) == closed ]] || fail "DevicePolicy is not closed"
+    systemctl show -P DeviceAllow machine-hg.scope | grep -q '/dev/net/tun rwm' \
+        || fail "DeviceAllow: $(systemctl show -P DeviceAllow machine-hg.scope)"
+    echo "figure: DeviceAllow of machine-hg.scope: $(systemctl show -P DeviceAllow machine-hg.scope | paste -sd " ")"
 
     # Both PID 1 (berth's init, whose children are the app) and an exec'd command are
     # confined: a seccomp filter, and no CAP_SYS_MODULE (16), CAP_SYS_RAWIO (17),

@@ -114,6 +114,19 @@ test_93_berthd_killed_during_a_start_leaves_all_or_nothing() {
         expect_ok berth stop cut
         assert_machine_gone cut
     done
+
+    # systemd refusing the scope mid-start (PID 1 is cloned by then): a unit of that name exists
+    # already. The start fails naming it, kills its PID 1 and leaves the other unit alone.
+    systemd-run --quiet --scope --unit=machine-cut.scope --slice=machine.slice sleep 300 &
+    for _ in $(seq 100); do [[ $(systemctl is-active machine-cut.scope) == active ]] && break; sleep 0.1; done
+    expect_fail "machine-cut.scope" berth start cut
+    ! machinectl show cut >/dev/null 2>&1 || fail "cut registered although systemd refused its scope"
+    ! pgrep -f 'sleep infinity' >/dev/null || fail "the refused start left its payload: $(pgrep -af 'sleep infinity')"
+    [[ $(systemctl is-active machine-cut.scope) == active ]] || fail "the refused start stopped the other unit"
+    systemctl stop machine-cut.scope
+    wait
+    expect_ok berth list
+    grep -Eq "^cut +stopped " "$OUT" || fail "after systemd refused: berth list shows $(grep '^cut ' "$OUT")"
     expect_ok berth rm cut
 
     # berth run --rm cut off after registration: the ephemeral machine is removed entirely.
@@ -135,6 +148,8 @@ test_94_a_full_disk_during_an_import_leaves_nothing() {
     truncate -s 48M "$disk"
     mkfs.ext4 -q "$disk"
     mount -o loop "$disk" /var/lib/machines
+    # Whatever happens below, the next tests get the real pool back.
+    trap 'umount /var/lib/machines 2>/dev/null; rm -f /var/tmp/small-pool.ext4' EXIT
     used_before=$(df --output=used /var/lib/machines | tail -1)
     expect_fail "No space left on device.*the filesystem is full; free space on it" berth import-tar "$GUEST_TAR" full
     used_after=$(df --output=used /var/lib/machines | tail -1)
@@ -150,4 +165,5 @@ test_94_a_full_disk_during_an_import_leaves_nothing() {
     expect_ok berth rmi fits
     umount /var/lib/machines
     rm -f "$disk"
+    trap - EXIT
 }
