@@ -318,7 +318,10 @@ fn parse_cpu_quota(value: &str) -> Result<u64, String> {
     if permyriad == 0 {
         return Err("the quota must be above 0%".into());
     }
-    Ok(permyriad * 1_000_000 / 10_000)
+    // 1% is 10 ms of CPU time per second: 100 µs per permyriad.
+    permyriad
+        .checked_mul(100)
+        .ok_or_else(|| format!("the quota {value} is too large"))
 }
 
 /// "12.5" (percent) → 1250 permyriad.
@@ -576,6 +579,8 @@ mod tests {
             "IOWeight=idle",
             "CPUQuota=20",
             "CPUQuota=0%",
+            // Found by the fuzzer: the µs per second overflowed (a panic in debug builds).
+            "CPUQuota=5088888888888888888%",
             "MemoryMax=lots",
             "MemoryMax=1Q",
             "MemoryMax=101%",
