@@ -226,19 +226,44 @@ async fn start_machine(
     Ok(Started { running, terminal })
 }
 
+/// Machine names shared by berthd's tasks (one set per purpose below).
+struct NameSet(std::sync::Mutex<std::collections::BTreeSet<String>>);
+
+impl NameSet {
+    const fn new() -> Self {
+        Self(std::sync::Mutex::new(std::collections::BTreeSet::new()))
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        // The set is never left half-changed, so a panic elsewhere doesn't spoil it.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds `name`; false when it was there already.
+    fn insert(&self, name: &str) -> bool {
+        self.names().insert(name.to_owned())
+    }
+
+    fn remove(&self, name: &str) {
+        self.names().remove(name);
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names().contains(name)
+    }
+}
+
 /// The machines being started by this berthd.
-static STARTING: std::sync::Mutex<std::collections::BTreeSet<String>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+static STARTING: NameSet = NameSet::new();
 
 /// A claim on starting one machine, released when dropped.
 struct Starting(String);
 
 impl Starting {
     fn claim(name: &str) -> Result<Self, MachineError> {
-        let mut starting = STARTING
-            .lock()
-            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
-        if !starting.insert(name.to_owned()) {
+        if !STARTING.insert(name) {
             return Err(MachineError::AlreadyStarting(name.to_owned()));
         }
         Ok(Self(name.to_owned()))
@@ -247,16 +272,13 @@ impl Starting {
 
 impl Drop for Starting {
     fn drop(&mut self) {
-        if let Ok(mut starting) = STARTING.lock() {
-            starting.remove(&self.0);
-        }
+        STARTING.remove(&self.0);
     }
 }
 
 /// Ephemeral machines whose owner inside berthd removes them itself (a build, which stores
 /// the stopped machine's root as the image first), so their reaper leaves them be.
-static KEPT_AFTER_EXIT: std::sync::Mutex<std::collections::BTreeSet<String>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+static KEPT_AFTER_EXIT: NameSet = NameSet::new();
 
 /// While held, the ephemeral machine stays after its PID 1 exits; the holder removes it.
 #[derive(Debug)]
@@ -264,25 +286,18 @@ pub struct KeptAfterExit(String);
 
 impl KeptAfterExit {
     pub fn hold(name: &str) -> Self {
-        if let Ok(mut kept) = KEPT_AFTER_EXIT.lock() {
-            kept.insert(name.to_owned());
-        }
+        KEPT_AFTER_EXIT.insert(name);
         Self(name.to_owned())
     }
 
     fn is_held(name: &str) -> bool {
-        KEPT_AFTER_EXIT
-            .lock()
-            .map(|kept| kept.contains(name))
-            .unwrap_or(false)
+        KEPT_AFTER_EXIT.contains(name)
     }
 }
 
 impl Drop for KeptAfterExit {
     fn drop(&mut self) {
-        if let Ok(mut kept) = KEPT_AFTER_EXIT.lock() {
-            kept.remove(&self.0);
-        }
+        KEPT_AFTER_EXIT.remove(&self.0);
     }
 }
 
