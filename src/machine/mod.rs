@@ -564,8 +564,15 @@ impl Machines {
             let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".machine")) else {
                 continue;
             };
-            if name::validate_machine(name).is_ok() {
-                machines.push(self.get(name)?);
+            if name::validate_machine(name).is_err() {
+                continue;
+            }
+            // A machine removed between read_dir and here (a concurrent `berth rm`) is gone,
+            // not an error: listing must not fail because another client is at work.
+            match self.get(name) {
+                Ok(definition) => machines.push(definition),
+                Err(MachineError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         machines.sort_by(|a, b| a.name.cmp(&b.name));

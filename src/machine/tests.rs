@@ -87,6 +87,18 @@ fn create_writes_identity_and_a_definition() {
 }
 
 #[test]
+fn a_definition_removed_while_listing_is_skipped_not_an_error() {
+    let f = fixture();
+    let (def, _) = f.machines.create(&request("web")).expect("create");
+    // What read_dir saw but a concurrent `berth rm` removed before it was read: a name whose
+    // file is gone (a dangling symlink reads as NotFound, as a vanished file does).
+    std::os::unix::fs::symlink(f.root.join("nowhere"), f.root.join("defs/gone.machine"))
+        .expect("symlink");
+    assert_eq!(f.machines.list().expect("list"), vec![def]);
+    f.machines.create(&request("other")).expect("create beside it");
+}
+
+#[test]
 fn uid_ranges_never_overlap_and_are_reused_after_removal() {
     let f = fixture();
     let (a, _) = f.machines.create(&request("a")).expect("a");

@@ -8,8 +8,8 @@ berthd_fds() { ls "/proc/$(berthd_pid)/fd" | wc -l; }
 berthd_rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$(berthd_pid)/status"; }
 
 # One client's loop until $deadline (seconds since the epoch), and at least $3 rounds: its own
-# machine, created, started, exec'd into, stopped and removed; every third round a berth run
-# --rm instead.
+# machine, created, listed (while others remove theirs), started, exec'd into, stopped and
+# removed; every third round a berth run --rm instead.
 load_client() {
     local id=$1 deadline=$2 min_rounds=${3:-0} round=0 name=load$1
     while ((round < min_rounds || EPOCHSECONDS < deadline)); do
@@ -18,6 +18,7 @@ load_client() {
             berth run --rm --image deb -- true || { echo "client $id round $round: run --rm failed"; return 1; }
         else
             berth create "$name" --image deb -- sleep infinity >/dev/null &&
+                berth list >/dev/null &&
                 berth start "$name" >/dev/null &&
                 [[ $(berth exec "$name" -- echo in-"$name") == in-"$name" ]] &&
                 berth stop "$name" >/dev/null &&
