@@ -95,7 +95,9 @@ fn a_definition_removed_while_listing_is_skipped_not_an_error() {
     std::os::unix::fs::symlink(f.root.join("nowhere"), f.root.join("defs/gone.machine"))
         .expect("symlink");
     assert_eq!(f.machines.list().expect("list"), vec![def]);
-    f.machines.create(&request("other")).expect("create beside it");
+    f.machines
+        .create(&request("other"))
+        .expect("create beside it");
 }
 
 #[test]

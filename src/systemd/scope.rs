@@ -113,13 +113,33 @@ pub async fn start_scope(conn: &Connection, spec: &ScopeSpec<'_>) -> Result<(), 
     wait_job(&mut removed, &job, &spec.unit).await
 }
 
-/// Stops scope `unit` (the machine's PID 1 has exited) and waits until it is gone, so a
-/// machine that ended leaves no unit behind; a unit that is gone already is fine.
+/// How long the background wait for an ended machine's stop job lasts before it gives up.
+const STOP_JOB_PATIENCE: Duration = Duration::from_secs(90);
+
+/// Stops scope `unit`, whose machine's PID 1 has exited (so its cgroup is empty). Returns once
+/// systemd has queued the stop: nothing of the machine runs any more, and systemd runs a
+/// queued job only after the bus messages it has pending, so waiting for its end would add
+/// those to every `berth run --rm` and `berth stop`. The job's result is logged when it comes.
+/// A unit that is gone already is fine.
 pub async fn stop_scope(conn: &Connection, unit: &str) -> Result<(), SystemdError> {
     let systemd = SystemdProxy::new(conn).await?;
     let mut removed = systemd.receive_job_removed().await?;
     match systemd.stop_unit(unit.to_owned(), "replace".into()).await {
-        Ok(job) => wait_job(&mut removed, &job, unit).await,
+        Ok(job) => {
+            let unit = unit.to_owned();
+            tokio::spawn(async move {
+                match tokio::time::timeout(STOP_JOB_PATIENCE, wait_job(&mut removed, &job, &unit))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(%unit, "stopping the ended machine's scope: {e}"),
+                    Err(_) => {
+                        tracing::warn!(%unit, "systemd did not finish stopping the ended machine's scope within {} s", STOP_JOB_PATIENCE.as_secs())
+                    }
+                }
+            });
+            Ok(())
+        }
         Err(e) if super::is_gone(&e) => Ok(()),
         Err(e) => Err(e.into()),
     }
