@@ -27,6 +27,7 @@ pub mod name;
 pub mod net;
 pub mod runtime;
 pub mod source;
+pub mod stopwatch;
 pub mod sys;
 pub mod systemd;
 pub mod terminal;

@@ -12,12 +12,12 @@ use std::time::Duration;
 use zbus::Connection;
 
 use super::reapers::Reaping;
-use super::stopwatch::Stopwatch;
 use super::{Definition, MachineError, Machines, Mode, readiness};
 use crate::runtime::{
     self, ExitStatus, Launch, Payload, SpawnBind, SpawnConfig, SpawnFds, StdioMode,
     exec::{Exec, ExecConfig},
 };
+use crate::stopwatch::Stopwatch;
 use crate::systemd::{self, RunningMachine, ScopeSpec, unit_name};
 
 /// Where each machine's last exit status is kept (`NAME.status`: `exited N` or `killed S`).
@@ -125,6 +125,9 @@ async fn start_machine(
     let (mut launch, notify, watch) = blocking_machine(move || {
         let mut launch = Launch::spawn(&helper, &config, &fds)?;
         watch.lap("spawn");
+        if !launch.setup.is_empty() {
+            tracing::info!(name = %config.name, "spawn helper set up the machine in {}", launch.setup);
+        }
         super::crash_points::reached("spawn");
         if let Err(e) = launch.map_ids(base) {
             launch.abort();

@@ -14,7 +14,6 @@ pub mod processes;
 pub mod readiness;
 mod reapers;
 mod rebase;
-pub mod stopwatch;
 mod uid_range;
 pub mod usage;
 pub mod volume;
@@ -160,7 +159,7 @@ impl Machines {
         &self,
         request: &CreateRequest,
     ) -> Result<(Definition, Vec<String>), MachineError> {
-        let mut watch = stopwatch::Stopwatch::start();
+        let mut watch = crate::stopwatch::Stopwatch::start();
         name::validate_machine(&request.name)?;
         let hostname = if request.hostname.is_empty() {
             request.name.clone()
@@ -694,7 +693,7 @@ impl Machines {
 
     /// Removes a machine's definition, root and volume.
     pub fn remove(&self, name: &str) -> Result<(), MachineError> {
-        let mut watch = stopwatch::Stopwatch::start();
+        let mut watch = crate::stopwatch::Stopwatch::start();
         let definition = self.get(name)?;
         if let Some((path, _)) = &definition.volume {
             match fs::remove_file(path) {

@@ -120,6 +120,8 @@ fn outer(
 ) -> Result<(), RuntimeError> {
     let root = &config.root;
     let base = config.uid_base;
+    // Reported with the PID, for berthd's log of where a start's time goes.
+    let mut watch = crate::stopwatch::Stopwatch::start();
     step(
         "unsharing the mount namespace",
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(io::Error::from),
@@ -132,11 +134,14 @@ fn outer(
             MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
         ),
     )?;
+    watch.lap("mount namespace");
     if let Some(volume) = &config.volume {
         mount_volume(volume, root)?;
+        watch.lap("volume");
     }
     if !config.etc.is_empty() {
         write_guest_etc(root, &config.etc)?;
+        watch.lap("guest etc");
     }
     // Mount points, created in the plain tree (so they belong to container root).
     for dir in ["proc", "sys", "dev", "run", "tmp"] {
@@ -157,7 +162,9 @@ fn outer(
             )?;
         }
     }
+    watch.lap("mount points");
     idmap_root(root, base)?;
+    watch.lap("idmapped root");
 
     let mounts: [(&str, &str, MountFlags, String); 4] = [
         (
@@ -188,6 +195,7 @@ fn outer(
     for (dir, fstype, flags, data) in mounts {
         mount_fs(fstype, &root.join(dir), flags, &data)?;
     }
+    watch.lap("sys dev run tmp");
     populate_dev(root, base)?;
     let master = if config.stdio == StdioMode::Terminal {
         let (master, subsidiary) = open_terminal(root, base, config.payload == Payload::Boot)?;
@@ -196,7 +204,9 @@ fn outer(
     } else {
         None
     };
+    watch.lap("dev nodes");
     populate_run_host(config)?;
+    watch.lap("run-host");
     for bind in &config.binds {
         let target = inside(root, &bind.destination);
         errno(
@@ -209,6 +219,9 @@ fn outer(
                 rustix::mount::mount_remount(&target, MountFlags::BIND | MountFlags::RDONLY, ""),
             )?;
         }
+    }
+    if !config.binds.is_empty() {
+        watch.lap("binds");
     }
 
     // PID 1 becomes an unprivileged host UID that may not traverse berth's 0700 state
@@ -225,10 +238,11 @@ fn outer(
         crate::sys::process::clone_process(flags),
     )? {
         Forked::Parent { child } => {
+            watch.lap("clone");
             let passed: Vec<_> = master.iter().map(AsFd::as_fd).collect();
             step(
                 "reporting the PID",
-                super::fdpass::send(socket, format!("pid {child}\n").as_bytes(), &passed),
+                super::fdpass::send(socket, format!("pid {child} {watch}\n").as_bytes(), &passed),
             )?;
             Ok(())
         }
