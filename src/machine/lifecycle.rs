@@ -546,10 +546,13 @@ async fn reap(reaper: Reaper, definition: Definition, pidfd: OwnedFd, reaping: R
     // Its PID namespace is gone with its PID 1, so the scope is empty. systemd and machined
     // would notice on their own; asking both at once makes the end a known moment.
     let unit = unit_name::machine_scope(&name);
-    let (unregistered, stopped) = tokio::join!(
-        systemd::unregister_machine(&reaper.conn, &name),
-        systemd::stop_scope(&reaper.conn, &unit)
+    let calls = std::time::Instant::now();
+    let ms = || calls.elapsed().as_secs_f64() * 1000.0;
+    let ((unregistered, unregister_ms), (stopped, stop_ms)) = tokio::join!(
+        async { (systemd::unregister_machine(&reaper.conn, &name).await, ms()) },
+        async { (systemd::stop_scope(&reaper.conn, &unit).await, ms()) },
     );
+    tracing::info!(%name, "machine end calls in {:.1} ms: unregister {unregister_ms:.1}, stop scope {stop_ms:.1}", unregister_ms.max(stop_ms));
     if let Err(e) = unregistered {
         tracing::warn!(%name, "cannot unregister the machine from machined: {e}");
     }

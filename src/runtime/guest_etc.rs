@@ -216,6 +216,12 @@ fn read_in_root(root: &impl AsFd, path: &str, limit: u64) -> io::Result<Vec<u8>>
     Ok(content)
 }
 
+/// Whether the guest's `path` holds `content` already (then it is not written again: a start
+/// rewrites nothing that is right, and the files keep their times).
+fn holds(root: &impl AsFd, path: &str, content: &str) -> bool {
+    read_in_root(root, path, content.len() as u64 + 1).is_ok_and(|old| old == content.as_bytes())
+}
+
 fn exists_in_root(root: &impl AsFd, path: &str) -> bool {
     open_in_root(root, path).is_ok()
 }
@@ -309,14 +315,16 @@ pub fn apply(tree: &mut TreeWriter, etc: &GuestEtc, mtime: i64) -> Vec<String> {
     };
     if let Some(zone) = &etc.timezone {
         if has_zone(&root, zone) {
-            let result = tree.symlink(
-                &tree_path("etc/localtime"),
-                OsStr::new(&format!("../usr/share/zoneinfo/{zone}")),
-                &meta,
-            );
-            settle(tree, "etc/localtime", result);
+            let target = format!("../usr/share/zoneinfo/{zone}");
+            let current = rustix::fs::readlinkat(&root, "etc/localtime", Vec::new());
+            if !current.is_ok_and(|link| link.as_bytes() == target.as_bytes()) {
+                let result = tree.symlink(&tree_path("etc/localtime"), OsStr::new(&target), &meta);
+                settle(tree, "etc/localtime", result);
+            }
             // Debian's tzdata also reads /etc/timezone; keep it in step where it exists.
-            if exists_in_root(&root, "etc/timezone") {
+            if exists_in_root(&root, "etc/timezone")
+                && !holds(&root, "etc/timezone", &format!("{zone}\n"))
+            {
                 let result = tree.file(
                     &tree_path("etc/timezone"),
                     &meta,
@@ -351,6 +359,9 @@ pub fn apply(tree: &mut TreeWriter, etc: &GuestEtc, mtime: i64) -> Vec<String> {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
             let new = with_lang(&old, locale);
+            if new == old {
+                continue;
+            }
             let result = tree.file(
                 &tree_path(file),
                 &meta,
@@ -389,7 +400,8 @@ pub fn apply(tree: &mut TreeWriter, etc: &GuestEtc, mtime: i64) -> Vec<String> {
         .is_ok_and(|st| {
             rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink
         });
-        if !is_link && exists_in_root(&root, "etc") {
+        if !is_link && exists_in_root(&root, "etc") && !holds(&root, "etc/resolv.conf", resolv_conf)
+        {
             let result = tree.file(
                 &tree_path("etc/resolv.conf"),
                 &meta,
@@ -437,6 +449,60 @@ mod tests {
         for locale in ["", "-x", "de DE", "../x", "de/DE", ".UTF-8"] {
             validate_locale(locale).expect_err(locale);
         }
+    }
+
+    #[test]
+    fn settings_already_in_place_are_not_written_again() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc/default")).expect("etc");
+        fs::create_dir_all(root.join("usr/share/zoneinfo/Europe")).expect("zoneinfo");
+        fs::write(root.join("usr/share/zoneinfo/Europe/Berlin"), b"TZif2").expect("zone");
+        fs::write(root.join("etc/timezone"), b"Etc/UTC\n").expect("timezone");
+        let etc = GuestEtc {
+            timezone: Some("Europe/Berlin".into()),
+            locale: Some("C.UTF-8".into()),
+            resolv_conf: Some("nameserver 10.89.0.1\n".into()),
+        };
+        let apply_once = |mtime: i64| {
+            let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                .expect("open");
+            let mut tree = TreeWriter::new(fd);
+            let warnings = apply(&mut tree, &etc, mtime);
+            tree.finish().expect("finish");
+            warnings
+        };
+        assert_eq!(apply_once(1_000_000), Vec::<String>::new());
+        assert_eq!(
+            fs::read_link(root.join("etc/localtime")).expect("localtime"),
+            Path::new("../usr/share/zoneinfo/Europe/Berlin")
+        );
+        assert_eq!(
+            fs::read(root.join("etc/timezone")).expect("tz"),
+            b"Europe/Berlin\n"
+        );
+        let files = [
+            "etc/localtime",
+            "etc/timezone",
+            "etc/locale.conf",
+            "etc/default/locale",
+            "etc/resolv.conf",
+        ];
+        let mtimes = || -> Vec<i64> {
+            files
+                .iter()
+                .map(|f| fs::symlink_metadata(root.join(f)).expect(f).mtime())
+                .collect()
+        };
+        assert_eq!(mtimes(), vec![1_000_000; files.len()]);
+        // A later start, with the same settings, finds them in place.
+        assert_eq!(apply_once(2_000_000), Vec::<String>::new());
+        assert_eq!(
+            mtimes(),
+            vec![1_000_000; files.len()],
+            "a second start rewrote what was right"
+        );
     }
 
     #[test]

@@ -221,6 +221,26 @@ struct Helper {
 /// (60-100 ms of ~250); a spare that is ready takes it off the start's critical path.
 static SPARE_HELPER: Mutex<Option<(PathBuf, Helper)>> = Mutex::new(None);
 
+/// Helpers that gave their answer and exit on their own; reaped by the next
+/// [`prepare_spare_helper`] (which runs after each start) or a later start.
+static ANSWERED_HELPERS: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+
+/// Reaps the answered helpers: those that have exited, or all of them when `wait` (outside
+/// the lock, so a start handing over its helper never waits for this).
+fn reap_answered_helpers(wait: bool) {
+    if wait {
+        let answered = ANSWERED_HELPERS
+            .lock()
+            .map(|mut answered| std::mem::take(&mut *answered))
+            .unwrap_or_default();
+        for mut child in answered {
+            let _ = child.wait();
+        }
+    } else if let Ok(mut answered) = ANSWERED_HELPERS.lock() {
+        answered.retain_mut(|child| matches!(child.try_wait(), Ok(None)));
+    }
+}
+
 impl Helper {
     fn start(binary: &Path) -> Result<Self, RuntimeError> {
         let (ours, theirs) =
@@ -241,6 +261,7 @@ impl Helper {
 
     /// The spare helper when it runs `binary` and still waits, else a new one.
     fn take(binary: &Path) -> Result<Self, RuntimeError> {
+        reap_answered_helpers(false);
         let spare = SPARE_HELPER.lock().ok().and_then(|mut spare| spare.take());
         let Some((path, mut helper)) = spare else {
             return Self::start(binary);
@@ -257,6 +278,7 @@ impl Helper {
 /// Starts a spare spawn helper running `binary` for the next machine start, unless one waits
 /// already. Called when berthd starts and after each start, off the start's critical path.
 pub fn prepare_spare_helper(binary: &Path) {
+    reap_answered_helpers(true);
     let waiting = || SPARE_HELPER.lock().map_or(true, |spare| spare.is_some());
     if waiting() {
         return;
@@ -328,20 +350,32 @@ impl Launch {
         let reply = sent
             .map_err(|e| RuntimeError::step("sending the spawn config", e))
             .and_then(|()| launch.receive_with_fd());
-        let status = child.wait();
-        let (reply, terminal) = reply?;
+        let (reply, terminal) = match reply {
+            Ok(answer) => answer,
+            Err(e) => {
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
         launch.terminal = terminal;
         // "pid N", then how long the helper's steps took.
-        let (pid, setup) = reply
+        let answer = reply
             .strip_prefix("pid ")
             .map(|rest| rest.split_once(' ').unwrap_or((rest, "")))
-            .unwrap_or_default();
-        launch.setup = setup.to_owned();
-        launch.pid = pid.parse().ok().ok_or_else(|| {
-            RuntimeError::Machine(format!(
+            .and_then(|(pid, setup)| Some((pid.parse().ok()?, setup)));
+        let Some((pid, setup)) = answer else {
+            let status = child.wait();
+            return Err(RuntimeError::Machine(format!(
                 "the spawn helper answered '{reply}' (exit status {status:?})"
-            ))
-        })?;
+            )));
+        };
+        launch.pid = pid;
+        launch.setup = setup.to_owned();
+        // The helper exits right after its answer, tearing down its mount namespace (a copy
+        // of the host's mounts and the machine's tree): reaped later, off the start's path.
+        if let Ok(mut answered) = ANSWERED_HELPERS.lock() {
+            answered.push(child);
+        }
         Ok(launch)
     }
 
