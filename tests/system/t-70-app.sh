@@ -114,6 +114,18 @@ test_71_app_machine_logs_to_the_journal() {
     expect_ok berth list
     grep -Eq "^app1 +running +machine-app1.scope +$leader " "$OUT" || fail "not running after restart"
     expect_ok berth stop app1
+    # A host process put into the machine's scope from outside keeps it populated after the
+    # machine's PID 1 is gone: the end stops the scope, which kills that process too.
+    expect_ok berth start app1
+    sleep infinity &
+    local stray=$!
+    echo "$stray" >/sys/fs/cgroup/machine.slice/machine-app1.scope/payload/cgroup.procs
+    expect_ok berth stop app1
+    for i in $(seq 40); do kill -0 "$stray" 2>/dev/null || break; sleep 0.25; done
+    ! kill -0 "$stray" 2>/dev/null || fail "a process in the scope outlived the machine"
+    wait "$stray" 2>/dev/null || true
+    for i in $(seq 40); do [[ $(systemctl is-active machine-app1.scope) != active ]] && break; sleep 0.25; done
+    [[ $(systemctl is-active machine-app1.scope) != active ]] || fail "the scope stayed active"
     expect_ok berth rm app1
 }
 
