@@ -113,33 +113,14 @@ pub async fn start_scope(conn: &Connection, spec: &ScopeSpec<'_>) -> Result<(), 
     wait_job(&mut removed, &job, &spec.unit).await
 }
 
-/// How long the background wait for an ended machine's stop job lasts before it gives up.
-const STOP_JOB_PATIENCE: Duration = Duration::from_secs(90);
-
-/// Stops scope `unit`, whose machine's PID 1 has exited (so its cgroup is empty). Returns once
-/// systemd has queued the stop: nothing of the machine runs any more, and systemd runs a
-/// queued job only after the bus messages it has pending, so waiting for its end would add
-/// those to every `berth run --rm` and `berth stop`. The job's result is logged when it comes.
-/// A unit that is gone already is fine.
+/// Stops scope `unit` and waits until systemd has stopped it (killing what runs in it); a
+/// unit that is gone already is fine. For a machine whose PID 1 exited while a process from
+/// outside kept its scope populated: an empty scope is deactivated by systemd on its own.
 pub async fn stop_scope(conn: &Connection, unit: &str) -> Result<(), SystemdError> {
     let systemd = SystemdProxy::new(conn).await?;
     let mut removed = systemd.receive_job_removed().await?;
     match systemd.stop_unit(unit.to_owned(), "replace".into()).await {
-        Ok(job) => {
-            let unit = unit.to_owned();
-            tokio::spawn(async move {
-                match tokio::time::timeout(STOP_JOB_PATIENCE, wait_job(&mut removed, &job, &unit))
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(%unit, "stopping the ended machine's scope: {e}"),
-                    Err(_) => {
-                        tracing::warn!(%unit, "systemd did not finish stopping the ended machine's scope within {} s", STOP_JOB_PATIENCE.as_secs())
-                    }
-                }
-            });
-            Ok(())
-        }
+        Ok(job) => wait_job(&mut removed, &job, unit).await,
         Err(e) if super::is_gone(&e) => Ok(()),
         Err(e) => Err(e.into()),
     }
