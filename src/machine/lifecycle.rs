@@ -559,14 +559,17 @@ async fn reap(reaper: Reaper, definition: Definition, pidfd: OwnedFd, reaping: R
     // it populated: then the scope is stopped, which kills that process.
     let unit = unit_name::machine_scope(&name);
     let populated = scope_populated(&scope_cgroup(&unit));
-    let (unregistered, stopped) =
-        tokio::join!(systemd::unregister_machine(&reaper.conn, &name), async {
-            if populated {
-                systemd::stop_scope(&reaper.conn, &unit).await
-            } else {
-                Ok(())
-            }
-        },);
+    let stop_if_populated = async {
+        if populated {
+            systemd::stop_scope(&reaper.conn, &unit).await
+        } else {
+            Ok(())
+        }
+    };
+    let (unregistered, stopped) = tokio::join!(
+        systemd::unregister_machine(&reaper.conn, &name),
+        stop_if_populated
+    );
     if let Err(e) = unregistered {
         tracing::warn!(%name, "cannot unregister the machine from machined: {e}");
     }

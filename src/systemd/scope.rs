@@ -113,9 +113,8 @@ pub async fn start_scope(conn: &Connection, spec: &ScopeSpec<'_>) -> Result<(), 
     wait_job(&mut removed, &job, &spec.unit).await
 }
 
-/// Stops scope `unit` and waits until systemd has stopped it (killing what runs in it); a
-/// unit that is gone already is fine. For a machine whose PID 1 exited while a process from
-/// outside kept its scope populated: an empty scope is deactivated by systemd on its own.
+/// Stops scope `unit` and waits until systemd has stopped it, killing what runs in it; a unit
+/// that is gone already is fine.
 pub async fn stop_scope(conn: &Connection, unit: &str) -> Result<(), SystemdError> {
     let systemd = SystemdProxy::new(conn).await?;
     let mut removed = systemd.receive_job_removed().await?;
