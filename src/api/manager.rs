@@ -465,8 +465,14 @@ impl Manager {
     ) -> Result<(), BusError> {
         authorize(conn, &header, Action::RemoveImage).await?;
         let pool = self.pool.clone();
+        let machines = self.machines.clone();
         tracing::info!(%name, all_versions, "removing image");
-        blocking(move || pool.remove(&name, all_versions)).await
+        blocking(move || {
+            pool.remove(&name, all_versions)?;
+            machines.discard_stale_spares();
+            Ok::<(), crate::image::ImageError>(())
+        })
+        .await
     }
 
     /// Creates machine `name` from image `image`: copies the image to the machine's root,

@@ -11,6 +11,7 @@ pub mod pull;
 mod record;
 mod reference;
 mod source;
+mod spare;
 mod tar_import;
 pub mod tree;
 pub mod version;
@@ -27,6 +28,7 @@ pub use pull::RegistryError;
 pub use record::{AppDefaults, BaseImage, BuildSource, ImageRecord};
 pub use reference::ImageRef;
 pub use source::Compression;
+pub use spare::discard_stale as discard_stale_spares;
 
 /// Where images live: machined's pool, so systemd's tools see them.
 pub const DEFAULT_IMAGE_DIR: &str = "/var/lib/machines";

@@ -23,7 +23,7 @@ use super::tree::{Refusal, TreeWriter};
 use super::{ImageError, fs_import, tar_import, version};
 use crate::{name, sys};
 
-const STAGING_PREFIX: &str = ".#berth-";
+pub(super) const STAGING_PREFIX: &str = ".#berth-";
 
 /// What an import did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -437,7 +437,7 @@ impl Pool {
         prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
     ) -> Result<&'static str, ImageError> {
         let image = self.get(name)?;
-        copy_tree_to(&image.path, target, durable, prepare)
+        copy_tree(&image.path, target, durable, true, prepare)
     }
 
     /// Copies image `name` into the existing, empty directory `dir` (a machine's volume).
@@ -526,6 +526,19 @@ pub fn copy_tree_to(
     durable: bool,
     prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
 ) -> Result<&'static str, ImageError> {
+    copy_tree(source, target, durable, false, prepare)
+}
+
+/// [`copy_tree_to`]; with `use_spare` (for an image, which changes rarely), a btrfs
+/// snapshot is the image's spare root when a current one waits, and the next spare is made
+/// in the background (see [`super::spare`]).
+fn copy_tree(
+    source: &Path,
+    target: &Path,
+    durable: bool,
+    use_spare: bool,
+    prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
+) -> Result<&'static str, ImageError> {
     let (parent, leaf) = match (target.parent(), target.file_name()) {
         (Some(parent), Some(leaf)) => (parent, leaf.to_string_lossy().into_owned()),
         _ => {
@@ -535,8 +548,14 @@ pub fn copy_tree_to(
         }
     };
     fs::create_dir_all(parent).map_err(ImageError::io(format!("creating {}", parent.display())))?;
+    let snapshot = || {
+        if use_spare && let Some(spare) = Staging::spare(parent, &leaf, source) {
+            return Some(spare);
+        }
+        Staging::snapshot(parent, "copy", &leaf, source)
+    };
     if sys::btrfs::is_subvolume(source)
-        && let Some(staging) = Staging::snapshot(parent, "copy", &leaf, source)
+        && let Some(staging) = snapshot()
     {
         let mut tree = TreeWriter::new(staging.open_existing()?);
         prepare(&mut tree)?;
@@ -547,6 +566,9 @@ pub fn copy_tree_to(
         tree.finish()
             .map_err(ImageError::io("setting directory times"))?;
         staging.commit(target)?;
+        if use_spare {
+            super::spare::replenish(parent, source, parent.join(staging_name("spare", &leaf)));
+        }
         return Ok("btrfs snapshot");
     }
     let staging = Staging::create(parent, "copy", &leaf)?;
@@ -690,6 +712,16 @@ impl Staging {
         }
     }
 
+    /// The spare root of subvolume `source` in `pool`, claimed under a staging name.
+    fn spare(pool: &Path, name: &str, source: &Path) -> Option<Self> {
+        let path = pool.join(staging_name("copy", name));
+        super::spare::take(pool, source, &path).then_some(Self {
+            path,
+            subvolume: true,
+            committed: false,
+        })
+    }
+
     fn open_existing(&self) -> Result<OwnedFd, ImageError> {
         rustix::fs::open(
             &self.path,
@@ -762,7 +794,7 @@ fn staging_name(purpose: &str, name: &str) -> String {
 
 /// Deletes a tree without following symlinks (std's remove_dir_all is safe against that);
 /// btrfs subvolumes are directories that root may rmdir once empty.
-fn remove_tree(path: &Path) -> io::Result<()> {
+pub(super) fn remove_tree(path: &Path) -> io::Result<()> {
     // A subvolume (an image or a machine's snapshot on btrfs) goes in one ioctl instead of a
     // walk over every file; one that holds other subvolumes is walked.
     if crate::sys::btrfs::is_subvolume(path) && crate::sys::btrfs::delete_subvolume(path).is_ok() {

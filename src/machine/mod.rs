@@ -725,6 +725,12 @@ impl Machines {
     pub fn clean_stale(&self) -> usize {
         image::clean_staging(&self.roots)
     }
+
+    /// Deletes the spare roots of images that were removed or replaced (they would hold
+    /// the old image's disk space).
+    pub fn discard_stale_spares(&self) {
+        image::discard_stale_spares(&self.roots, self.pool.image_dir());
+    }
 }
 
 /// A name for a machine `berth run` creates without `--name`: `run-` and 8 hex digits.

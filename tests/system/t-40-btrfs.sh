@@ -46,7 +46,35 @@ test_41_machine_roots_are_btrfs_snapshots() {
     [[ ! -e /var/lib/machines/snapbase/etc/hostname ]] || fail "image changed"
     expect_ok berth status snap
     grep -q "(btrfs snapshot)" "$OUT"
-    expect_ok berth rm snap
-    [[ -z $(btrfs subvolume list /mnt/both | grep 'roots/') ]] || fail "snapshot left: $(btrfs subvolume list /mnt/both)"
+
+    # The next machine of the image gets a snapshot made ahead, in the background (a spare).
+    local spare=/var/lib/berth/machines/.#berth-spare-snapbase spare_uuid
+    wait_spare() {
+        for _ in $(seq 100); do [[ -d $spare ]] && return 0; sleep 0.1; done
+        fail "no spare root of snapbase: $(ls -A /var/lib/berth/machines)"
+    }
+    uuid_of() { btrfs subvolume show "$1" | awk '$1 == "UUID:" {print $2}'; }
+    wait_spare
+    btrfs subvolume show "$spare" | grep -Eq "Parent UUID:[[:space:]]+$(uuid_of /var/lib/machines/snapbase)\$" \
+        || fail "the spare is not a snapshot of the image: $(btrfs subvolume show "$spare")"
+    spare_uuid=$(uuid_of "$spare")
+    expect_ok berth create snap2 --image snapbase -- true
+    [[ $(uuid_of /var/lib/berth/machines/snap2) == "$spare_uuid" ]] || fail "snap2's root is not the spare"
+    [[ $(cat /var/lib/berth/machines/snap2/etc/hostname) == snap2 ]]
+    [[ $(cat /var/lib/berth/machines/snap2/etc/machine-id) != $(cat /var/lib/berth/machines/snap/etc/machine-id) ]] \
+        || fail "snap2 has snap's machine-id"
+    # An image changed in place (not even committed by btrfs yet): its spare is out of date,
+    # and the next machine sees the change.
+    wait_spare
+    echo changed >/var/lib/machines/snapbase/etc/motd
+    expect_ok berth create snap3 --image snapbase -- true
+    [[ $(cat /var/lib/berth/machines/snap3/etc/motd) == changed ]] || fail "snap3 was made from an out-of-date spare"
+    [[ $(uuid_of /var/lib/berth/machines/snap3) != "$spare_uuid" ]] || fail "snap3 reused snap2's spare"
+    expect_ok berth rm snap snap2 snap3
+    # What is left under the roots is the spare; removing the image removes it too.
+    [[ -z $(btrfs subvolume list /mnt/both | grep 'roots/' | grep -v 'roots/.#berth-spare-snapbase$') ]] \
+        || fail "snapshot left: $(btrfs subvolume list /mnt/both)"
+    wait_spare
     expect_ok berth rmi snapbase
+    [[ -z $(btrfs subvolume list /mnt/both | grep 'roots/') ]] || fail "a snapshot outlived its image: $(btrfs subvolume list /mnt/both)"
 }
