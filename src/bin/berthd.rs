@@ -8,9 +8,9 @@ use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> std::process::ExitCode {
-    // The spawn helper must stay single-threaded: dispatch before any runtime exists.
+    // The spawn server must stay single-threaded (it forks): dispatch before any runtime exists.
     if std::env::args().nth(1).as_deref() == Some("--spawn-machine") {
-        return berth::runtime::helper::helper_main();
+        return berth::runtime::helper::server_main();
     }
     if std::env::args().nth(1).as_deref() == Some("--exec-machine") {
         return berth::runtime::exec::exec_main();
@@ -58,8 +58,8 @@ async fn run() -> anyhow::Result<()> {
     if let Err(e) = berth::systemd::keep_job_signals(&connection).await {
         tracing::warn!("cannot subscribe to systemd's job signals: {e}");
     }
-    let spare_for = helper_path.clone();
-    tokio::task::spawn_blocking(move || berth::runtime::prepare_spare_helper(&spare_for));
+    let server_binary = helper_path.clone();
+    tokio::task::spawn_blocking(move || berth::runtime::prepare_spawn_server(&server_binary));
     berth::machine::lifecycle::adopt(&connection, &machines).await;
     berth::machine::network::restore(&connection, &machines).await;
     sd_notify::notify(&[NotifyState::Ready]).context("notifying systemd of readiness")?;

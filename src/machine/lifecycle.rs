@@ -234,7 +234,7 @@ async fn start_machine(
     }
     watch.lap("state");
     tracing::info!(%name, pid, "machine started in {watch}");
-    tokio::task::spawn_blocking(move || runtime::prepare_spare_helper(&helper_path));
+    tokio::task::spawn_blocking(move || runtime::prepare_spawn_server(&helper_path));
     Ok(Started { running, terminal })
 }
 

@@ -1,10 +1,12 @@
-//! The spawn helper: `berthd --spawn-machine`, single-threaded, started by berthd with a
-//! socket as its standard input. It builds the machine's mount tree in a private mount
-//! namespace, clones the machine's PID 1 into new user, mount, PID, UTS and IPC namespaces
-//! (as a child of berthd, so no helper process stays around), reports its PID and exits.
+//! The spawn server and its helpers. `berthd --spawn-machine` is the server: single-threaded,
+//! started once by berthd with a socket as its standard input, it forks one spawn helper per
+//! machine start ([`server_main`], see [`super::spawn_server`]). The helper builds the
+//! machine's mount tree in a private mount namespace, clones the machine's PID 1 into new
+//! user, mount, PID, UTS and IPC namespaces (as a child of berthd, so no helper process stays
+//! around), reports its PID and exits.
 //!
 //! PID 1 then waits for berthd (ID maps, scope, machined), mounts /proc and cgroup2, pivots
-//! into the root and execs the init. Protocol, one line per message on the socket:
+//! into the root and execs the init. Protocol, one line per message on the helper's socket:
 //! berthd → helper: config JSON; helper → berthd: `pid N`; berthd → PID 1: `maps`;
 //! PID 1 → berthd: `proc`; berthd → PID 1: `go`; PID 1 execs (berthd sees EOF). Either side
 //! of the machine may send `error: MESSAGE` instead and exit.
@@ -30,8 +32,10 @@ use crate::sys::process::{
     CLONE_PARENT, Forked,
 };
 
-/// Entry point of `berthd --spawn-machine`.
-pub fn helper_main() -> ExitCode {
+/// Entry point of `berthd --spawn-machine`, the spawn server: for each byte berthd sends with
+/// a socket attached, forks a spawn helper on that socket and answers `pid N`; ends when
+/// berthd closes its end.
+pub fn server_main() -> ExitCode {
     let socket = match io::stdin().as_fd().try_clone_to_owned() {
         Ok(fd) => UnixStream::from(fd),
         Err(e) => {
@@ -39,9 +43,58 @@ pub fn helper_main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    loop {
+        let mut byte = [0u8; 1];
+        let fds = match super::fdpass::receive(&socket, &mut byte) {
+            Ok((0, _)) => return ExitCode::SUCCESS,
+            Ok((_, fds)) => fds,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("berthd --spawn-machine: cannot read from berthd: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let Some(helper_socket) = fds.into_iter().next() else {
+            if writeln!(&socket, "error: no socket for the spawn helper").is_err() {
+                return ExitCode::FAILURE;
+            }
+            continue;
+        };
+        // A plain fork, but the helper is berthd's child, not the server's.
+        let answer = match crate::sys::process::clone_process(CLONE_PARENT) {
+            Ok(Forked::Parent { child }) => format!("pid {child}"),
+            Ok(Forked::Child) => become_helper(socket, helper_socket),
+            Err(e) => format!("error: forking a spawn helper: {e}"),
+        };
+        drop(helper_socket);
+        if writeln!(&socket, "{answer}").is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+}
+
+/// In a newly forked helper: lets go of the server's socket (also its standard input) and
+/// serves one machine start on `helper_socket`.
+fn become_helper(server_socket: UnixStream, helper_socket: OwnedFd) -> ! {
+    drop(server_socket);
+    let served = match rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+        .and_then(|null| rustix::stdio::dup2_stdin(&null))
+    {
+        Ok(()) => serve_one_start(UnixStream::from(helper_socket)),
+        Err(e) => {
+            eprintln!("berthd --spawn-machine: cannot replace the helper's standard input: {e}");
+            false
+        }
+    };
+    std::process::exit(if served { 0 } else { 1 })
+}
+
+/// One spawn helper, serving one machine start on `socket`; whether it succeeded (berthd has
+/// the error otherwise).
+fn serve_one_start(socket: UnixStream) -> bool {
     let mut reader = BufReader::new(match socket.try_clone() {
         Ok(s) => s,
-        Err(_) => return ExitCode::FAILURE,
+        Err(_) => return false,
     });
     let result = receive_fds(&socket).and_then(|fds| {
         read_line(&mut reader)
@@ -53,10 +106,10 @@ pub fn helper_main() -> ExitCode {
             .and_then(|config| outer(&config, fds, &socket, &mut reader))
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => true,
         Err(e) => {
             let _ = writeln!(&socket, "error: {e}");
-            ExitCode::FAILURE
+            false
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Starting a machine's processes: namespaces, ID maps, mounts, hostname, the payload cgroup.
 //! Never talks D-Bus: [`crate::machine::lifecycle`] drives the steps that need systemd.
 //!
-//! berthd never forks itself (it is multi-threaded); it starts `berthd --spawn-machine`
-//! ([`helper::helper_main`]) and talks to it and to the machine's PID 1 over a socket.
+//! berthd never forks itself (it is multi-threaded): its spawn server (`berthd
+//! --spawn-machine`, [`spawn_server`]) forks a spawn helper per start ([`helper`]), and berthd
+//! talks to the helper and to the machine's PID 1 over a socket.
 
 pub mod confine;
 pub mod exec;
@@ -12,6 +13,9 @@ pub mod helper;
 mod init;
 pub mod login;
 pub mod shell;
+mod spawn_server;
+
+pub use spawn_server::prepare as prepare_spawn_server;
 
 pub use init::ExitStatus;
 
@@ -20,8 +24,6 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -208,100 +210,6 @@ pub struct SpawnFds {
     pub stdio: Option<[OwnedFd; 3]>,
 }
 
-/// A spawn helper (`berthd --spawn-machine`) that has started and waits on its socket for a
-/// spawn config.
-#[derive(Debug)]
-struct Helper {
-    process: Child,
-    socket: UnixStream,
-}
-
-/// The helper started ahead of the next machine start, and the binary it runs. Exec'ing
-/// berthd's binary and loading it is the largest step of an app start in the VM test host
-/// (60-100 ms of ~250); a spare that is ready takes it off the start's critical path.
-static SPARE_HELPER: Mutex<Option<(PathBuf, Helper)>> = Mutex::new(None);
-
-/// Helpers that gave their answer and exit on their own; reaped by the next
-/// [`prepare_spare_helper`] (which runs after each start) or a later start.
-static ANSWERED_HELPERS: Mutex<Vec<Child>> = Mutex::new(Vec::new());
-
-/// Reaps the answered helpers: those that have exited, or all of them when `wait` (outside
-/// the lock, so a start handing over its helper never waits for this).
-fn reap_answered_helpers(wait: bool) {
-    if wait {
-        let answered = ANSWERED_HELPERS
-            .lock()
-            .map(|mut answered| std::mem::take(&mut *answered))
-            .unwrap_or_default();
-        for mut child in answered {
-            let _ = child.wait();
-        }
-    } else if let Ok(mut answered) = ANSWERED_HELPERS.lock() {
-        answered.retain_mut(|child| matches!(child.try_wait(), Ok(None)));
-    }
-}
-
-impl Helper {
-    fn start(binary: &Path) -> Result<Self, RuntimeError> {
-        let (ours, theirs) =
-            UnixStream::pair().map_err(|e| RuntimeError::step("creating a socket pair", e))?;
-        ours.set_read_timeout(Some(STEP_TIMEOUT))
-            .map_err(|e| RuntimeError::step("socket timeout", e))?;
-        let process = crate::sys::process::command(binary)
-            .arg("--spawn-machine")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| RuntimeError::step(&format!("starting {}", binary.display()), e))?;
-        Ok(Self {
-            process,
-            socket: ours,
-        })
-    }
-
-    /// The spare helper when it runs `binary` and still waits, else a new one.
-    fn take(binary: &Path) -> Result<Self, RuntimeError> {
-        reap_answered_helpers(false);
-        let spare = SPARE_HELPER.lock().ok().and_then(|mut spare| spare.take());
-        let Some((path, mut helper)) = spare else {
-            return Self::start(binary);
-        };
-        if path == binary && matches!(helper.process.try_wait(), Ok(None)) {
-            return Ok(helper);
-        }
-        let _ = helper.process.kill();
-        let _ = helper.process.wait();
-        Self::start(binary)
-    }
-}
-
-/// Starts a spare spawn helper running `binary` for the next machine start, unless one waits
-/// already. Called when berthd starts and after each start, off the start's critical path.
-pub fn prepare_spare_helper(binary: &Path) {
-    reap_answered_helpers(true);
-    let waiting = || SPARE_HELPER.lock().map_or(true, |spare| spare.is_some());
-    if waiting() {
-        return;
-    }
-    // Started without the lock held, so a machine start never waits for this one.
-    let mut helper = match Helper::start(binary) {
-        Ok(helper) => helper,
-        Err(e) => {
-            tracing::debug!("cannot start a spare spawn helper: {e}");
-            return;
-        }
-    };
-    if let Ok(mut spare) = SPARE_HELPER.lock()
-        && spare.is_none()
-    {
-        *spare = Some((binary.to_owned(), helper));
-        return;
-    }
-    // Another start put one there meanwhile.
-    let _ = helper.process.kill();
-    let _ = helper.process.wait();
-}
-
 /// A machine being started: its PID 1 exists but waits for berthd.
 #[derive(Debug)]
 pub struct Launch {
@@ -318,17 +226,17 @@ pub struct Launch {
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Launch {
-    /// Starts the helper (`helper_binary --spawn-machine`) and waits for the PID of the
-    /// machine's PID 1.
+    /// Has the spawn server fork a helper (for `helper_binary`), hands it the machine's config
+    /// and waits for the PID of the machine's PID 1.
     pub fn spawn(
         helper_binary: &Path,
         config: &SpawnConfig,
         fds: &SpawnFds,
     ) -> Result<Self, RuntimeError> {
-        let Helper {
-            process: mut child,
+        let spawn_server::Helper {
+            pid: helper,
             socket: ours,
-        } = Helper::take(helper_binary)?;
+        } = spawn_server::fork_helper(helper_binary)?;
         let config_line = serde_json::to_string(config).map_err(io::Error::other);
         let reader = ours
             .try_clone()
@@ -353,7 +261,7 @@ impl Launch {
         let (reply, terminal) = match reply {
             Ok(answer) => answer,
             Err(e) => {
-                let _ = child.wait();
+                spawn_server::wait_helper(helper);
                 return Err(e);
             }
         };
@@ -364,7 +272,7 @@ impl Launch {
             .map(|rest| rest.split_once(' ').unwrap_or((rest, "")))
             .and_then(|(pid, setup)| Some((pid.parse().ok()?, setup)));
         let Some((pid, setup)) = answer else {
-            let status = child.wait();
+            let status = spawn_server::wait_helper(helper);
             return Err(RuntimeError::Machine(format!(
                 "the spawn helper answered '{reply}' (exit status {status:?})"
             )));
@@ -373,9 +281,7 @@ impl Launch {
         launch.setup = setup.to_owned();
         // The helper exits right after its answer, tearing down its mount namespace (a copy
         // of the host's mounts and the machine's tree): reaped later, off the start's path.
-        if let Ok(mut answered) = ANSWERED_HELPERS.lock() {
-            answered.push(child);
-        }
+        spawn_server::answered(helper);
         Ok(launch)
     }
 

@@ -1,6 +1,6 @@
 //! Process creation the safe crates don't offer: fork-style clone into new namespaces, and a
-//! plain fork. Only called from berthd's single-threaded spawn helper (`berthd
-//! --spawn-machine`), never from the multi-threaded daemon.
+//! plain fork. Only called from berthd's single-threaded spawn server (`berthd
+//! --spawn-machine`) and the helpers it forks, never from the multi-threaded daemon.
 
 use std::io;
 
@@ -35,14 +35,16 @@ pub fn clone_process(flags: u64) -> io::Result<Forked> {
     let flags = flags | libc::SIGCHLD as u64;
     // SAFETY: a fork-style clone: without CLONE_VM the child gets a copy of the address space
     // and continues on a copy of this stack, exactly like fork(). The caller is the spawn
-    // helper, which is single-threaded, so no lock can be held by another thread in the child.
+    // server or a helper it forked, both single-threaded, so no lock can be held by another
+    // thread in the child.
     let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     forked(ret)
 }
 
 /// fork(2).
 pub fn fork() -> io::Result<Forked> {
-    // SAFETY: called only from the single-threaded spawn helper (see clone_process).
+    // SAFETY: called only from the single-threaded spawn server and its helpers (see
+    // clone_process).
     let ret = unsafe { libc::fork() };
     forked(libc::c_long::from(ret))
 }
