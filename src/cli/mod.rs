@@ -32,6 +32,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Each verb's arguments are built only when that verb runs, not all of them every time.
+#[command(defer = true)]
 pub enum Command {
     /// Import a tar archive as an image.
     ///
@@ -575,8 +577,9 @@ pub enum Command {
     },
 }
 
-/// How an app machine's command runs; each defaults to the image's (an OCI config's User,
-/// WorkingDir and Env, a build's USER, WORKDIR and ENV).
+// How an app machine's command runs; each defaults to the image's (an OCI config's User,
+// WorkingDir and Env, a build's USER, WORKDIR and ENV). Plain comments: a doc comment here
+// would become the about text of the verbs that flatten it (their arguments are deferred).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AppOptions {
     /// Run the command as USER[:GROUP] of the machine's /etc/passwd and /etc/group (names or
@@ -592,7 +595,7 @@ pub struct AppOptions {
     pub env: Vec<String>,
 }
 
-/// How a machine is networked.
+// How a machine is networked (a plain comment, as for AppOptions).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct NetworkOptions {
     /// 'host' (share the host's network), 'none' (only loopback), 'private' (a veth pair to
