@@ -131,8 +131,34 @@ async fn start_machine(
         helper: helper.clone(),
     };
     let notify_dir = config.notify.then(|| config.root.join("run/host"));
-    let (mut launch, notify, watch) = blocking_machine(move || {
-        let mut launch = Launch::spawn(&helper, &config, &fds)?;
+    let unit = unit_name::machine_scope(name);
+    let properties = scope_properties(&definition)?;
+    // The scope is started with the spawn helper in it while the helper builds the machine's
+    // tree: systemd's work on the scope (its job; ~70 ms in the VM test host) overlaps the
+    // helper's instead of following it. Not when the helper opens devices that the scope's
+    // device policy may refuse: a volume's loop device, or a device policy of the user's. Then
+    // the scope starts once the tree is built, with the helper still in it (and PID 1, its
+    // child, moved in by `delegate`), so both ways end the same.
+    let overlap = config.volume.is_none()
+        && !definition
+            .properties
+            .iter()
+            .any(|property| property.starts_with("Device"));
+    let helper_binary = helper.clone();
+    let spawn_helper =
+        blocking_machine(move || Ok(runtime::SpawnHelper::fork(&helper_binary)?)).await?;
+    let helper_pid = spawn_helper.pid();
+    let helper_pidfd = rustix::process::Pid::from_raw(i32::try_from(helper_pid).unwrap_or(0))
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok());
+    let spec = ScopeSpec {
+        unit: unit.clone(),
+        description: format!("Container {name}"),
+        leader: helper_pid,
+        leader_pidfd: helper_pidfd.as_ref().map(std::os::fd::AsFd::as_fd),
+        properties,
+    };
+    let spawned = blocking_machine(move || {
+        let mut launch = Launch::spawn(spawn_helper, &config, &fds)?;
         watch.lap("spawn");
         if !launch.setup.is_empty() {
             tracing::info!(name = %config.name, "spawn helper set up the machine in {}", launch.setup);
@@ -160,11 +186,43 @@ async fn start_machine(
             None => None,
         };
         Ok::<_, MachineError>((launch, notify, watch))
-    })
-    .await?;
-    let mut watch = watch;
+    });
+    // Whether the scope started (false: not tried, as the spawn failed first).
+    let (spawned, scoped) = if overlap {
+        let (spawned, scoped) = tokio::join!(spawned, systemd::start_scope(conn, &spec));
+        (spawned, scoped.map(|()| true))
+    } else {
+        match spawned.await {
+            Ok(spawned) => {
+                let scoped = systemd::start_scope(conn, &spec).await.map(|()| true);
+                (Ok(spawned), scoped)
+            }
+            Err(e) => (Err(e), Ok(false)),
+        }
+    };
+    // The reaper waits for the helper too (see `reap`); the scope's spec borrowed this one.
+    let helper_exit = helper_pidfd.as_ref().and_then(|fd| fd.try_clone().ok());
+    drop(spec);
+    drop(helper_pidfd);
+    let (mut launch, notify, mut watch) = match (spawned, scoped) {
+        (Ok(spawned), Ok(_)) => spawned,
+        // A unit of that name (someone else's) or systemd refused: nothing of ours to stop.
+        (Ok((launch, _, _)), Err(e)) => {
+            launch.abort();
+            return Err(e.into());
+        }
+        // The helper is gone (it failed), PID 1 too: the scope is empty.
+        (Err(e), Ok(true)) => {
+            stop_failed_scope(conn, &unit).await;
+            return Err(e);
+        }
+        (Err(e), _) => return Err(e),
+    };
+    watch.lap("scope");
+    super::crash_points::reached("scope");
     if let Err(e) = super::network::attach(machines, &definition, launch.pid).await {
         launch.abort();
+        stop_failed_scope(conn, &unit).await;
         return Err(e);
     }
     if definition.network != crate::net::Network::Host {
@@ -174,18 +232,7 @@ async fn start_machine(
     let terminal = launch.terminal.take();
     let pidfd = rustix::process::Pid::from_raw(pid)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok());
-    let result = bring_up(
-        conn,
-        machines,
-        &definition,
-        launch,
-        pidfd.as_ref(),
-        &mut watch,
-    )
-    .await;
-    // Before its scope started, PID 1 is killed and reaped by the failed start itself, and a
-    // unit of the machine's name (if one refused ours) belongs to someone else: no reaper.
-    let scope_ours = result.as_ref().map_or_else(|f| f.scope_started, |()| true);
+    let result = bring_up(conn, machines, &definition, launch, &unit, &mut watch).await;
     if let (Some(socket), Some(pid)) = (notify, rustix::process::Pid::from_raw(pid)) {
         match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK) {
             Ok(exited) => {
@@ -194,18 +241,24 @@ async fn start_machine(
             Err(e) => tracing::warn!(%name, "cannot watch the machine's readiness: {e}"),
         }
     }
+    // The scope is ours from here on: the reaper ends the machine, also after a failed start.
     match pidfd {
-        Some(pidfd) if scope_ours => {
+        Some(pidfd) => {
             // Registered before the start returns, so a WaitMachine right after finds it.
             let reaping = super::reapers::begin(name);
-            tokio::spawn(reap(reaper, definition.clone(), pidfd, reaping));
+            tokio::spawn(reap(
+                reaper,
+                definition.clone(),
+                pidfd,
+                helper_exit,
+                reaping,
+            ));
         }
-        Some(_) => {}
         None => {
             tracing::warn!(%name, pid, "no pidfd for the machine's PID 1; it won't be reaped by berthd")
         }
     }
-    result.map_err(|f| f.error)?;
+    result?;
     let running = match definition.mode {
         // Its command runs (or has run: an app that ended already started successfully).
         Mode::App(_) => Some(RunningMachine {
@@ -362,56 +415,46 @@ fn generate_locale(helper: &std::path::Path, definition: &Definition, leader: u3
     });
 }
 
-/// A start that failed in [`bring_up`], and whether the machine's scope had been started.
-struct StartFailure {
-    error: MachineError,
-    scope_started: bool,
+/// The machine's `-p` properties, encoded for its scope.
+fn scope_properties(
+    definition: &Definition,
+) -> Result<Vec<(String, zbus::OwnedVariant)>, MachineError> {
+    let parsed = crate::systemd::properties::parse_all(&definition.properties)
+        .map_err(|e| MachineError::InvalidArgument(e.to_string()))?;
+    crate::systemd::properties::encode(&parsed).map_err(|source| {
+        MachineError::Systemd(crate::systemd::SystemdError::Encode {
+            name: "property",
+            source,
+        })
+    })
 }
 
-impl<E: Into<MachineError>> From<E> for StartFailure {
-    fn from(error: E) -> Self {
-        Self {
-            error: error.into(),
-            scope_started: true,
-        }
+/// Stops the scope of a start that failed before its PID 1 ran (it holds no process of the
+/// machine then); a scope that is gone already is fine.
+async fn stop_failed_scope(conn: &Connection, unit: &str) {
+    if let Err(e) = systemd::stop_scope(conn, unit).await {
+        tracing::warn!(%unit, "cannot stop the scope of a failed start: {e}");
     }
 }
 
+/// With PID 1 in the machine's scope: hands it the payload cgroup, registers the machine and
+/// lets PID 1 exec its init. PID 1 is killed when a step fails.
 async fn bring_up(
     conn: &Connection,
     machines: &Machines,
     definition: &Definition,
     launch: Launch,
-    pidfd: Option<&OwnedFd>,
+    unit: &str,
     watch: &mut Stopwatch,
-) -> Result<(), StartFailure> {
+) -> Result<(), MachineError> {
+    let mut launch = launch;
     let pid = launch.pid;
     let base = definition.uid_range.base;
-    let mut scope_started = false;
     let result = async {
-        let unit = unit_name::machine_scope(&definition.name);
-        let spec = ScopeSpec {
-            unit: unit.clone(),
-            description: format!("Container {}", definition.name),
-            leader: u32::try_from(pid)
-                .map_err(|_| MachineError::InvalidArgument("bad pid".into()))?,
-            leader_pidfd: pidfd.map(std::os::fd::AsFd::as_fd),
-            properties: crate::systemd::properties::parse_all(&definition.properties)
-                .map_err(|e| MachineError::InvalidArgument(e.to_string()))
-                .and_then(|props| {
-                    crate::systemd::properties::encode(&props).map_err(|source| {
-                        MachineError::Systemd(crate::systemd::SystemdError::Encode {
-                            name: "property",
-                            source,
-                        })
-                    })
-                })?,
-        };
-        systemd::start_scope(conn, &spec).await?;
-        scope_started = true;
-        watch.lap("scope");
-        super::crash_points::reached("scope");
-        runtime::delegate_payload_cgroup(&scope_cgroup(&unit), pid, base)?;
+        // PID 1 may have been cloned before systemd put the helper into the scope: it is moved
+        // in explicitly. Only then may the helper go (the scope would be empty without it).
+        runtime::delegate_payload_cgroup(&scope_cgroup(unit), pid, base)?;
+        launch.release_helper();
         watch.lap("delegate");
         // A volume is mounted only in the machine's namespace: tools reach its files (e.g.
         // `journalctl -M`) through the leader's root.
@@ -424,7 +467,7 @@ async fn bring_up(
             conn,
             &definition.name,
             machine_id_bytes(&definition.machine_id),
-            spec.leader,
+            u32::try_from(pid).map_err(|_| MachineError::InvalidArgument("bad pid".into()))?,
             &root,
         )
         .await?;
@@ -435,10 +478,7 @@ async fn bring_up(
     .await;
     if let Err(error) = result {
         launch.abort();
-        return Err(StartFailure {
-            error,
-            scope_started,
-        });
+        return Err(error);
     }
     let abort_pid = launch.pid;
     blocking(move || launch.go()).await.inspect_err(|_| {
@@ -503,6 +543,9 @@ async fn wait_gone(conn: &Connection, name: &str, timeout: Duration) -> Result<b
     Ok(state(conn, name).await?.is_none())
 }
 
+/// How long the reaper waits for a released spawn helper to exit.
+const HELPER_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the reaper needs besides the machine: the bus, the store, and the helper to start
 /// a booted machine again when its systemd asks for a reboot.
 struct Reaper {
@@ -517,13 +560,28 @@ struct Reaper {
 /// stops its scope and, for an ephemeral machine, removes it. Waiters on `reaping` wake after
 /// that. A booted init killed by SIGHUP asked for a reboot (the kernel's reboot(2) in a PID
 /// namespace): the machine is started again, as systemd-nspawn does.
-async fn reap(reaper: Reaper, definition: Definition, pidfd: OwnedFd, reaping: Reaping) {
+async fn reap(
+    reaper: Reaper,
+    definition: Definition,
+    pidfd: OwnedFd,
+    helper: Option<OwnedFd>,
+    reaping: Reaping,
+) {
     let name = definition.name.clone();
     let Ok(fd) = crate::sys::process::register_async(pidfd) else {
         return;
     };
     if fd.readable().await.is_err() {
         return;
+    }
+    // The spawn helper that cloned PID 1 was in the machine's scope and exits on its own once
+    // released (before PID 1 could run its payload), tearing down a mount namespace that holds
+    // the machine's tree. Until it has, the scope is not empty, and the root is still mounted
+    // there: wait for it (it is reaped elsewhere; its pidfd only tells that it has exited).
+    if let Some(helper) = helper
+        && let Ok(helper) = crate::sys::process::register_async(helper)
+    {
+        let _ = tokio::time::timeout(HELPER_EXIT_TIMEOUT, helper.readable()).await;
     }
     let mut watch = Stopwatch::start();
     super::network::detach(&definition);
@@ -566,9 +624,32 @@ async fn reap(reaper: Reaper, definition: Definition, pidfd: OwnedFd, reaping: R
             Ok(())
         }
     };
-    let (unregistered, stopped) = tokio::join!(
+    let rebooting = boot && status == Some(ExitStatus::Killed(libc::SIGHUP));
+    let remove = definition.ephemeral && !rebooting && !KeptAfterExit::is_held(&name);
+    let remove_ephemeral = || {
+        let machines = reaper.machines.clone();
+        let name = name.clone();
+        async move {
+            if !remove {
+                return;
+            }
+            let removing = name.clone();
+            match blocking_machine(move || machines.remove(&removing)).await {
+                Ok(()) | Err(MachineError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(%name, "cannot remove ephemeral machine: {e}"),
+            }
+        }
+    };
+    // An ephemeral machine's root goes while machined unregisters it, unless a process from
+    // outside is still in its scope (it may use the root until the scope is stopped).
+    let (unregistered, stopped, ()) = tokio::join!(
         systemd::unregister_machine(&reaper.conn, &name),
-        stop_if_populated
+        stop_if_populated,
+        async {
+            if !populated {
+                remove_ephemeral().await;
+            }
+        }
     );
     if let Err(e) = unregistered {
         tracing::warn!(%name, "cannot unregister the machine from machined: {e}");
@@ -576,20 +657,14 @@ async fn reap(reaper: Reaper, definition: Definition, pidfd: OwnedFd, reaping: R
     if let Err(e) = stopped {
         tracing::warn!(%name, "cannot stop {unit}: {e}");
     }
-    watch.lap(if populated {
-        "unregister and stop scope"
-    } else {
-        "unregister"
+    watch.lap(match (populated, remove) {
+        (true, _) => "unregister and stop scope",
+        (false, true) => "unregister and remove",
+        (false, false) => "unregister",
     });
     tracing::info!(%name, ?status, "machine's PID 1 exited; ended the machine in {watch}");
-    let rebooting = boot && status == Some(ExitStatus::Killed(libc::SIGHUP));
-    if definition.ephemeral && !rebooting && !KeptAfterExit::is_held(&name) {
-        let machines = reaper.machines.clone();
-        let removing = name.clone();
-        match blocking_machine(move || machines.remove(&removing)).await {
-            Ok(()) | Err(MachineError::NotFound(_)) => {}
-            Err(e) => tracing::warn!(%name, "cannot remove ephemeral machine: {e}"),
-        }
+    if populated {
+        remove_ephemeral().await;
     }
     if rebooting {
         tracing::info!(%name, "machine asked for a reboot; starting it again");

@@ -96,14 +96,14 @@ fn serve_one_start(socket: UnixStream) -> bool {
         Ok(s) => s,
         Err(_) => return false,
     });
-    let result = receive_fds(&socket).and_then(|fds| {
+    let result = receive_fds(&socket).and_then(|(hold, fds)| {
         read_line(&mut reader)
             .and_then(|line| {
                 serde_json::from_str::<SpawnConfig>(&line).map_err(|e| {
                     RuntimeError::step("reading the spawn config", io::Error::other(e))
                 })
             })
-            .and_then(|config| outer(&config, fds, &socket, &mut reader))
+            .and_then(|config| outer(&config, hold, fds, &socket, &mut reader))
     });
     match result {
         Ok(()) => true,
@@ -114,24 +114,34 @@ fn serve_one_start(socket: UnixStream) -> bool {
     }
 }
 
-/// The descriptors berthd passes first: the status file, then maybe stdin, stdout, stderr.
-fn receive_fds(socket: &UnixStream) -> Result<InnerFds, RuntimeError> {
+/// The descriptors berthd passes first: the hold pipe (see [`outer`]), the status file, then
+/// maybe stdin, stdout, stderr.
+fn receive_fds(socket: &UnixStream) -> Result<(OwnedFd, InnerFds), RuntimeError> {
     let mut byte = [0u8; 1];
     let (_, fds) = step(
         "receiving descriptors from berthd",
         super::fdpass::receive(socket, &mut byte),
     )?;
     let mut fds = fds.into_iter();
+    let hold = fds.next().ok_or_else(|| {
+        RuntimeError::step(
+            "receiving descriptors from berthd",
+            io::Error::other("no hold pipe"),
+        )
+    })?;
     let status = fds.next();
     let stdio = match (fds.next(), fds.next(), fds.next()) {
         (Some(stdin), Some(stdout), Some(stderr)) => Some([stdin, stdout, stderr]),
         _ => None,
     };
-    Ok(InnerFds {
-        status,
-        stdio,
-        terminal: None,
-    })
+    Ok((
+        hold,
+        InnerFds {
+            status,
+            stdio,
+            terminal: None,
+        },
+    ))
 }
 
 /// What PID 1 keeps open for its payload.
@@ -164,9 +174,13 @@ fn errno<T>(what: &str, result: rustix::io::Result<T>) -> Result<T, RuntimeError
     result.map_err(|e| RuntimeError::step(what, e.into()))
 }
 
-/// The helper, in the host's user namespace with a private mount namespace.
+/// The helper, in the host's user namespace with a private mount namespace. After reporting
+/// PID 1 it lives on until berthd closes the other end of `hold` (or dies): berthd may have
+/// started the machine's scope with this process in it, and systemd refuses to start a scope
+/// whose processes are all gone.
 fn outer(
     config: &SpawnConfig,
+    hold: OwnedFd,
     mut fds: InnerFds,
     socket: &UnixStream,
     reader: &mut BufReader<UnixStream>,
@@ -297,10 +311,20 @@ fn outer(
                 "reporting the PID",
                 super::fdpass::send(socket, format!("pid {child} {watch}\n").as_bytes(), &passed),
             )?;
+            // Until berthd lets go: EOF, also when berthd dies.
+            let mut byte = [0u8; 1];
+            loop {
+                match rustix::io::read(&hold, &mut byte) {
+                    Ok(0) => break,
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => break,
+                }
+            }
             Ok(())
         }
         Forked::Child => {
             drop(master);
+            drop(hold);
             let code = match inner(config, fds, socket, reader) {
                 Ok(never) => match never {},
                 Err(e) => {

@@ -210,11 +210,30 @@ pub struct SpawnFds {
     pub stdio: Option<[OwnedFd; 3]>,
 }
 
+/// A spawn helper forked for one machine start, before it has the machine's config: its PID
+/// can go into the machine's scope first, so systemd starts the scope while the helper builds
+/// the machine's tree ([`Launch::spawn`]).
+#[derive(Debug)]
+pub struct SpawnHelper(spawn_server::Helper);
+
+impl SpawnHelper {
+    /// A new helper, forked by the spawn server running `helper_binary`.
+    pub fn fork(helper_binary: &Path) -> Result<Self, RuntimeError> {
+        spawn_server::fork_helper(helper_binary).map(Self)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.pid.as_raw_nonzero().get().unsigned_abs()
+    }
+}
+
 /// A machine being started: its PID 1 exists but waits for berthd.
 #[derive(Debug)]
 pub struct Launch {
     socket: UnixStream,
     reader: BufReader<UnixStream>,
+    /// While open, the helper that cloned PID 1 stays (see [`Launch::release_helper`]).
+    helper_hold: Option<OwnedFd>,
     pub pid: i32,
     /// The master side of the machine's terminal ([`StdioMode::Terminal`]).
     pub terminal: Option<OwnedFd>,
@@ -226,17 +245,19 @@ pub struct Launch {
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Launch {
-    /// Has the spawn server fork a helper (for `helper_binary`), hands it the machine's config
-    /// and waits for the PID of the machine's PID 1.
+    /// Hands the machine's config to `helper` and waits for the PID of the machine's PID 1.
+    /// The helper stays until [`Launch::release_helper`] (or the launch's end).
     pub fn spawn(
-        helper_binary: &Path,
+        helper: SpawnHelper,
         config: &SpawnConfig,
         fds: &SpawnFds,
     ) -> Result<Self, RuntimeError> {
         let spawn_server::Helper {
             pid: helper,
             socket: ours,
-        } = spawn_server::fork_helper(helper_binary)?;
+        } = helper.0;
+        let (hold_read, hold_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| RuntimeError::step("creating a pipe", e.into()))?;
         let config_line = serde_json::to_string(config).map_err(io::Error::other);
         let reader = ours
             .try_clone()
@@ -244,23 +265,26 @@ impl Launch {
         let mut launch = Self {
             socket: ours,
             reader: BufReader::new(reader),
+            helper_hold: Some(hold_write),
             pid: 0,
             terminal: None,
             setup: String::new(),
         };
-        let mut passed = vec![fds.status.as_fd()];
+        let mut passed = vec![hold_read.as_fd(), fds.status.as_fd()];
         if let Some(stdio) = &fds.stdio {
             passed.extend(stdio.iter().map(AsFd::as_fd));
         }
         let sent = fdpass::send(&launch.socket, b"F", &passed)
             .and(config_line)
             .and_then(|line| writeln!(&launch.socket, "{line}"));
+        drop(hold_read);
         let reply = sent
             .map_err(|e| RuntimeError::step("sending the spawn config", e))
             .and_then(|()| launch.receive_with_fd());
         let (reply, terminal) = match reply {
             Ok(answer) => answer,
             Err(e) => {
+                launch.release_helper();
                 spawn_server::wait_helper(helper);
                 return Err(e);
             }
@@ -272,6 +296,7 @@ impl Launch {
             .map(|rest| rest.split_once(' ').unwrap_or((rest, "")))
             .and_then(|(pid, setup)| Some((pid.parse().ok()?, setup)));
         let Some((pid, setup)) = answer else {
+            launch.release_helper();
             let status = spawn_server::wait_helper(helper);
             return Err(RuntimeError::Machine(format!(
                 "the spawn helper answered '{reply}' (exit status {status:?})"
@@ -279,10 +304,16 @@ impl Launch {
         };
         launch.pid = pid;
         launch.setup = setup.to_owned();
-        // The helper exits right after its answer, tearing down its mount namespace (a copy
-        // of the host's mounts and the machine's tree): reaped later, off the start's path.
+        // The helper exits once released, tearing down its mount namespace (a copy of the
+        // host's mounts and the machine's tree): reaped later, off the start's path.
         spawn_server::answered(helper);
         Ok(launch)
+    }
+
+    /// Lets the helper that cloned PID 1 exit: once PID 1 is in the machine's scope, or the
+    /// scope is not going to be.
+    pub fn release_helper(&mut self) {
+        self.helper_hold = None;
     }
 
     /// The helper's first answer, which may carry the terminal's master side.
