@@ -15,7 +15,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::SigSet;
@@ -72,15 +72,7 @@ impl Exec {
         config: &ExecConfig,
         stdio: Option<[OwnedFd; 3]>,
     ) -> Result<Self, RuntimeError> {
-        let (ours, theirs) =
-            UnixStream::pair().map_err(|e| RuntimeError::step("creating a socket pair", e))?;
-        // The helper's own messages (before it reaches the machine) go to berthd's journal.
-        let _child = crate::sys::process::command(helper_binary)
-            .arg("--exec-machine")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| RuntimeError::step(&format!("starting {}", helper_binary.display()), e))?;
+        let (_child, ours) = super::start_helper_mode(helper_binary, "--exec-machine")?;
         let passed: Vec<_> = stdio.iter().flatten().map(AsFd::as_fd).collect();
         let config_line = serde_json::to_string(config).map_err(io::Error::other);
         super::fdpass::send(&ours, b"F", &passed)

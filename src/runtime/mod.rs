@@ -436,6 +436,24 @@ pub(crate) fn open_pty(
     Ok((master, subsidiary))
 }
 
+/// Starts `binary MODE`, one of berthd's helper modes (`--spawn-machine`, `--exec-machine`),
+/// with one end of a new socket pair as its standard input; returns it and the other end.
+/// Its own messages go to berthd's journal (its standard error).
+fn start_helper_mode(
+    binary: &Path,
+    mode: &str,
+) -> Result<(std::process::Child, UnixStream), RuntimeError> {
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| RuntimeError::step("creating a socket pair", e))?;
+    let child = crate::sys::process::command(binary)
+        .arg(mode)
+        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| RuntimeError::step(&format!("starting {}", binary.display()), e))?;
+    Ok((child, ours))
+}
+
 /// Moves `pid` into `CGROUP/payload` and hands that cgroup to the machine's root, so systemd
 /// inside can manage its own subtree (the scope itself stays systemd's).
 pub fn delegate_payload_cgroup(

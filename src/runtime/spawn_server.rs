@@ -11,10 +11,10 @@
 //! The helper then speaks the spawn protocol on its own socket (see [`super::helper`]).
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rustix::process::{Pid, WaitOptions};
@@ -50,16 +50,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Server {
     fn start(binary: &Path) -> Result<Self, RuntimeError> {
-        let (ours, theirs) =
-            UnixStream::pair().map_err(|e| RuntimeError::step("creating a socket pair", e))?;
-        ours.set_read_timeout(Some(STEP_TIMEOUT))
-            .map_err(|e| RuntimeError::step("socket timeout", e))?;
-        let process = crate::sys::process::command(binary)
-            .arg("--spawn-machine")
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| RuntimeError::step(&format!("starting {}", binary.display()), e))?;
+        let (mut process, ours) = super::start_helper_mode(binary, "--spawn-machine")?;
+        if let Err(e) = ours.set_read_timeout(Some(STEP_TIMEOUT)) {
+            let _ = process.kill();
+            let _ = process.wait();
+            return Err(RuntimeError::step("socket timeout", e));
+        }
         Ok(Self {
             binary: binary.to_owned(),
             process,
