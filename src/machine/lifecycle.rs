@@ -147,13 +147,11 @@ async fn start_machine(
     let helper_binary = helper.clone();
     let spawn_helper =
         blocking_machine(move || Ok(runtime::SpawnHelper::fork(&helper_binary)?)).await?;
-    let helper_pid = spawn_helper.pid();
-    let helper_pidfd = rustix::process::Pid::from_raw(i32::try_from(helper_pid).unwrap_or(0))
-        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok());
+    let helper_pidfd = spawn_helper.pidfd();
     let spec = ScopeSpec {
         unit: unit.clone(),
         description: format!("Container {name}"),
-        leader: helper_pid,
+        leader: spawn_helper.pid(),
         leader_pidfd: helper_pidfd.as_ref().map(std::os::fd::AsFd::as_fd),
         properties,
     };
@@ -443,11 +441,10 @@ async fn bring_up(
     conn: &Connection,
     machines: &Machines,
     definition: &Definition,
-    launch: Launch,
+    mut launch: Launch,
     unit: &str,
     watch: &mut Stopwatch,
 ) -> Result<(), MachineError> {
-    let mut launch = launch;
     let pid = launch.pid;
     let base = definition.uid_range.base;
     let result = async {

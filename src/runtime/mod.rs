@@ -15,7 +15,7 @@ pub mod login;
 pub mod shell;
 mod spawn_server;
 
-pub use spawn_server::prepare as prepare_spawn_server;
+pub use spawn_server::{SpawnHelper, prepare as prepare_spawn_server};
 
 pub use init::ExitStatus;
 
@@ -210,23 +210,6 @@ pub struct SpawnFds {
     pub stdio: Option<[OwnedFd; 3]>,
 }
 
-/// A spawn helper forked for one machine start, before it has the machine's config: its PID
-/// can go into the machine's scope first, so systemd starts the scope while the helper builds
-/// the machine's tree ([`Launch::spawn`]).
-#[derive(Debug)]
-pub struct SpawnHelper(spawn_server::Helper);
-
-impl SpawnHelper {
-    /// A new helper, forked by the spawn server running `helper_binary`.
-    pub fn fork(helper_binary: &Path) -> Result<Self, RuntimeError> {
-        spawn_server::fork_helper(helper_binary).map(Self)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.0.pid.as_raw_nonzero().get().unsigned_abs()
-    }
-}
-
 /// A machine being started: its PID 1 exists but waits for berthd.
 #[derive(Debug)]
 pub struct Launch {
@@ -252,10 +235,10 @@ impl Launch {
         config: &SpawnConfig,
         fds: &SpawnFds,
     ) -> Result<Self, RuntimeError> {
-        let spawn_server::Helper {
+        let SpawnHelper {
             pid: helper,
             socket: ours,
-        } = helper.0;
+        } = helper;
         let (hold_read, hold_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| RuntimeError::step("creating a pipe", e.into()))?;
         let config_line = serde_json::to_string(config).map_err(io::Error::other);

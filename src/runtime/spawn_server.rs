@@ -11,7 +11,7 @@
 //! The helper then speaks the spawn protocol on its own socket (see [`super::helper`]).
 
 use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -21,12 +21,30 @@ use rustix::process::{Pid, WaitOptions};
 
 use super::{RuntimeError, STEP_TIMEOUT, fdpass};
 
-/// A spawn helper forked for one machine start: a child of berthd that waits on `socket` for
-/// the machine's descriptors and spawn config.
+/// A spawn helper forked for one machine start, before it has the machine's config: a child
+/// of berthd that waits on `socket` for the machine's descriptors and spawn config. Its PID can
+/// go into the machine's scope first, so systemd starts the scope while the helper builds the
+/// machine's tree ([`super::Launch::spawn`]).
 #[derive(Debug)]
-pub(super) struct Helper {
-    pub pid: Pid,
-    pub socket: UnixStream,
+pub struct SpawnHelper {
+    pub(super) pid: Pid,
+    pub(super) socket: UnixStream,
+}
+
+impl SpawnHelper {
+    /// A new helper, forked by the spawn server running `helper_binary`.
+    pub fn fork(helper_binary: &Path) -> Result<Self, RuntimeError> {
+        fork_helper(helper_binary)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw_nonzero().get().unsigned_abs()
+    }
+
+    /// A pidfd of the helper (it is berthd's child, not reaped yet, so the PID is still its).
+    pub fn pidfd(&self) -> Option<OwnedFd> {
+        rustix::process::pidfd_open(self.pid, rustix::process::PidfdFlags::NONBLOCK).ok()
+    }
 }
 
 /// The running server, and the binary it runs.
@@ -63,7 +81,7 @@ impl Server {
         })
     }
 
-    fn fork_helper(&mut self) -> io::Result<Helper> {
+    fn fork_helper(&mut self) -> io::Result<SpawnHelper> {
         let (ours, theirs) = UnixStream::pair()?;
         ours.set_read_timeout(Some(STEP_TIMEOUT))?;
         fdpass::send(&self.socket, b"F", &[theirs.as_fd()])?;
@@ -71,7 +89,7 @@ impl Server {
         let answer = read_answer(&mut self.socket)?;
         match answer.strip_prefix("pid ").map(str::parse::<i32>) {
             Some(Ok(raw)) => Pid::from_raw(raw)
-                .map(|pid| Helper { pid, socket: ours })
+                .map(|pid| SpawnHelper { pid, socket: ours })
                 .ok_or_else(|| io::Error::other(format!("the spawn server answered '{answer}'"))),
             _ => Err(io::Error::other(format!(
                 "the spawn server answered '{}'",
@@ -105,7 +123,7 @@ fn read_answer(socket: &mut UnixStream) -> io::Result<String> {
 
 /// A new spawn helper for one machine start, forked by the server running `binary` (started
 /// first when none runs, or when the one running has died or runs another binary).
-pub(super) fn fork_helper(binary: &Path) -> Result<Helper, RuntimeError> {
+fn fork_helper(binary: &Path) -> Result<SpawnHelper, RuntimeError> {
     reap_answered_helpers(false);
     let mut server = lock(&SERVER);
     if server.as_ref().is_some_and(|s| s.binary != binary)
