@@ -61,6 +61,8 @@ pub struct ExecConfig {
 #[derive(Debug)]
 pub struct Exec {
     reader: BufReader<UnixStream>,
+    /// The exec helper, berthd's child: reaped once it has reported (no zombie per exec).
+    helper: std::process::Child,
     /// The master side of its terminal, when it has one.
     pub terminal: Option<OwnedFd>,
 }
@@ -72,7 +74,29 @@ impl Exec {
         config: &ExecConfig,
         stdio: Option<[OwnedFd; 3]>,
     ) -> Result<Self, RuntimeError> {
-        let (_child, ours) = super::start_helper_mode(helper_binary, "--exec-machine")?;
+        let (mut helper, ours) = super::start_helper_mode(helper_binary, "--exec-machine")?;
+        match Self::handshake(ours, config, stdio) {
+            Ok((reader, terminal)) => Ok(Self {
+                reader,
+                helper,
+                terminal,
+            }),
+            Err(e) => {
+                // It has reported an error and is ending, or can't go on: either way, reaped.
+                let _ = helper.kill();
+                let _ = helper.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends the helper its config and streams; its reply: started (the reader, and the
+    /// terminal's master side when there is one) or the error it met.
+    fn handshake(
+        ours: UnixStream,
+        config: &ExecConfig,
+        stdio: Option<[OwnedFd; 3]>,
+    ) -> Result<(BufReader<UnixStream>, Option<OwnedFd>), RuntimeError> {
         let passed: Vec<_> = stdio.iter().flatten().map(AsFd::as_fd).collect();
         let config_line = serde_json::to_string(config).map_err(io::Error::other);
         super::fdpass::send(&ours, b"F", &passed)
@@ -97,18 +121,20 @@ impl Exec {
                 "the exec helper answered '{reply}'"
             )));
         }
-        Ok(Self {
-            reader,
-            terminal: fds.into_iter().next(),
-        })
+        Ok((reader, fds.into_iter().next()))
     }
 
     /// Waits for the command to end (blocking).
     pub fn wait(mut self) -> Result<ExitStatus, RuntimeError> {
         let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .map_err(|e| RuntimeError::step("waiting for the command", e))?;
+        let read = self.reader.read_line(&mut line);
+        // The helper ends right after its status line (or was killed with the machine); one
+        // that can't be heard any more is killed, so the wait can't hang.
+        if read.is_err() {
+            let _ = self.helper.kill();
+        }
+        let _ = self.helper.wait();
+        read.map_err(|e| RuntimeError::step("waiting for the command", e))?;
         // The helper lives in the machine's cgroup: when the machine is killed (berth kill,
         // machinectl terminate, a stop that timed out), it dies with the command, unheard.
         if line.is_empty() {

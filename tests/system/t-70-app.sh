@@ -158,6 +158,11 @@ test_72_exec_runs_inside_a_running_machine() {
     expect_fail "no user 'ghost' in the machine's /etc/passwd" berth exec --user ghost app2 -- true
     expect_fail "executing /no/such: No such file" berth exec app2 -- /no/such
     expect_fail "not authorized to run commands in machines" as_tester berth exec app2 -- true
+    # Every exec helper (berthd's child) was reaped, after a command and after an error alike.
+    local berthd zombies
+    berthd=$(systemctl show -p MainPID --value berthd.service)
+    zombies=$(ps --ppid "$berthd" -o stat=,pid=,comm= | awk '$1 ~ /^Z/' || true)
+    [[ -z $zombies ]] || fail "berthd left zombies behind: $zombies"
     expect_ok berth stop app2
     expect_ok berth rm app2
 }
