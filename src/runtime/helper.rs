@@ -663,6 +663,39 @@ fn populate_run_host(config: &SpawnConfig) -> Result<(), RuntimeError> {
     chown(&host, config.uid_base)
 }
 
+/// Gives the machine a boot ID of its own (as a machine's kernel would at each boot), bound
+/// read-only over /proc/sys/kernel/random/boot_id: its journal then tells its boots apart
+/// (`journalctl -b -1`, `--list-boots`), which the host's boot ID, shared by every start,
+/// would not. The file behind it, on the machine's /run, is unlinked at once. Runs in PID 1's
+/// mount namespace, in the root, with the machine's /proc mounted.
+fn mount_boot_id() -> Result<(), RuntimeError> {
+    // The kernel makes a fresh random UUID at each read of this file.
+    let id = step(
+        "making the machine's boot ID",
+        fs::read_to_string("proc/sys/kernel/random/uuid"),
+    )?;
+    let file = Path::new("run/.berth-boot-id");
+    step("writing the machine's boot ID", fs::write(file, id))?;
+    let target = Path::new("proc/sys/kernel/random/boot_id");
+    errno(
+        "binding the machine's boot ID",
+        rustix::mount::mount_bind(file, target),
+    )?;
+    errno(
+        "making the machine's boot ID read-only",
+        rustix::mount::mount_remount(
+            target,
+            MountFlags::BIND
+                | MountFlags::RDONLY
+                | MountFlags::NOSUID
+                | MountFlags::NODEV
+                | MountFlags::NOEXEC,
+            "",
+        ),
+    )?;
+    step("unlinking the boot ID's file", fs::remove_file(file))
+}
+
 /// A machine-id as a UUID: 8-4-4-4-12.
 pub fn uuid(machine_id: &str) -> String {
     if machine_id.len() != 32 {
@@ -733,6 +766,7 @@ fn inner(
             "",
         ),
     )?;
+    mount_boot_id()?;
     mount_fs(
         "mqueue",
         Path::new("dev/mqueue"),

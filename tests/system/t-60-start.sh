@@ -139,6 +139,13 @@ test_63_boot_machine_and_systemd_tools() {
     [[ $(berth exec tools -- cat /root/shell-mark) == via-shell ]] || fail "machinectl shell did not run"
     # machinectl kill reaches the machine's processes (SIGHUP makes systemd reload, not die).
     machinectl kill --signal=SIGUSR2 tools
+    # Each start is a boot of its own: a boot ID not the host's, read-only.
+    local boot_id
+    boot_id=$(berth exec tools -- cat /proc/sys/kernel/random/boot_id)
+    [[ $boot_id =~ ^[0-9a-f-]{36}$ && $boot_id != "$(cat /proc/sys/kernel/random/boot_id)" ]] \
+        || fail "the machine's boot ID '$boot_id' is not its own"
+    ! berth exec tools -- sh -c 'echo x >/proc/sys/kernel/random/boot_id' 2>/dev/null \
+        || fail "the machine may write its boot ID"
     # machinectl reboot: systemd exits with SIGHUP and berthd starts it again.
     local leader
     leader=$(machinectl show -p Leader --value tools)
@@ -150,6 +157,16 @@ test_63_boot_machine_and_systemd_tools() {
         sleep 0.5
     done
     [[ -n $now && $now != "$leader" ]] || fail "no new leader after machinectl reboot"
+    # A new boot ID, and the machine's journal lists both boots.
+    local boots=0
+    for i in $(seq 60); do
+        boots=$(journalctl -M tools -q --list-boots --no-pager 2>/dev/null | wc -l)
+        ((boots >= 2)) && break
+        sleep 0.5
+    done
+    ((boots >= 2)) || fail "journalctl -M tools --list-boots shows $boots boot(s) after a reboot"
+    [[ $(berth exec tools -- cat /proc/sys/kernel/random/boot_id) != "$boot_id" ]] \
+        || fail "the reboot kept the boot ID"
     # berth restart gives a new leader too.
     expect_ok berth restart tools
     [[ $(machinectl show -p Leader --value tools) != "$now" ]] || fail "restart kept the leader"
