@@ -92,6 +92,9 @@ pub fn run(
     null: OwnedFd,
     socket: &UnixStream,
 ) -> ! {
+    // Forked from berthd's spawn server without an exec, it would show as "berthd" in the
+    // machine's `ps` and `top` (named before the fork: the command execs before it looks).
+    let _ = rustix::thread::set_name(c"berth-init");
     // Blocked before the fork, so no signal is lost or acted on before the loop below.
     let all = SigSet::all();
     let _ = all.thread_block();

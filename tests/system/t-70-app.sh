@@ -27,12 +27,13 @@ test_70_run_returns_exit_status_and_streams() {
     # Inside: its name as hostname, a private UID range, berth's init as PID 1, the command
     # as PID 2, the payload cgroup as its cgroup root.
     local out
-    out=$(berth run --rm --name r1 --image deb -- sh -c 'hostname; cat /proc/self/uid_map; echo pid=$$; cat /proc/self/cgroup')
+    out=$(berth run --rm --name r1 --image deb -- sh -c 'hostname; cat /proc/self/uid_map; echo pid=$$; cat /proc/self/cgroup; echo init=$(cat /proc/1/comm)')
     echo "$out"
     grep -qx r1 <<<"$out" || fail "hostname"
     grep -Eq '^ +0 +[0-9]+ +65536$' <<<"$out" || fail "uid_map"
     ! grep -Eq '^ +0 +0 ' <<<"$out" || fail "container root is host root"
     grep -qx 'pid=2' <<<"$out" || fail "the command is not PID 2"
+    grep -qx 'init=berth-init' <<<"$out" || fail "PID 1 is not named berth-init"
     grep -qx '0::/' <<<"$out" || fail "cgroup namespace"
     assert_no_machine r1
     # Orphans are reaped by PID 1: no zombie stays behind.
