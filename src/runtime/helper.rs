@@ -667,7 +667,8 @@ fn populate_run_host(config: &SpawnConfig) -> Result<(), RuntimeError> {
 /// read-only over /proc/sys/kernel/random/boot_id: its journal then tells its boots apart
 /// (`journalctl -b -1`, `--list-boots`), which the host's boot ID, shared by every start,
 /// would not. The file behind it, on the machine's /run, is unlinked at once. Runs in PID 1's
-/// mount namespace, in the root, with the machine's /proc mounted.
+/// mount namespace, in the root, with the machine's /proc mounted; on an error nothing of it
+/// stays.
 fn mount_boot_id() -> Result<(), RuntimeError> {
     // The kernel makes a fresh random UUID at each read of this file.
     let id = step(
@@ -677,23 +678,29 @@ fn mount_boot_id() -> Result<(), RuntimeError> {
     let file = Path::new("run/.berth-boot-id");
     step("writing the machine's boot ID", fs::write(file, id))?;
     let target = Path::new("proc/sys/kernel/random/boot_id");
-    errno(
+    let bound = errno(
         "binding the machine's boot ID",
         rustix::mount::mount_bind(file, target),
-    )?;
-    errno(
-        "making the machine's boot ID read-only",
-        rustix::mount::mount_remount(
-            target,
-            MountFlags::BIND
-                | MountFlags::RDONLY
-                | MountFlags::NOSUID
-                | MountFlags::NODEV
-                | MountFlags::NOEXEC,
-            "",
-        ),
-    )?;
-    step("unlinking the boot ID's file", fs::remove_file(file))
+    )
+    .and_then(|()| {
+        errno(
+            "making the machine's boot ID read-only",
+            rustix::mount::mount_remount(
+                target,
+                MountFlags::BIND
+                    | MountFlags::RDONLY
+                    | MountFlags::NOSUID
+                    | MountFlags::NODEV
+                    | MountFlags::NOEXEC,
+                "",
+            ),
+        )
+        .inspect_err(|_| {
+            let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
+        })
+    });
+    let _ = fs::remove_file(file);
+    bound
 }
 
 /// A machine-id as a UUID: 8-4-4-4-12.
@@ -766,7 +773,13 @@ fn inner(
             "",
         ),
     )?;
-    mount_boot_id()?;
+    // Best effort: a machine whose /run is a read-only --bind keeps the host's boot ID.
+    if let Err(e) = mount_boot_id() {
+        eprintln!(
+            "berthd --spawn-machine: {}: the machine keeps the host's boot ID: {e}",
+            config.name
+        );
+    }
     mount_fs(
         "mqueue",
         Path::new("dev/mqueue"),

@@ -36,6 +36,15 @@ test_70_run_returns_exit_status_and_streams() {
     grep -qx 'init=berth-init' <<<"$out" || fail "PID 1 is not named berth-init"
     grep -qx '0::/' <<<"$out" || fail "cgroup namespace"
     assert_no_machine r1
+    # Its own boot ID; with a read-only /run of the user's, where berth can't put one, the
+    # host's (and the start goes on).
+    out=$(berth run --rm --image deb -- cat /proc/sys/kernel/random/boot_id)
+    [[ $out =~ ^[0-9a-f-]{36}$ && $out != "$(cat /proc/sys/kernel/random/boot_id)" ]] \
+        || fail "an app machine's boot ID '$out' is not its own"
+    mkdir -p /var/tmp/ro-run
+    out=$(berth run --rm --bind /var/tmp/ro-run:/run:ro --image deb -- cat /proc/sys/kernel/random/boot_id)
+    [[ $out == "$(cat /proc/sys/kernel/random/boot_id)" ]] || fail "with a read-only /run: '$out'"
+    [[ -z $(ls -A /var/tmp/ro-run) ]] || fail "berth wrote into a read-only --bind"
     # Orphans are reaped by PID 1: no zombie stays behind.
     out=$(berth run --rm --image deb -- sh -c 'sh -c "sleep 0.2 &"; sleep 1.5; cat /proc/[0-9]*/stat')
     ! awk '$3 == "Z"' <<<"$out" | grep -q . || fail "zombies: $(awk '$3 == "Z"' <<<"$out")"
