@@ -60,13 +60,9 @@ impl From<ImageError> for BusError {
                 | RegistryError::BadSums { .. }
                 | RegistryError::SumsNotText { .. },
             ) => Self::BadImageInput(message),
-            ImageError::Io { ref source, .. }
-                if source.kind() == std::io::ErrorKind::StorageFull =>
-            {
-                Self::Failed(format!(
-                    "{message}: the filesystem is full; free space on it, then try again (a failed import, pull or build keeps nothing of its image)"
-                ))
-            }
+            ImageError::Io { ref source, .. } if storage_full(source) => Self::Failed(format!(
+                "{message}: the filesystem is full; free space on it, then try again (a failed import, pull or build keeps nothing of its image)"
+            )),
             ImageError::Registry(_) | ImageError::Io { .. } => Self::Failed(message),
         }
     }
@@ -86,9 +82,24 @@ impl From<BuildError> for BusError {
     }
 }
 
+/// Whether an error is the filesystem's being full (ENOSPC, also inside an entry's message).
+fn storage_full(source: &std::io::Error) -> bool {
+    source.kind() == std::io::ErrorKind::StorageFull
+}
+
 impl From<MachineError> for BusError {
     fn from(e: MachineError) -> Self {
         let message = e.to_string();
+        let full = match &e {
+            MachineError::Image(ImageError::Io { source, .. })
+            | MachineError::Io { source, .. } => storage_full(source),
+            _ => false,
+        };
+        if full {
+            return Self::Failed(format!(
+                "{message}: the filesystem is full; free space on it, then try again"
+            ));
+        }
         match e {
             MachineError::InvalidName(_) | MachineError::InvalidArgument(_) => {
                 Self::InvalidArgument(message)
@@ -137,6 +148,30 @@ mod tests {
                 message.contains("the filesystem is full; free space on it, then try again"),
                 "{message}"
             );
+        }
+    }
+
+    #[test]
+    fn a_full_disk_during_a_create_speaks_of_the_machine() {
+        let enospc = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let copying = MachineError::Image(ImageError::Io {
+            context: "copying the image".into(),
+            source: enospc(),
+        });
+        let writing = MachineError::Io {
+            context: "writing the definition".into(),
+            source: enospc(),
+        };
+        for full in [copying, writing] {
+            let BusError::Failed(message) = BusError::from(full) else {
+                panic!("not Failed");
+            };
+            assert!(message.contains("No space left on device"), "{message}");
+            assert!(
+                message.contains("the filesystem is full; free space on it, then try again"),
+                "{message}"
+            );
+            assert!(!message.contains("import"), "{message}");
         }
     }
 }

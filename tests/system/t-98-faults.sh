@@ -141,7 +141,7 @@ test_93_berthd_killed_during_a_start_leaves_all_or_nothing() {
     assert_no_staging
 }
 
-test_94_a_full_disk_during_an_import_leaves_nothing() {
+test_94_a_full_disk_during_an_import_or_create_leaves_nothing() {
     # A 48 MiB filesystem for the pool, and a 150 MB guest to import into it.
     local disk=/var/tmp/small-pool.ext4 used_before used_after
     rm -f "$disk"
@@ -164,6 +164,22 @@ test_94_a_full_disk_during_an_import_leaves_nothing() {
     expect_ok berth import-tar "$FIXTURES/small.tar" fits
     expect_ok berth rmi fits
     umount /var/lib/machines
+    # A machine's root on the same small filesystem: the 150 MB image is copied into it and
+    # the create fails, keeping nothing (no root, no staging copy, no definition).
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    rm -f "$disk"
+    truncate -s 48M "$disk"
+    mkfs.ext4 -q "$disk"
+    mount -o loop "$disk" /var/lib/berth/machines
+    trap 'umount /var/lib/berth/machines 2>/dev/null; rm -f /var/tmp/small-pool.ext4' EXIT
+    expect_fail "No space left on device.*the filesystem is full; free space on it" \
+        berth create full1 --image deb --boot
+    echo "figure: full disk during a create: $(cat "$ERR")"
+    [[ -z $(ls -A /var/lib/berth/machines | grep -v '^lost+found$') ]] \
+        || fail "left beside the machine roots: $(ls -A /var/lib/berth/machines)"
+    [[ ! -e /etc/berth/machines/full1.machine ]] || fail "a definition of the failed create is left"
+    assert_no_machine full1
+    umount /var/lib/berth/machines
     rm -f "$disk"
     trap - EXIT
 }
