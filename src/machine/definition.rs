@@ -99,6 +99,23 @@ impl Bind {
         })
     }
 
+    /// Why a new machine may not take this bind: its destination is the machine's root, or
+    /// /proc, /sys or /dev (or below /proc or /sys), which berth mounts for the machine and a
+    /// bind would hide or fight. `None`: fine. (/run and paths below /dev are allowed.)
+    pub fn refused_destination(&self) -> Option<&'static str> {
+        let destination = self.destination.as_path();
+        if destination == Path::new("/") {
+            return Some("the machine's root");
+        }
+        if destination == Path::new("/dev") {
+            return Some("the machine's private /dev");
+        }
+        ["/proc", "/sys"]
+            .iter()
+            .any(|api| destination.starts_with(api))
+            .then_some("in /proc or /sys, which berth mounts for the machine")
+    }
+
     pub fn to_spec(&self) -> String {
         format!(
             "{}:{}{}",

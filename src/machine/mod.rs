@@ -207,6 +207,13 @@ impl Machines {
             .map(|spec| {
                 let bind =
                     Bind::parse(spec).map_err(|e| MachineError::InvalidArgument(e.to_string()))?;
+                if let Some(reason) = bind.refused_destination() {
+                    return Err(MachineError::InvalidArgument(format!(
+                        "bind destination {} is {reason}; bind to another path (e.g. under /srv \
+                         or /mnt)",
+                        bind.destination.display()
+                    )));
+                }
                 if !bind.source.exists() {
                     return Err(MachineError::InvalidArgument(format!(
                         "bind source {} does not exist on the host",

@@ -169,6 +169,16 @@ fn bad_requests_leave_nothing_behind() {
     let mut r = request("x");
     r.binds = vec!["/nonexistent-berth:/x".into()];
     cases.push((r, "bind source /nonexistent-berth does not exist"));
+    for (destination, reason) in [
+        ("/", "is the machine's root"),
+        ("/proc", "is in /proc or /sys"),
+        ("/sys/fs/cgroup", "is in /proc or /sys"),
+        ("/dev/", "is the machine's private /dev"),
+    ] {
+        let mut r = request("x");
+        r.binds = vec![format!("/tmp:{destination}")];
+        cases.push((r, reason));
+    }
     for (req, want) in cases {
         let err = f.machines.create(&req).expect_err(want).to_string();
         assert!(err.contains(want), "{err:?} should contain {want:?}");

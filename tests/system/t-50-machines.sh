@@ -63,6 +63,9 @@ test_51_bad_create_input_leaves_nothing() {
     expect_fail "host name 'bad host'" berth create m --image base --hostname 'bad host' --boot
     expect_fail "bind 'data:/data' is not SRC:DST" berth create m --image base --bind data:/data --boot
     expect_fail "bind source /nonexistent does not exist" berth create m --image base --bind /nonexistent:/data --boot
+    expect_fail "bind destination / is the machine's root" berth create m --image base --bind /srv:/ --boot
+    expect_fail "bind destination /sys/fs/cgroup is in /proc or /sys" berth create m --image base --bind /srv:/sys/fs/cgroup --boot
+    expect_fail "bind destination /dev is the machine's private /dev" berth run --rm --image base --bind /srv:/dev -- true
     [[ -z $(machine_files) ]] || fail "left behind: $(machine_files)"
     expect_ok berth create m --image base --boot
     expect_fail "machine 'm' already exists" berth create m --image base --boot
