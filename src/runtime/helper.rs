@@ -677,30 +677,37 @@ fn mount_boot_id() -> Result<(), RuntimeError> {
     )?;
     let file = Path::new("run/.berth-boot-id");
     step("writing the machine's boot ID", fs::write(file, id))?;
-    let target = Path::new("proc/sys/kernel/random/boot_id");
-    let bound = errno(
-        "binding the machine's boot ID",
-        rustix::mount::mount_bind(file, target),
-    )
-    .and_then(|()| {
-        errno(
-            "making the machine's boot ID read-only",
-            rustix::mount::mount_remount(
-                target,
-                MountFlags::BIND
-                    | MountFlags::RDONLY
-                    | MountFlags::NOSUID
-                    | MountFlags::NODEV
-                    | MountFlags::NOEXEC,
-                "",
-            ),
-        )
-        .inspect_err(|_| {
-            let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
-        })
-    });
+    let bound = bind_read_only(
+        file,
+        Path::new("proc/sys/kernel/random/boot_id"),
+        "the machine's boot ID",
+    );
     let _ = fs::remove_file(file);
     bound
+}
+
+/// Bind-mounts `source` on `target`, then makes that read-only (nosuid, nodev, noexec); a
+/// bind that can't be made read-only is taken off again. `what` names it in errors.
+fn bind_read_only(source: &Path, target: &Path, what: &str) -> Result<(), RuntimeError> {
+    errno(
+        &format!("binding {what}"),
+        rustix::mount::mount_bind(source, target),
+    )?;
+    errno(
+        &format!("making {what} read-only"),
+        rustix::mount::mount_remount(
+            target,
+            MountFlags::BIND
+                | MountFlags::RDONLY
+                | MountFlags::NOSUID
+                | MountFlags::NODEV
+                | MountFlags::NOEXEC,
+            "",
+        ),
+    )
+    .inspect_err(|_| {
+        let _ = rustix::mount::unmount(target, UnmountFlags::DETACH);
+    })
 }
 
 /// A machine-id as a UUID: 8-4-4-4-12.
@@ -757,22 +764,7 @@ fn inner(
         "",
     )?;
     let proc_sys = proc.join("sys");
-    errno(
-        "binding /proc/sys",
-        rustix::mount::mount_bind(&proc_sys, &proc_sys),
-    )?;
-    errno(
-        "making /proc/sys read-only",
-        rustix::mount::mount_remount(
-            &proc_sys,
-            MountFlags::BIND
-                | MountFlags::RDONLY
-                | MountFlags::NOSUID
-                | MountFlags::NODEV
-                | MountFlags::NOEXEC,
-            "",
-        ),
-    )?;
+    bind_read_only(&proc_sys, &proc_sys, "/proc/sys")?;
     // Best effort: a machine whose /run is a read-only --bind keeps the host's boot ID.
     if let Err(e) = mount_boot_id() {
         eprintln!(
