@@ -214,26 +214,19 @@ fn outer(
     for dir in ["proc", "sys", "dev", "run", "tmp"] {
         ensure_dir(&root.join(dir))?;
     }
-    for bind in &config.binds {
-        let target = inside(root, &bind.destination);
+    for bind in config
+        .binds
+        .iter()
+        .filter(|b| !on_berth_tmpfs(&b.destination))
+    {
         refuse_symlinks(root, &bind.destination)?;
-        if bind.source.is_dir() {
-            ensure_dir(&target)?;
-        } else if !target.exists() {
-            if let Some(parent) = target.parent() {
-                step("creating bind mount points", fs::create_dir_all(parent))?;
-            }
-            step(
-                "creating a bind mount point",
-                File::create(&target).map(drop),
-            )?;
-        }
+        create_bind_point(bind, &inside(root, &bind.destination))?;
     }
     watch.lap("mount points");
     idmap_root(root, base)?;
     watch.lap("idmapped root");
 
-    let mounts: [(&str, &str, MountFlags, String); 4] = [
+    let mut mounts: Vec<(&str, &str, MountFlags, String)> = vec![
         (
             "sys",
             "sysfs",
@@ -252,13 +245,19 @@ fn outer(
             MountFlags::NOSUID | MountFlags::NODEV | MountFlags::STRICTATIME,
             format!("mode=755,uid={base},gid={base}"),
         ),
-        (
+    ];
+    // /tmp is mounted by PID 1, in the machine's user namespace, so that the guest's systemd
+    // can unmount it at shutdown (a mount made here is locked in the machine, and its
+    // shutdown would report "Failed unmounting tmp.mount"). A --bind below /tmp must land
+    // on the tmpfs, so then it is mounted here, before the binds.
+    if tmp_before_binds(&config.binds) {
+        mounts.push((
             "tmp",
             "tmpfs",
-            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::STRICTATIME,
+            TMP_FLAGS,
             format!("mode=1777,uid={base},gid={base}"),
-        ),
-    ];
+        ));
+    }
     for (dir, fstype, flags, data) in mounts {
         mount_fs(fstype, &root.join(dir), flags, &data)?;
     }
@@ -276,6 +275,14 @@ fn outer(
     watch.lap("run-host");
     for bind in &config.binds {
         let target = inside(root, &bind.destination);
+        if on_berth_tmpfs(&bind.destination) {
+            // On a fresh tmpfs of berth's (only its /dev has symlinks, which are refused).
+            refuse_symlinks(root, &bind.destination)?;
+            let created = create_bind_point(bind, &target)?;
+            for path in created {
+                chown(&path, base)?;
+            }
+        }
         errno(
             "bind-mounting a --bind source",
             rustix::mount::mount_bind_recursive(&bind.source, &target),
@@ -470,6 +477,48 @@ fn throwaway_userns(base: u32) -> Result<OwnedFd, RuntimeError> {
             step("creating the idmap user namespace", result)
         }
     }
+}
+
+/// Whether a bind's destination lies on one of the tmpfs berth mounts (/dev, /run, /tmp): its
+/// mount point is made once that is mounted, not in the plain tree, where the tmpfs would
+/// hide it.
+fn on_berth_tmpfs(destination: &Path) -> bool {
+    ["/dev", "/run", "/tmp"]
+        .iter()
+        .any(|dir| destination.starts_with(dir) && destination != Path::new(dir))
+}
+
+/// Creates a bind's mount point at `target` when missing (a directory for a directory, an
+/// empty file for a file, with the directories above it); returns what it created.
+fn create_bind_point(bind: &super::SpawnBind, target: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
+    let mut missing: Vec<PathBuf> = target
+        .ancestors()
+        .take_while(|p| fs::symlink_metadata(p).is_err())
+        .map(Path::to_path_buf)
+        .collect();
+    missing.reverse();
+    if bind.source.is_dir() {
+        ensure_dir(target)?;
+    } else if !target.exists() {
+        if let Some(parent) = target.parent() {
+            step("creating bind mount points", fs::create_dir_all(parent))?;
+        }
+        step(
+            "creating a bind mount point",
+            File::create(target).map(drop),
+        )?;
+    }
+    Ok(missing)
+}
+
+const TMP_FLAGS: MountFlags = MountFlags::NOSUID
+    .union(MountFlags::NODEV)
+    .union(MountFlags::STRICTATIME);
+
+/// Whether the machine's /tmp is mounted before its binds (by the helper) rather than by its
+/// PID 1: when a bind lies below /tmp.
+fn tmp_before_binds(binds: &[super::SpawnBind]) -> bool {
+    binds.iter().any(|b| b.destination.starts_with("/tmp"))
 }
 
 fn mount_fs(
@@ -778,6 +827,9 @@ fn inner(
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         "",
     )?;
+    if !tmp_before_binds(&config.binds) {
+        mount_fs("tmpfs", Path::new("tmp"), TMP_FLAGS, "mode=1777")?;
+    }
     if config.own_network {
         // The sysfs mounted before the clone shows the host's network devices; one mounted
         // from the machine's own network namespace shows its own (lo, host0), over it.

@@ -167,6 +167,11 @@ test_63_boot_machine_and_systemd_tools() {
     ((boots >= 2)) || fail "journalctl -M tools --list-boots shows $boots boot(s) after a reboot"
     [[ $(berth exec tools -- cat /proc/sys/kernel/random/boot_id) != "$boot_id" ]] \
         || fail "the reboot kept the boot ID"
+    # Its systemd unmounted the machine's /tmp at that shutdown (systemd-nspawn's guests log
+    # "Failed unmounting tmp.mount": there /tmp is the manager's, locked in the guest).
+    journalctl -M tools -b -1 -q --no-pager -o cat >"$OUT" 2>&1 || true
+    grep -q "Unmounted tmp.mount" "$OUT" || fail "the guest did not unmount /tmp at shutdown"
+    ! grep -q "Failed unmounting tmp.mount" "$OUT" || fail "the guest failed to unmount /tmp"
     # berth restart gives a new leader too.
     expect_ok berth restart tools
     [[ $(machinectl show -p Leader --value tools) != "$now" ]] || fail "restart kept the leader"

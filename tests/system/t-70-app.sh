@@ -45,6 +45,16 @@ test_70_run_returns_exit_status_and_streams() {
     out=$(berth run --rm --bind /var/tmp/ro-run:/run:ro --image deb -- cat /proc/sys/kernel/random/boot_id)
     [[ $out == "$(cat /proc/sys/kernel/random/boot_id)" ]] || fail "with a read-only /run: '$out'"
     [[ -z $(ls -A /var/tmp/ro-run) ]] || fail "berth wrote into a read-only --bind"
+    # A private /tmp (tmpfs, 1777, root's); a --bind below /tmp, /run or /dev lands on the
+    # machine's tmpfs there, its mount point owned by the machine's root.
+    out=$(berth run --rm --image deb -- sh -c 'findmnt -no FSTYPE /tmp; stat -c "%a %U" /tmp')
+    [[ $out == $'tmpfs\n1777 root' ]] || fail "the machine's /tmp: '$out'"
+    mkdir -p /var/tmp/in-tmp && echo marker >/var/tmp/in-tmp/file
+    out=$(berth run --rm --bind /var/tmp/in-tmp:/tmp/a/b:ro --bind /var/tmp/in-tmp/file:/run/x/file \
+        --bind /var/tmp/in-tmp:/dev/y --image deb -- \
+        sh -c 'cat /tmp/a/b/file /run/x/file /dev/y/file; findmnt -no FSTYPE /tmp; stat -c "%a %U" /tmp /tmp/a /run/x')
+    [[ $out == $'marker\nmarker\nmarker\ntmpfs\n1777 root\n755 root\n755 root' ]] \
+        || fail "binds below /tmp, /run and /dev: '$out'"
     # Orphans are reaped by PID 1: no zombie stays behind.
     out=$(berth run --rm --image deb -- sh -c 'sh -c "sleep 0.2 &"; sleep 1.5; cat /proc/[0-9]*/stat')
     ! awk '$3 == "Z"' <<<"$out" | grep -q . || fail "zombies: $(awk '$3 == "Z"' <<<"$out")"
