@@ -148,6 +148,12 @@ test_63_boot_machine_and_systemd_tools() {
         || fail "machinectl copy-to works now: update the README"
     berth exec tools -- sh -c 'cat >/root/in.txt' <"$dir/in.txt"
     [[ $(berth exec tools -- stat -c '%U %s' /root/in.txt) == "root 10" ]] || fail "copy in through exec"
+    # machinectl login: machined starts a getty of the guest's on a terminal of its devpts.
+    (
+        for i in $(seq 80); do grep -q "tools login:" "$dir/login.out" 2>/dev/null && break; sleep 0.5; done
+        printf '\035\035\035'
+    ) | timeout 60 script -qfec "machinectl login tools" "$dir/login.out" >/dev/null 2>&1 || true
+    grep -q "tools login:" "$dir/login.out" || fail "machinectl login showed no login prompt: $(cat -v "$dir/login.out")"
     # The -M switch of systemd's other tools reaches the machine's own services.
     hostnamectl -M tools | grep -q "Static hostname: tools" || fail "hostnamectl -M"
     timedatectl -M tools | grep -q "Time zone:" || fail "timedatectl -M"
