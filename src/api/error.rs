@@ -82,7 +82,7 @@ impl From<BuildError> for BusError {
     }
 }
 
-/// Whether an error is the filesystem's being full (ENOSPC, also inside an entry's message).
+/// Whether an error is the filesystem's being full (ENOSPC).
 fn storage_full(source: &std::io::Error) -> bool {
     source.kind() == std::io::ErrorKind::StorageFull
 }

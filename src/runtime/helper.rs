@@ -220,7 +220,7 @@ fn outer(
         .filter(|b| !on_berth_tmpfs(&b.destination))
     {
         refuse_symlinks(root, &bind.destination)?;
-        create_bind_point(bind, &inside(root, &bind.destination))?;
+        create_bind_point(bind, &inside(root, &bind.destination), None)?;
     }
     watch.lap("mount points");
     idmap_root(root, base)?;
@@ -278,10 +278,7 @@ fn outer(
         if on_berth_tmpfs(&bind.destination) {
             // On a fresh tmpfs of berth's (only its /dev has symlinks, which are refused).
             refuse_symlinks(root, &bind.destination)?;
-            let created = create_bind_point(bind, &target)?;
-            for path in created {
-                chown(&path, base)?;
-            }
+            create_bind_point(bind, &target, Some(base))?;
         }
         errno(
             "bind-mounting a --bind source",
@@ -489,14 +486,22 @@ fn on_berth_tmpfs(destination: &Path) -> bool {
 }
 
 /// Creates a bind's mount point at `target` when missing (a directory for a directory, an
-/// empty file for a file, with the directories above it); returns what it created.
-fn create_bind_point(bind: &super::SpawnBind, target: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
-    let mut missing: Vec<PathBuf> = target
-        .ancestors()
-        .take_while(|p| fs::symlink_metadata(p).is_err())
-        .map(Path::to_path_buf)
-        .collect();
-    missing.reverse();
+/// empty file for a file, with the directories above it). With `owner`, what it creates is
+/// chowned to that host UID (the machine's root), as on a tmpfs of berth's; in the plain tree
+/// host root already shows as the machine's root.
+fn create_bind_point(
+    bind: &super::SpawnBind,
+    target: &Path,
+    owner: Option<u32>,
+) -> Result<(), RuntimeError> {
+    let missing: Vec<PathBuf> = match owner {
+        Some(_) => target
+            .ancestors()
+            .take_while(|p| fs::symlink_metadata(p).is_err())
+            .map(Path::to_path_buf)
+            .collect(),
+        None => Vec::new(),
+    };
     if bind.source.is_dir() {
         ensure_dir(target)?;
     } else if !target.exists() {
@@ -508,7 +513,12 @@ fn create_bind_point(bind: &super::SpawnBind, target: &Path) -> Result<Vec<PathB
             File::create(target).map(drop),
         )?;
     }
-    Ok(missing)
+    if let Some(owner) = owner {
+        for path in missing.iter().rev() {
+            chown(path, owner)?;
+        }
+    }
+    Ok(())
 }
 
 const TMP_FLAGS: MountFlags = MountFlags::NOSUID
