@@ -21,6 +21,7 @@ use crate::image::{ImageRef, Pool};
 use crate::machine::lifecycle::{Attach, Started};
 use crate::machine::{CreateRequest, MachineError, Machines, Mode, lifecycle, processes, usage};
 use crate::runtime::ExitStatus;
+use crate::runtime::copy::{self, CopyError};
 use crate::runtime::exec::{Exec, ExecConfig};
 use crate::systemd;
 
@@ -793,6 +794,59 @@ impl Manager {
             Ok(Ok(status)) => Ok(exit_reply(Some(status))),
             Ok(Err(message)) => Err(BusError::Failed(message)),
             Err(_) => Err(BusError::Failed("the command's watcher went away".into())),
+        }
+    }
+
+    /// Copies a file or directory tree into running machine `name`, at `destination` (an
+    /// absolute path of the machine; into it when it is a directory). `archive` carries a tar
+    /// stream of it: one top-level entry, named as the source, then the line `berth copy-to:
+    /// end of stream` after the archive's end blocks (`berth copy-to` writes it as the
+    /// caller, so it holds only what the caller may read). The exec
+    /// helper unpacks it inside the machine as the machine's root: what it writes is owned by
+    /// the machine's root, with the permission bits (not set-ID bits) and times of the
+    /// source; an existing file is replaced, an existing directory is not. A stream that
+    /// ends early copies nothing. Returns the path written. Needs
+    /// org.berth.berth1.copy-to-machine.
+    #[zbus(out_args("written"))]
+    async fn copy_to_machine(
+        &self,
+        name: String,
+        destination: String,
+        archive: zbus::OwnedFd,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, BusError> {
+        authorize(conn, &header, Action::CopyToMachine).await?;
+        if !destination.starts_with('/') || destination.contains('\0') {
+            return Err(BusError::InvalidArgument(format!(
+                "destination '{destination}' is not an absolute path in the machine; give one such as /root/ or /etc/app.conf"
+            )));
+        }
+        let (definition, leader) = self.running_machine(conn, &name).await?;
+        tracing::info!(%name, %destination, "copy into machine");
+        let mut config = lifecycle::exec_config(
+            &definition,
+            leader,
+            String::new(),
+            vec!["copy-to".into()],
+            false,
+            Vec::new(),
+        );
+        config.unpack_to = Some(destination);
+        let helper = self.helper.clone();
+        let copied =
+            tokio::task::spawn_blocking(move || copy::copy_in(&helper, &config, archive.into()))
+                .await
+                .map_err(|e| BusError::Failed(format!("internal error: {e}")))?;
+        match copied {
+            Ok(written) => Ok(written.display().to_string()),
+            Err(CopyError::Destination(message)) => Err(BusError::InvalidArgument(format!(
+                "copying into machine '{name}': {}",
+                message.replace("berth exec NAME", &format!("berth exec {name}"))
+            ))),
+            Err(CopyError::Failed(message)) => Err(BusError::Failed(format!(
+                "copying into machine '{name}': {message}"
+            ))),
         }
     }
 

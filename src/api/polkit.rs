@@ -40,6 +40,8 @@ pub enum Action {
     ExecMachine,
     /// Open a login shell in a running machine (shell).
     ShellMachine,
+    /// Copy files from the host into a running machine (copy-to).
+    CopyToMachine,
     /// Change a machine's resource properties (set).
     SetProperties,
     /// Remove a machine (rm).
@@ -52,7 +54,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in the order of the policy file.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::ImportImage,
         Self::PullImage,
         Self::BuildImage,
@@ -66,6 +68,7 @@ impl Action {
         Self::RestartMachine,
         Self::ExecMachine,
         Self::ShellMachine,
+        Self::CopyToMachine,
         Self::SetProperties,
         Self::RemoveMachine,
         Self::RebaseMachine,
@@ -87,6 +90,7 @@ impl Action {
             Self::RestartMachine => "org.berth.berth1.restart-machine",
             Self::ExecMachine => "org.berth.berth1.exec-machine",
             Self::ShellMachine => "org.berth.berth1.shell-machine",
+            Self::CopyToMachine => "org.berth.berth1.copy-to-machine",
             Self::SetProperties => "org.berth.berth1.set-properties",
             Self::RemoveMachine => "org.berth.berth1.remove-machine",
             Self::RebaseMachine => "org.berth.berth1.rebase-machine",
@@ -109,6 +113,7 @@ impl Action {
             Self::RestartMachine => "restart machines",
             Self::ExecMachine => "run commands in machines",
             Self::ShellMachine => "open shells in machines",
+            Self::CopyToMachine => "copy files into machines",
             Self::SetProperties => "change machines' resource limits",
             Self::RemoveMachine => "remove machines",
             Self::RebaseMachine => "rebase machines",

@@ -124,6 +124,13 @@ pub trait Manager {
 
     fn wait_exec(&self, id: u32) -> zbus::Result<(i32, String)>;
 
+    fn copy_to_machine(
+        &self,
+        name: &str,
+        destination: &str,
+        archive: zbus::Fd<'_>,
+    ) -> zbus::Result<String>;
+
     fn kill_machine(&self, name: &str, leader_only: bool, signal: i32) -> zbus::Result<()>;
 
     fn restart_machine(&self, name: &str, timeout_sec: u32) -> zbus::Result<MachineEntry>;

@@ -406,6 +406,28 @@ pub enum Command {
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Copy a file or directory from the host into a running machine.
+    ///
+    /// SOURCE is read as you (berth reads only what you may read); DEST is a path of the
+    /// machine, by default the same path as SOURCE. When DEST is a directory, SOURCE goes
+    /// into it; otherwise it is written as DEST, whose directory must exist. What is written
+    /// is owned by the machine's root, with SOURCE's permission bits (not set-ID bits) and
+    /// times; a directory is copied with everything in it, symlinks in it as symlinks. An
+    /// existing file is replaced at once; an existing directory is not replaced. A copy that
+    /// fails leaves nothing behind. Unlike 'machinectl copy-to', it works for machines with
+    /// a private UID range. To copy out of a machine use 'machinectl copy-from'.
+    #[command(after_help = "Examples:
+  berth copy-to web ./nginx.conf /etc/nginx/nginx.conf
+  berth copy-to web ./site /srv/
+  berth copy-to web /etc/ssl/certs/corp-ca.pem")]
+    CopyTo {
+        /// The machine (running).
+        name: String,
+        /// A file or directory of the host.
+        source: std::path::PathBuf,
+        /// Where in the machine (absolute; default: SOURCE's absolute path).
+        dest: Option<String>,
+    },
     /// Send a signal to a machine's processes.
     ///
     /// By default every process of the machine gets the signal (as with 'machinectl kill');

@@ -844,6 +844,7 @@ pub fn exec_config(
         machine_id: definition.machine_id.clone(),
         extra_environment: Vec::new(),
         working_dir: String::new(),
+        unpack_to: None,
     }
 }
 

@@ -55,6 +55,10 @@ pub struct ExecConfig {
     /// Where the command starts (empty: the user's home, else /).
     #[serde(default)]
     pub working_dir: String,
+    /// Instead of running the command, unpack the copy stream on stdin at this path, as the
+    /// machine's root (`berth copy-to`; see [`super::copy`]).
+    #[serde(default)]
+    pub unpack_to: Option<String>,
 }
 
 /// A command running in a machine.
@@ -263,6 +267,11 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
     let child = match step("forking", crate::sys::process::fork())? {
         Forked::Child => {
             drop(error_read);
+            if let Some(destination) = &config.unpack_to {
+                // Nothing to exec: it has started once it runs.
+                drop(error_write);
+                std::process::exit(super::copy::child_main(destination, stdio));
+            }
             let error = run_child(&config, &user, stdio);
             let _ = write!(fs::File::from(error_write), "{error}");
             std::process::exit(127)

@@ -6,6 +6,7 @@
 //! talks to the helper and to the machine's PID 1 over a socket.
 
 pub mod confine;
+pub mod copy;
 pub mod exec;
 mod fdpass;
 pub mod guest_etc;

@@ -319,3 +319,84 @@ test_75_set_changes_limits_live() {
     grep -qx 'CPUWeight=90' /etc/berth/machines/res.machine
     expect_ok berth rm res
 }
+
+test_76_copy_to_puts_files_into_a_running_machine() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_ok berth create cp1 --image deb -- sleep infinity
+    local src=/var/tmp/copy-src
+    rm -rf "$src"
+    mkdir -p "$src/site/sub"
+    echo "port = 80" >"$src/app.conf"
+    chmod 4750 "$src/app.conf"
+    touch -d 2020-01-02 "$src/app.conf"
+    echo hello >"$src/site/sub/index.html"
+    ln -s sub/index.html "$src/site/link"
+    expect_fail "machine 'cp1' is not running" berth copy-to cp1 "$src/app.conf" /etc/
+    expect_ok berth start cp1
+
+    # A file into a directory: owned by the machine's root (0 inside, its own UID outside),
+    # its permission bits without the set-ID bit, its time kept.
+    expect_ok berth copy-to cp1 "$src/app.conf" /etc/
+    grep -qx "Copied $src/app.conf to cp1:/etc/app.conf." "$OUT" || fail "no report of the path written"
+    [[ $(berth exec cp1 -- stat -c '%u:%g %a %y' /etc/app.conf) == "0:0 750 2020-01-02 "* ]] \
+        || fail "owner, mode or time: $(berth exec cp1 -- stat -c '%u:%g %a %y' /etc/app.conf)"
+    [[ $(berth exec cp1 -- cat /etc/app.conf) == "port = 80" ]] || fail "content"
+    # As a new name; an existing file is replaced.
+    expect_ok berth copy-to cp1 "$src/app.conf" /root/renamed.conf
+    echo "port = 8080" >"$src/app.conf"
+    expect_ok berth copy-to cp1 "$src/app.conf" /root/renamed.conf
+    [[ $(berth exec cp1 -- cat /root/renamed.conf) == "port = 8080" ]] || fail "not replaced"
+    # A directory tree, symlinks as symlinks; it doesn't replace a directory.
+    expect_ok berth copy-to cp1 "$src/site" /srv/
+    [[ $(berth exec cp1 -- cat /srv/site/sub/index.html) == hello ]] || fail "tree content"
+    [[ $(berth exec cp1 -- readlink /srv/site/link) == sub/index.html ]] || fail "symlink"
+    [[ $(berth exec cp1 -- stat -c %u /srv/site/sub) == 0 ]] || fail "tree owner"
+    expect_fail "/srv/site exists in the machine as a directory; remove it first" \
+        berth copy-to cp1 "$src/site" /srv/
+    # The destination defaults to the source's path, whose directory must exist.
+    expect_fail "there is no directory $src in the machine to copy into; create it first \(berth exec cp1 -- mkdir -p $src\)" \
+        berth copy-to cp1 "$src/app.conf"
+    berth exec cp1 -- mkdir -p "$src"
+    expect_ok berth copy-to cp1 "$src/app.conf"
+    [[ $(berth exec cp1 -- cat "$src/app.conf") == "port = 8080" ]] || fail "default destination"
+
+    # Bad input: named, non-zero, nothing written and no staging directory left.
+    expect_fail "destination 'etc/x' is not an absolute path in the machine" \
+        berth copy-to cp1 "$src/app.conf" etc/x
+    expect_fail "cannot read /no/such" berth copy-to cp1 /no/such /tmp/
+    expect_fail "not a regular file or directory" berth copy-to cp1 /dev/null /tmp/
+    expect_fail "no machine named 'nosuch'" berth copy-to nosuch "$src/app.conf" /tmp/
+    expect_fail "not authorized to copy files into machines" as_tester berth copy-to cp1 "$src/app.conf" /tmp/
+    # berth reads the source as the caller: a user allowed to copy (by a polkit rule for
+    # tester) copies what it may read, and not what it may not (app.conf is root's, 4750).
+    local rule=/etc/polkit-1/rules.d/50-berth-test-copy.rules i
+    trap 'rm -f /etc/polkit-1/rules.d/50-berth-test-copy.rules' EXIT
+    printf '%s\n' 'polkit.addRule(function(action, subject) {' \
+        '    if (action.id == "org.berth.berth1.copy-to-machine" && subject.user == "tester") { return polkit.Result.YES; }' \
+        '});' >"$rule"
+    echo mine >/var/tmp/tester-file
+    chmod 644 /var/tmp/tester-file
+    for i in $(seq 40); do # until polkitd has read the rule
+        as_tester berth copy-to cp1 /var/tmp/tester-file /root/ >/dev/null 2>&1 && break
+        sleep 0.25
+    done
+    [[ $(berth exec cp1 -- cat /root/tester-file) == mine ]] || fail "tester's copy"
+    [[ $(berth exec cp1 -- stat -c %u /root/tester-file) == 0 ]] || fail "tester's copy is not root's"
+    expect_fail "reading $src/app.conf: Permission denied .*; nothing was copied" \
+        as_tester berth copy-to cp1 "$src/app.conf" /tmp/
+    rm -f "$rule" /var/tmp/tester-file
+    # A source that fails half-way through (a socket can't be copied): the machine's side
+    # sees the stream end early and keeps nothing of it.
+    mkdir -p "$src/bad"
+    echo a >"$src/bad/a"
+    python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$src/bad/zz.sock"
+    expect_fail "reading $src/bad: .*socket can not be archived; nothing was copied" \
+        berth copy-to cp1 "$src/bad" /srv/
+    ! berth exec cp1 -- test -e /srv/bad || fail "a failed copy left /srv/bad"
+    local left
+    left=$(berth exec cp1 -- find / -xdev -name '.#berth-copy-*')
+    [[ -z $left ]] || fail "staging left in the machine: $left"
+    [[ -z $(berth exec cp1 -- ls /tmp) ]] || fail "something was written to /tmp"
+    expect_ok berth rm --force cp1
+    rm -rf "$src"
+}

@@ -47,6 +47,7 @@ test_97_each_change_needs_its_own_polkit_action() {
     refused restart-machine berth restart authz-up
     refused exec-machine berth exec authz-up -- true
     refused shell-machine berth shell authz-up -- true
+    refused copy-to-machine berth copy-to authz-up "$files/small.tar" /tmp/
     refused set-properties berth set authz-up CPUWeight=50
     refused remove-machine berth rm authz
     refused rebase-machine berth rebase authz
@@ -59,6 +60,7 @@ test_97_each_change_needs_its_own_polkit_action() {
     [[ ! -e /etc/berth/machines/authz-new.machine ]] || fail "authz-new created"
     [[ -z $(ls -A "$files/out") ]] || fail "export wrote $(ls "$files/out")"
     [[ $(machinectl show authz-up -p State --value) == running ]] || fail "authz-up stopped"
+    [[ -z $(berth exec authz-up -- ls /tmp) ]] || fail "copy-to wrote into authz-up"
     ! machinectl show authz >/dev/null 2>&1 || fail "authz started"
     [[ $(systemctl is-enabled berth@authz.service 2>/dev/null || true) != enabled ]] || fail "enabled"
 
@@ -68,7 +70,7 @@ test_97_each_change_needs_its_own_polkit_action() {
         org.freedesktop.PolicyKit1.Authority EnumerateActions s "")
     for id in import-image pull-image build-image export-image remove-image create-machine \
         start-machine run-machine stop-machine kill-machine restart-machine exec-machine \
-        shell-machine set-properties remove-machine rebase-machine enable-machine; do
+        shell-machine copy-to-machine set-properties remove-machine rebase-machine enable-machine; do
         grep -q "\"org.berth.berth1.$id\"" <<<"$declared" || fail "polkit doesn't know $id"
     done
 

@@ -13,6 +13,7 @@ use berth::cli::{Cli, Command, format};
 use clap::Parser;
 
 mod build;
+mod copy;
 
 fn main() -> ExitCode {
     berth::sys::process::default_sigpipe();
@@ -418,6 +419,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let relay = tty.then(|| start_relay(terminal)).transpose()?;
             let waited = manager.wait_exec(id).await;
             return finish(relay, waited);
+        }
+        Command::CopyTo { name, source, dest } => {
+            copy::copy_to(&manager, &name, &source, dest).await?;
         }
         Command::Kill {
             name,

@@ -1,0 +1,433 @@
+//! `berth copy-to`: a file or directory tree from the host, unpacked inside a running machine.
+//!
+//! The client writes a tar stream of the source as the calling user (so it holds only what
+//! the caller may read): one top-level entry, named as the source, then [`END_MARK`]. berthd
+//! runs the exec helper in copy mode with that stream as its stdin: the helper enters the
+//! machine (namespaces, cgroup, confinement) as for `berth exec`, and its forked child, the
+//! machine's root, unpacks the stream here, in the machine's own root. What it writes is
+//! therefore the machine's root's, modes keep their permission bits (not set-ID bits), times
+//! are kept. The stream is unpacked into a temporary directory beside the target and renamed
+//! into place only once it is complete, so a copy that fails leaves nothing behind and an
+//! existing file is replaced at once.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+use super::exec::{Exec, ExecConfig};
+use super::init::ExitStatus;
+
+/// What ends a complete copy stream, after the tar's end-of-archive blocks. A stream cut
+/// short (the client failed reading a source file, or died) lacks it and is not committed,
+/// though it may end at an entry's boundary, which tar alone can't tell from an end.
+pub const END_MARK: &[u8] = b"berth copy-to: end of stream\n";
+
+/// The longest tail (zero blocks and the mark) read after the archive's last entry.
+const MAX_TAIL: u64 = 64 * 1024;
+
+/// The child's exit code for a destination the caller has to change.
+const EXIT_DESTINATION: i32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The destination can't take the copy (missing directory, an existing directory in
+    /// the way); the message says what to change.
+    #[error("{0}")]
+    Destination(String),
+    /// The stream or the writing failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> CopyError {
+    CopyError::Failed(format!("{what}: {e}"))
+}
+
+/// berthd's side: runs the exec helper (`config.unpack_to` set) with `archive` as its input
+/// and returns the path it wrote in the machine.
+pub fn copy_in(helper: &Path, config: &ExecConfig, archive: OwnedFd) -> Result<PathBuf, CopyError> {
+    let pipe = || {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| failed("creating a pipe", e))
+    };
+    let (out_read, out_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
+    let exec = Exec::start(helper, config, Some([archive, out_write, err_write]))
+        .map_err(|e| failed("starting the copy in the machine", e))?;
+    let status = exec
+        .wait()
+        .map_err(|e| failed("waiting for the copy in the machine", e))?;
+    // The helper and its child have ended, so both pipes are at their end.
+    let read = |fd: OwnedFd| {
+        let mut text = String::new();
+        let _ = fs::File::from(fd).take(MAX_TAIL).read_to_string(&mut text);
+        text.trim().to_owned()
+    };
+    let (written, message) = (read(out_read), read(err_read));
+    match status {
+        ExitStatus::Exited(0) if !written.is_empty() => Ok(PathBuf::from(written)),
+        ExitStatus::Exited(EXIT_DESTINATION) => Err(CopyError::Destination(message)),
+        ExitStatus::Exited(_) if !message.is_empty() => Err(CopyError::Failed(message)),
+        status => Err(CopyError::Failed(format!(
+            "the copy in the machine ended without a result ({}); was the machine stopped?",
+            status.describe()
+        ))),
+    }
+}
+
+/// The exec helper's child, inside the machine as its root: unpacks stdin at `destination`,
+/// prints the path written on stdout or the error on stderr; returns the exit code.
+pub fn child_main(destination: &str, stdio: [OwnedFd; 3]) -> i32 {
+    let [input, output, errors] = stdio;
+    match unpack(fs::File::from(input), Path::new(destination)) {
+        Ok(written) => {
+            let _ = writeln!(fs::File::from(output), "{}", written.display());
+            0
+        }
+        Err(e) => {
+            let _ = write!(fs::File::from(errors), "{e}");
+            match e {
+                CopyError::Destination(_) => EXIT_DESTINATION,
+                CopyError::Failed(_) => 1,
+            }
+        }
+    }
+}
+
+/// Unpacks a copy stream at `destination` (absolute): into it when it is a directory, else
+/// as it (its parent must be a directory). An existing file there is replaced; an existing
+/// directory is not. Returns the path written.
+pub fn unpack(input: impl Read, destination: &Path) -> Result<PathBuf, CopyError> {
+    if !destination.is_absolute() {
+        return Err(CopyError::Destination(format!(
+            "'{}' is not an absolute path",
+            destination.display()
+        )));
+    }
+    let (parent, rename_to) = match fs::metadata(destination) {
+        Ok(meta) if meta.is_dir() => (destination.to_path_buf(), None),
+        _ if destination.as_os_str().to_string_lossy().ends_with('/') => {
+            return Err(CopyError::Destination(format!(
+                "there is no directory {} in the machine; create it first (berth exec NAME -- mkdir -p {})",
+                destination.display(),
+                destination.display()
+            )));
+        }
+        _ => {
+            let (Some(parent), Some(name)) = (destination.parent(), destination.file_name()) else {
+                return Err(CopyError::Destination(format!(
+                    "'{}' names no file or directory",
+                    destination.display()
+                )));
+            };
+            if !fs::metadata(parent).is_ok_and(|m| m.is_dir()) {
+                return Err(CopyError::Destination(format!(
+                    "there is no directory {} in the machine to copy into; create it first (berth exec NAME -- mkdir -p {})",
+                    parent.display(),
+                    parent.display()
+                )));
+            }
+            (parent.to_path_buf(), Some(name.to_owned()))
+        }
+    };
+    // Beside the target, so the final rename stays on one filesystem; removed when dropped,
+    // with whatever a failed copy left in it.
+    let staging = tempfile::Builder::new()
+        .prefix(".#berth-copy-")
+        .tempdir_in(&parent)
+        .map_err(|e| failed(&format!("creating a directory in {}", parent.display()), e))?;
+    let top = unpack_entries(input, staging.path())?;
+    let source = staging.path().join(&top);
+    let target = parent.join(rename_to.unwrap_or(top));
+    let source_is_dir = fs::symlink_metadata(&source).is_ok_and(|m| m.is_dir());
+    if let Ok(existing) = fs::symlink_metadata(&target)
+        && (existing.is_dir() || source_is_dir)
+    {
+        let what = if existing.is_dir() {
+            "a directory"
+        } else {
+            "a file"
+        };
+        return Err(CopyError::Destination(format!(
+            "{} exists in the machine as {what}; remove it first or copy to another path",
+            target.display()
+        )));
+    }
+    fs::rename(&source, &target)
+        .map_err(|e| failed(&format!("moving the copy to {}", target.display()), e))?;
+    Ok(target)
+}
+
+/// Unpacks every entry into `staging`; returns the one top-level name they share. Fails on
+/// a stream without [`END_MARK`] after its archive, an entry outside that name, or one that
+/// would leave `staging`.
+fn unpack_entries(input: impl Read, staging: &Path) -> Result<std::ffi::OsString, CopyError> {
+    let mut archive = tar::Archive::new(input);
+    let mut top: Option<std::ffi::OsString> = None;
+    for entry in archive
+        .entries()
+        .map_err(|e| failed("reading the copy stream", e))?
+    {
+        let mut entry = entry.map_err(|e| failed("reading the copy stream", e))?;
+        entry.set_preserve_permissions(false);
+        entry.set_preserve_mtime(true);
+        entry.set_unpack_xattrs(false);
+        let path = entry
+            .path()
+            .map_err(|e| failed("reading the copy stream", e))?
+            .into_owned();
+        let first = match path.components().next() {
+            Some(Component::Normal(name)) => name.to_owned(),
+            _ => {
+                return Err(CopyError::Failed(format!(
+                    "the copy stream has an entry '{}' outside its top-level name",
+                    path.display()
+                )));
+            }
+        };
+        match &top {
+            None => top = Some(first),
+            Some(name) if *name == first => {}
+            Some(name) => {
+                return Err(CopyError::Failed(format!(
+                    "the copy stream has entries under both '{}' and '{}'; it must hold one file or directory",
+                    Path::new(name).display(),
+                    Path::new(&first).display()
+                )));
+            }
+        }
+        let unpacked = entry
+            .unpack_in(staging)
+            .map_err(|e| failed(&format!("writing {}", path.display()), e))?;
+        if !unpacked {
+            return Err(CopyError::Failed(format!(
+                "the copy stream's entry '{}' would leave its directory",
+                path.display()
+            )));
+        }
+    }
+    if !read_end_mark(archive.into_inner())? {
+        return Err(CopyError::Failed(
+            "the copy stream ended early (the client stopped sending); nothing was copied".into(),
+        ));
+    }
+    top.ok_or_else(|| CopyError::Failed("the copy stream holds no file or directory".into()))
+}
+
+/// Reads the rest of the archive's end blocks and [`END_MARK`]; false when the stream ends
+/// (or holds anything else) before it. Reads no further than the mark: the client's end of
+/// the stream stays open until berthd answers it.
+fn read_end_mark(mut input: impl Read) -> Result<bool, CopyError> {
+    let mut tail = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !tail.ends_with(END_MARK) {
+        let n = match input.read(&mut buffer) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(failed("reading the end of the copy stream", e)),
+        };
+        tail.extend_from_slice(&buffer[..n]);
+        if tail.len() as u64 > MAX_TAIL {
+            return Ok(false);
+        }
+    }
+    let zeros = &tail[..tail.len() - END_MARK.len()];
+    Ok(zeros.iter().all(|b| *b == 0))
+}
+
+/// Writes a copy stream of `source` (a file or directory, followed if it is a symlink; inside
+/// a directory, symlinks are copied as links), named `name`, to `output`, ending with
+/// [`END_MARK`]. The client's side.
+pub fn write_stream(source: &Path, name: &Path, output: impl Write) -> io::Result<()> {
+    let meta = fs::metadata(source)?;
+    let mut builder = tar::Builder::new(output);
+    builder.follow_symlinks(false);
+    if meta.is_dir() {
+        builder.append_dir_all(name, source)?;
+    } else if meta.is_file() {
+        builder.append_file(name, &mut fs::File::open(source)?)?;
+    } else {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file or directory",
+            source.display()
+        )));
+    }
+    let mut output = builder.into_inner()?;
+    output.write_all(END_MARK)?;
+    output.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_of(source: &Path, name: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_stream(source, Path::new(name), &mut out).expect("test step");
+        out
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .expect("test step")
+            .map(|e| {
+                e.expect("test step")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|n| n.starts_with(".#berth-copy-"))
+            .collect()
+    }
+
+    #[test]
+    fn a_file_goes_into_a_directory_or_to_a_new_name() {
+        let host = tempfile::tempdir().expect("test step");
+        let machine = tempfile::tempdir().expect("test step");
+        let file = host.path().join("app.conf");
+        fs::write(&file, "port = 80\n").expect("test step");
+        let stream = stream_of(&file, "app.conf");
+
+        let written = unpack(&stream[..], machine.path()).expect("test step");
+        assert_eq!(written, machine.path().join("app.conf"));
+        assert_eq!(
+            fs::read_to_string(&written).expect("test step"),
+            "port = 80\n"
+        );
+
+        let renamed = machine.path().join("other.conf");
+        assert_eq!(unpack(&stream[..], &renamed).expect("test step"), renamed);
+        assert_eq!(
+            fs::read_to_string(&renamed).expect("test step"),
+            "port = 80\n"
+        );
+        assert!(leftovers(machine.path()).is_empty());
+    }
+
+    #[test]
+    fn an_existing_file_is_replaced_but_a_directory_is_not() {
+        let host = tempfile::tempdir().expect("test step");
+        let machine = tempfile::tempdir().expect("test step");
+        let file = host.path().join("f");
+        fs::write(&file, "new").expect("test step");
+        fs::write(machine.path().join("f"), "old").expect("test step");
+        unpack(&stream_of(&file, "f")[..], &machine.path().join("f")).expect("test step");
+        assert_eq!(
+            fs::read_to_string(machine.path().join("f")).expect("test step"),
+            "new"
+        );
+
+        let tree = host.path().join("tree");
+        fs::create_dir_all(tree.join("sub")).expect("test step");
+        fs::write(tree.join("sub/x"), "x").expect("test step");
+        std::os::unix::fs::symlink("sub/x", tree.join("link")).expect("test step");
+        let stream = stream_of(&tree, "tree");
+        let written = unpack(&stream[..], machine.path()).expect("test step");
+        assert_eq!(
+            fs::read_to_string(written.join("sub/x")).expect("test step"),
+            "x"
+        );
+        assert_eq!(
+            fs::read_link(written.join("link")).expect("test step"),
+            Path::new("sub/x")
+        );
+        // Again: tree exists now, as a directory.
+        let again = unpack(&stream[..], machine.path()).expect_err("the copy should fail");
+        assert!(matches!(again, CopyError::Destination(_)), "{again}");
+        assert!(
+            again
+                .to_string()
+                .contains("exists in the machine as a directory")
+        );
+        // A directory onto a file.
+        let onto_file =
+            unpack(&stream[..], &machine.path().join("f")).expect_err("the copy should fail");
+        assert!(onto_file.to_string().contains("as a file"), "{onto_file}");
+        assert!(leftovers(machine.path()).is_empty());
+    }
+
+    #[test]
+    fn a_missing_directory_is_named() {
+        let host = tempfile::tempdir().expect("test step");
+        let machine = tempfile::tempdir().expect("test step");
+        let file = host.path().join("f");
+        fs::write(&file, "x").expect("test step");
+        let stream = stream_of(&file, "f");
+        let missing = machine.path().join("no/such");
+        let e = unpack(&stream[..], &missing).expect_err("the copy should fail");
+        assert!(matches!(e, CopyError::Destination(_)));
+        assert!(e.to_string().contains("no directory"), "{e}");
+        let e = unpack(&stream[..], Path::new(&format!("{}/", missing.display())))
+            .expect_err("the copy should fail");
+        assert!(e.to_string().contains("no directory"), "{e}");
+        let e = unpack(&stream[..], Path::new("relative")).expect_err("the copy should fail");
+        assert!(e.to_string().contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_cut_short_copies_nothing() {
+        let host = tempfile::tempdir().expect("test step");
+        let machine = tempfile::tempdir().expect("test step");
+        let tree = host.path().join("tree");
+        fs::create_dir_all(&tree).expect("test step");
+        fs::write(tree.join("a"), vec![7u8; 2000]).expect("test step");
+        fs::write(tree.join("b"), "b").expect("test step");
+        let stream = stream_of(&tree, "tree");
+        // Without the mark, or without the end blocks too: tar alone can't tell.
+        for cut in [
+            stream.len() - END_MARK.len(),
+            stream.len() - END_MARK.len() - 1024,
+        ] {
+            let e = unpack(&stream[..cut], machine.path()).expect_err("the copy should fail");
+            assert!(e.to_string().contains("ended early"), "{cut}: {e}");
+            assert!(!machine.path().join("tree").exists());
+            assert!(leftovers(machine.path()).is_empty());
+        }
+        // Anywhere else: at an entry's boundary or inside one.
+        for cut in (512..stream.len() - END_MARK.len()).step_by(512) {
+            assert!(unpack(&stream[..cut], machine.path()).is_err(), "{cut}");
+            assert!(!machine.path().join("tree").exists());
+            assert!(leftovers(machine.path()).is_empty());
+        }
+    }
+
+    #[test]
+    fn entries_outside_one_top_level_name_are_refused() {
+        let machine = tempfile::tempdir().expect("test step");
+        let mut builder = tar::Builder::new(Vec::new());
+        for name in ["one", "two"] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, &b"x"[..])
+                .expect("test step");
+        }
+        let mut stream = builder.into_inner().expect("test step");
+        stream.extend_from_slice(END_MARK);
+        let e = unpack(&stream[..], machine.path()).expect_err("the copy should fail");
+        assert!(e.to_string().contains("both 'one' and 'two'"), "{e}");
+        assert!(!machine.path().join("one").exists());
+        assert!(leftovers(machine.path()).is_empty());
+    }
+
+    #[test]
+    fn set_id_bits_are_dropped() {
+        use std::os::unix::fs::PermissionsExt;
+        let host = tempfile::tempdir().expect("test step");
+        let machine = tempfile::tempdir().expect("test step");
+        let file = host.path().join("tool");
+        fs::write(&file, "#!/bin/sh\n").expect("test step");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o4755)).expect("test step");
+        let written = unpack(&stream_of(&file, "tool")[..], machine.path()).expect("test step");
+        let mode = fs::metadata(written)
+            .expect("test step")
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o755);
+    }
+}
