@@ -5,7 +5,7 @@
 //! runs the exec helper in copy mode with that stream as its stdin: the helper enters the
 //! machine (namespaces, cgroup, confinement) as for `berth exec`, and its forked child, the
 //! machine's root, unpacks the stream here, in the machine's own root. What it writes is
-//! therefore the machine's root's, modes keep their permission bits (not set-ID bits), times
+//! therefore the machine's root's, modes keep their permission bits (not set-ID or sticky bits), times
 //! are kept. The stream is unpacked into a temporary directory beside the target and renamed
 //! into place only once it is complete, so a copy that fails leaves nothing behind and an
 //! existing file is replaced at once.
@@ -25,6 +25,14 @@ pub const END_MARK: &[u8] = b"berth copy-to: end of stream\n";
 
 /// The longest tail (zero blocks and the mark) read after the archive's last entry.
 const MAX_TAIL: u64 = 64 * 1024;
+
+/// The name prefix of a copy's staging directory.
+const STAGING_PREFIX: &str = ".#berth-copy-";
+
+/// The longest path an entry may have (PATH_MAX), and the longest message the child sends
+/// berthd (which reads it once the child has ended, so it must fit in a pipe).
+const MAX_PATH: usize = 4096;
+const MAX_MESSAGE: usize = 8192;
 
 /// The child's exit code for a destination the caller has to change.
 const EXIT_DESTINATION: i32 = 2;
@@ -86,7 +94,16 @@ pub fn child_main(destination: &str, stdio: [OwnedFd; 3]) -> i32 {
             0
         }
         Err(e) => {
-            let _ = write!(fs::File::from(errors), "{e}");
+            let mut message = e.to_string();
+            if message.len() > MAX_MESSAGE {
+                let mut end = MAX_MESSAGE;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+                message.push('…');
+            }
+            let _ = write!(fs::File::from(errors), "{message}");
             match e {
                 CopyError::Destination(_) => EXIT_DESTINATION,
                 CopyError::Failed(_) => 1,
@@ -131,12 +148,20 @@ pub fn unpack(input: impl Read, destination: &Path) -> Result<PathBuf, CopyError
             (parent.to_path_buf(), Some(name.to_owned()))
         }
     };
+    remove_stale_staging(&parent);
     // Beside the target, so the final rename stays on one filesystem; removed when dropped,
-    // with whatever a failed copy left in it.
+    // with whatever a failed copy left in it. Locked while in use: a copy killed with its
+    // machine leaves it unlocked, and the next copy into this directory removes it.
     let staging = tempfile::Builder::new()
-        .prefix(".#berth-copy-")
+        .prefix(STAGING_PREFIX)
         .tempdir_in(&parent)
         .map_err(|e| failed(&format!("creating a directory in {}", parent.display()), e))?;
+    let _lock = fs::File::open(staging.path())
+        .and_then(|dir| {
+            rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)?;
+            Ok(dir)
+        })
+        .map_err(|e| failed("locking the staging directory", e))?;
     let top = unpack_entries(input, staging.path())?;
     let source = staging.path().join(&top);
     let target = parent.join(rename_to.unwrap_or(top));
@@ -159,17 +184,53 @@ pub fn unpack(input: impl Read, destination: &Path) -> Result<PathBuf, CopyError
     Ok(target)
 }
 
+/// Removes the staging directories of copies that were killed (with their machine) in
+/// `parent`: those no copy holds locked. Best effort: a copy goes on without it.
+fn remove_stale_staging(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STAGING_PREFIX)
+            || !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let path = entry.path();
+        let unlocked = fs::File::open(&path).is_ok_and(|dir| {
+            rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+        });
+        if unlocked {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
 /// Unpacks every entry into `staging`; returns the one top-level name they share. Fails on
 /// a stream without [`END_MARK`] after its archive, an entry outside that name, or one that
 /// would leave `staging`.
 fn unpack_entries(input: impl Read, staging: &Path) -> Result<std::ffi::OsString, CopyError> {
     let mut archive = tar::Archive::new(input);
     let mut top: Option<std::ffi::OsString> = None;
+    // Set once everything is in them (writing a file changes its directory's time),
+    // deepest first.
+    let mut directory_times: Vec<(PathBuf, u64)> = Vec::new();
     for entry in archive
         .entries()
         .map_err(|e| failed("reading the copy stream", e))?
     {
         let mut entry = entry.map_err(|e| failed("reading the copy stream", e))?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+            let path = entry.path().map(|p| p.display().to_string());
+            return Err(CopyError::Failed(format!(
+                "'{}' is not a regular file, directory or symlink (a FIFO, socket or device node); berth copy-to copies only those",
+                path.unwrap_or_default()
+            )));
+        }
         entry.set_preserve_permissions(false);
         entry.set_preserve_mtime(true);
         entry.set_unpack_xattrs(false);
@@ -177,6 +238,16 @@ fn unpack_entries(input: impl Read, staging: &Path) -> Result<std::ffi::OsString
             .path()
             .map_err(|e| failed("reading the copy stream", e))?
             .into_owned();
+        if path.as_os_str().len() > MAX_PATH {
+            return Err(CopyError::Failed(format!(
+                "the copy stream has a path longer than {MAX_PATH} bytes"
+            )));
+        }
+        if kind.is_dir()
+            && let Ok(mtime) = entry.header().mtime()
+        {
+            directory_times.push((staging.join(&path), mtime));
+        }
         let first = match path.components().next() {
             Some(Component::Normal(name)) => name.to_owned(),
             _ => {
@@ -211,6 +282,25 @@ fn unpack_entries(input: impl Read, staging: &Path) -> Result<std::ffi::OsString
         return Err(CopyError::Failed(
             "the copy stream ended early (the client stopped sending); nothing was copied".into(),
         ));
+    }
+    directory_times.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+    for (path, mtime) in directory_times {
+        let time = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+                tv_nsec: 0,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+                tv_nsec: 0,
+            },
+        };
+        let _ = rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &path,
+            &time,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        );
     }
     top.ok_or_else(|| CopyError::Failed("the copy stream holds no file or directory".into()))
 }
@@ -429,5 +519,86 @@ mod tests {
             .mode()
             & 0o7777;
         assert_eq!(mode, 0o755);
+    }
+
+    #[test]
+    fn a_killed_copys_staging_directory_is_removed_by_the_next_copy() {
+        let host = tempfile::tempdir().expect("test step");
+        let machine = tempfile::tempdir().expect("test step");
+        let stale = machine.path().join(".#berth-copy-stale");
+        fs::create_dir_all(stale.join("half")).expect("test step");
+        // One still in use by a running copy (it holds the lock) stays.
+        let busy = machine.path().join(".#berth-copy-busy");
+        fs::create_dir(&busy).expect("test step");
+        let busy_lock = fs::File::open(&busy).expect("test step");
+        rustix::fs::flock(&busy_lock, rustix::fs::FlockOperation::LockExclusive)
+            .expect("test step");
+        let file = host.path().join("f");
+        fs::write(&file, "x").expect("test step");
+        unpack(&stream_of(&file, "f")[..], machine.path()).expect("test step");
+        assert!(!stale.exists());
+        assert_eq!(leftovers(machine.path()), vec![".#berth-copy-busy"]);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_by_name() {
+        let machine = tempfile::tempdir().expect("test step");
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_size(0);
+        dir.set_mode(0o755);
+        dir.set_cksum();
+        builder
+            .append_data(&mut dir, "tree", io::empty())
+            .expect("test step");
+        let mut fifo = tar::Header::new_gnu();
+        fifo.set_entry_type(tar::EntryType::Fifo);
+        fifo.set_size(0);
+        fifo.set_mode(0o644);
+        fifo.set_cksum();
+        builder
+            .append_data(&mut fifo, "tree/pipe", io::empty())
+            .expect("test step");
+        let mut stream = builder.into_inner().expect("test step");
+        stream.extend_from_slice(END_MARK);
+        let e = unpack(&stream[..], machine.path()).expect_err("the copy should fail");
+        assert!(
+            e.to_string().contains("'tree/pipe' is not a regular file"),
+            "{e}"
+        );
+        assert!(!machine.path().join("tree").exists());
+        assert!(leftovers(machine.path()).is_empty());
+    }
+
+    #[test]
+    fn directory_times_are_kept() {
+        use std::os::unix::fs::MetadataExt;
+        let host = tempfile::tempdir().expect("test step");
+        let machine = tempfile::tempdir().expect("test step");
+        let tree = host.path().join("tree");
+        fs::create_dir_all(tree.join("sub")).expect("test step");
+        fs::write(tree.join("sub/x"), "x").expect("test step");
+        let old = rustix::fs::Timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: old,
+            last_modification: old,
+        };
+        for dir in [tree.join("sub"), tree.clone()] {
+            rustix::fs::utimensat(rustix::fs::CWD, &dir, &times, rustix::fs::AtFlags::empty())
+                .expect("test step");
+        }
+        let written = unpack(&stream_of(&tree, "tree")[..], machine.path()).expect("test step");
+        for dir in [written.join("sub"), written] {
+            assert_eq!(
+                fs::metadata(&dir).expect("test step").mtime(),
+                1_000_000_000,
+                "{}",
+                dir.display()
+            );
+        }
     }
 }

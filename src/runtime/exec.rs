@@ -268,8 +268,9 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
         Forked::Child => {
             drop(error_read);
             if let Some(destination) = &config.unpack_to {
-                // Nothing to exec: it has started once it runs.
+                // Nothing to exec: it has started once it runs. Stopping the machine ends it.
                 drop(error_write);
+                let _ = SigSet::all().thread_unblock();
                 std::process::exit(super::copy::child_main(destination, stdio));
             }
             let error = run_child(&config, &user, stdio);

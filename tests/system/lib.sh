@@ -5,7 +5,9 @@
 PASSED=0
 FAILED=0
 FAILED_NAMES=()
-LOGDIR=$(mktemp -d /var/tmp/berth-tests.XXXXXX)
+# BERTH_TEST_LOGDIR keeps the logs somewhere else (on /host/out, to read one of a test that hangs).
+LOGDIR=${BERTH_TEST_LOGDIR:-$(mktemp -d /var/tmp/berth-tests.XXXXXX)}
+mkdir -p "$LOGDIR"
 
 # Runs every test_* function in a subshell with errexit; a failing one prints its log.
 run_tests() {

@@ -347,8 +347,10 @@ test_76_copy_to_puts_files_into_a_running_machine() {
     expect_ok berth copy-to cp1 "$src/app.conf" /root/renamed.conf
     [[ $(berth exec cp1 -- cat /root/renamed.conf) == "port = 8080" ]] || fail "not replaced"
     # A directory tree, symlinks as symlinks; it doesn't replace a directory.
+    touch -d 2021-03-04 "$src/site/sub"
     expect_ok berth copy-to cp1 "$src/site" /srv/
     [[ $(berth exec cp1 -- cat /srv/site/sub/index.html) == hello ]] || fail "tree content"
+    [[ $(berth exec cp1 -- stat -c %y /srv/site/sub) == "2021-03-04 "* ]] || fail "directory time"
     [[ $(berth exec cp1 -- readlink /srv/site/link) == sub/index.html ]] || fail "symlink"
     [[ $(berth exec cp1 -- stat -c %u /srv/site/sub) == 0 ]] || fail "tree owner"
     expect_fail "/srv/site exists in the machine as a directory; remove it first" \
@@ -359,6 +361,11 @@ test_76_copy_to_puts_files_into_a_running_machine() {
     berth exec cp1 -- mkdir -p "$src"
     expect_ok berth copy-to cp1 "$src/app.conf"
     [[ $(berth exec cp1 -- cat "$src/app.conf") == "port = 8080" ]] || fail "default destination"
+    # A symlink as SOURCE is read through, but keeps its own name.
+    ln -s app.conf "$src/alias.conf"
+    expect_ok berth copy-to cp1 "$src/alias.conf"
+    grep -qx "Copied $src/alias.conf to cp1:$src/alias.conf." "$OUT" || fail "symlink source's name"
+    [[ $(berth exec cp1 -- cat "$src/alias.conf") == "port = 8080" ]] || fail "symlink source's content"
 
     # Bad input: named, non-zero, nothing written and no staging directory left.
     expect_fail "destination 'etc/x' is not an absolute path in the machine" \
@@ -393,10 +400,16 @@ test_76_copy_to_puts_files_into_a_running_machine() {
     expect_fail "reading $src/bad: .*socket can not be archived; nothing was copied" \
         berth copy-to cp1 "$src/bad" /srv/
     ! berth exec cp1 -- test -e /srv/bad || fail "a failed copy left /srv/bad"
+    # A FIFO (or device node) in the tree is refused by name, and nothing is kept.
+    mkdir -p "$src/pipes"
+    mkfifo "$src/pipes/p"
+    expect_fail "'pipes/p' is not a regular file, directory or symlink .*; berth copy-to copies only those" \
+        berth copy-to cp1 "$src/pipes" /srv/
+    ! berth exec cp1 -- test -e /srv/pipes || fail "a refused copy left /srv/pipes"
     local left
-    left=$(berth exec cp1 -- find / -xdev -name '.#berth-copy-*')
+    left=$(berth exec cp1 -- find / /tmp -xdev -name '.#berth-copy-*')
     [[ -z $left ]] || fail "staging left in the machine: $left"
-    [[ -z $(berth exec cp1 -- ls /tmp) ]] || fail "something was written to /tmp"
+    [[ -z $(berth exec cp1 -- ls -A /tmp) ]] || fail "something was written to /tmp"
     expect_ok berth rm --force cp1
     rm -rf "$src"
 }

@@ -24,6 +24,14 @@ impl Write for Sender {
     }
 }
 
+impl Drop for Sender {
+    /// The stream ends when the writer is done, failed or not: the caller holds a clone of
+    /// this socket (to end a write left waiting), which would otherwise keep it open.
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 pub async fn copy_to(
     manager: &ManagerProxy<'_>,
     name: &str,
@@ -38,8 +46,15 @@ pub async fn copy_to(
             source.display()
         );
     }
-    let absolute = std::fs::canonicalize(source)
+    // SOURCE's own name and path, not its symlink target's: a symlink is followed only for
+    // reading.
+    let mut absolute = std::path::absolute(source)
         .with_context(|| format!("cannot resolve {}", source.display()))?;
+    if absolute.file_name().is_none() {
+        // It ends in "..": the directory it names.
+        absolute = std::fs::canonicalize(source)
+            .with_context(|| format!("cannot resolve {}", source.display()))?;
+    }
     let Some(entry_name) = absolute.file_name().map(Path::new) else {
         bail!("berth copy-to does not copy the host's root directory; name a directory below it");
     };
@@ -56,6 +71,7 @@ pub async fn copy_to(
             .to_owned(),
     };
     let (ours, theirs) = UnixStream::pair().context("creating a socket pair")?;
+    let ours_again = ours.try_clone().context("creating a socket pair")?;
     let writer = {
         let (source, entry_name) = (absolute.clone(), entry_name.to_owned());
         std::thread::spawn(move || write_stream(&source, &entry_name, Sender(ours)))
@@ -63,8 +79,10 @@ pub async fn copy_to(
     let copied = manager
         .copy_to_machine(name, &destination, theirs.as_fd().into())
         .await;
-    // Closing our copy of berthd's end ends a write still waiting for a reader that is gone.
+    // Once berthd has answered, a write still waiting for a reader fails (the machine's
+    // side has ended either way).
     drop(theirs);
+    let _ = ours_again.shutdown(std::net::Shutdown::Both);
     let target = match (copied, writer.join()) {
         (Ok(target), Ok(Ok(()))) => target,
         // Our reading failed, so the machine's side saw the stream end early (and kept
