@@ -9,17 +9,46 @@ FAILED_NAMES=()
 LOGDIR=${BERTH_TEST_LOGDIR:-$(mktemp -d /var/tmp/berth-tests.XXXXXX)}
 mkdir -p "$LOGDIR"
 
+# A test still running after this many seconds is stopped, with all it started, and fails
+# with its log (instead of the whole VM run timing out with none).
+TEST_TIMEOUT=${BERTH_TEST_TIMEOUT:-900}
+
+# Stops a hung test: its subshell is frozen first, so it can't go on to its next command
+# when the one it waits for is killed.
+stop_test() {
+    local queue=("$1") all=() p
+    kill -STOP "$1" 2>/dev/null
+    while ((${#queue[@]})); do
+        p=${queue[0]}
+        queue=("${queue[@]:1}")
+        all+=("$p")
+        # shellcheck disable=SC2207
+        queue+=($(pgrep -P "$p"))
+    done
+    kill -KILL "${all[@]}" 2>/dev/null
+}
+
 # Runs every test_* function in a subshell with errexit; a failing one prints its log.
 run_tests() {
-    local t rc start
+    local t rc start test_pid watchdog
     for t in "$@"; do
         if [[ -z ${SUITE_POOL:-} && $t =~ ^test_([0-9]+)_ ]] && ((10#${BASH_REMATCH[1]} >= 58)); then
             suite_pool_on_btrfs
             SUITE_POOL=1
         fi
         start=$SECONDS
-        ( set -eEo pipefail; trap 'echo "FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR; "$t" ) >"$LOGDIR/$t.log" 2>&1
+        ( set -eEo pipefail; trap 'echo "FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR; "$t" ) >"$LOGDIR/$t.log" 2>&1 &
+        test_pid=$!
+        (
+            sleep "$TEST_TIMEOUT" || exit 0 # killed: the test has ended
+            echo "TIMED OUT: still running after ${TEST_TIMEOUT}s; stopped" >>"$LOGDIR/$t.log"
+            stop_test "$test_pid"
+        ) >/dev/null 2>&1 &
+        watchdog=$!
+        wait "$test_pid"
         rc=$?
+        pkill -P "$watchdog" sleep 2>/dev/null
+        wait "$watchdog" 2>/dev/null
         if ((rc == 0)); then
             PASSED=$((PASSED + 1))
             printf 'ok    %-48s %3ss\n' "$t" $((SECONDS - start))
