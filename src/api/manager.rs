@@ -801,11 +801,11 @@ impl Manager {
     /// absolute path of the machine; into it when it is a directory). `archive` carries a tar
     /// stream of it: one top-level entry, named as the source, then the line `berth copy-to:
     /// end of stream` after the archive's end blocks (`berth copy-to` writes it as the
-    /// caller, so it holds only what the caller may read). The exec
-    /// helper unpacks it inside the machine as the machine's root: what it writes is owned by
-    /// the machine's root, with the permission bits (not set-ID bits) and times of the
-    /// source; an existing file is replaced, an existing directory is not. A stream that
-    /// ends early copies nothing. Returns the path written. Needs
+    /// caller, so it holds only what the caller may read). The exec helper unpacks it inside
+    /// the machine as the machine's root: what it writes is owned by the machine's root,
+    /// with the permission bits (not set-ID or sticky bits) and times of the source; an
+    /// existing file is replaced, an existing directory is not. A stream that ends early
+    /// copies nothing. Returns the path written. Needs
     /// org.berth.berth1.copy-to-machine.
     #[zbus(out_args("written"))]
     async fn copy_to_machine(

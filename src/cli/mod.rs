@@ -411,8 +411,9 @@ pub enum Command {
     /// SOURCE is read as you (berth reads only what you may read); DEST is a path of the
     /// machine, by default the same path as SOURCE. When DEST is a directory, SOURCE goes
     /// into it; otherwise it is written as DEST, whose directory must exist. What is written
-    /// is owned by the machine's root, with SOURCE's permission bits (not set-ID bits) and
-    /// times; a directory is copied with everything in it, symlinks in it as symlinks. An
+    /// is owned by the machine's root, with SOURCE's permission bits (not set-ID or sticky
+    /// bits) and times; a directory is copied with everything in it, symlinks in it as
+    /// symlinks (FIFOs, sockets and device nodes fail the copy). An
     /// existing file is replaced at once; an existing directory is not replaced. A copy that
     /// fails leaves nothing behind. Unlike 'machinectl copy-to', it works for machines with
     /// a private UID range. To copy out of a machine use 'machinectl copy-from'.

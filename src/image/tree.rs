@@ -655,7 +655,8 @@ fn apply_fd_metadata(fd: impl AsFd, meta: &Metadata) -> Result<(), EntryError> {
     Ok(())
 }
 
-fn timestamps(mtime: i64) -> Timestamps {
+/// Access and modification times both set to `mtime` (whole seconds).
+pub fn timestamps(mtime: i64) -> Timestamps {
     let t = Timespec {
         tv_sec: mtime,
         tv_nsec: 0,

@@ -5,10 +5,10 @@
 //! runs the exec helper in copy mode with that stream as its stdin: the helper enters the
 //! machine (namespaces, cgroup, confinement) as for `berth exec`, and its forked child, the
 //! machine's root, unpacks the stream here, in the machine's own root. What it writes is
-//! therefore the machine's root's, modes keep their permission bits (not set-ID or sticky bits), times
-//! are kept. The stream is unpacked into a temporary directory beside the target and renamed
-//! into place only once it is complete, so a copy that fails leaves nothing behind and an
-//! existing file is replaced at once.
+//! therefore the machine's root's, modes keep their permission bits (not set-ID or sticky
+//! bits), times are kept. The stream is unpacked into a temporary directory beside the
+//! target and renamed into place only once it is complete, so a copy that fails leaves
+//! nothing behind and an existing file is replaced at once.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -285,16 +285,7 @@ fn unpack_entries(input: impl Read, staging: &Path) -> Result<std::ffi::OsString
     }
     directory_times.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
     for (path, mtime) in directory_times {
-        let time = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
-                tv_nsec: 0,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
-                tv_nsec: 0,
-            },
-        };
+        let time = crate::image::tree::timestamps(i64::try_from(mtime).unwrap_or(i64::MAX));
         let _ = rustix::fs::utimensat(
             rustix::fs::CWD,
             &path,
@@ -357,6 +348,30 @@ mod tests {
         let mut out = Vec::new();
         write_stream(source, Path::new(name), &mut out).expect("test step");
         out
+    }
+
+    /// A complete copy stream of these entries, as no real source would give (a regular
+    /// file holds "x").
+    fn hand_made_stream(entries: &[(&str, tar::EntryType)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, kind) in entries {
+            let data: &[u8] = if *kind == tar::EntryType::Regular {
+                b"x"
+            } else {
+                b""
+            };
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_size(data.len() as u64);
+            header.set_mode(0o755);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, data)
+                .expect("test step");
+        }
+        let mut stream = builder.into_inner().expect("test step");
+        stream.extend_from_slice(END_MARK);
+        stream
     }
 
     fn leftovers(dir: &Path) -> Vec<String> {
@@ -486,18 +501,10 @@ mod tests {
     #[test]
     fn entries_outside_one_top_level_name_are_refused() {
         let machine = tempfile::tempdir().expect("test step");
-        let mut builder = tar::Builder::new(Vec::new());
-        for name in ["one", "two"] {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(1);
-            header.set_mode(0o644);
-            header.set_cksum();
-            builder
-                .append_data(&mut header, name, &b"x"[..])
-                .expect("test step");
-        }
-        let mut stream = builder.into_inner().expect("test step");
-        stream.extend_from_slice(END_MARK);
+        let stream = hand_made_stream(&[
+            ("one", tar::EntryType::Regular),
+            ("two", tar::EntryType::Regular),
+        ]);
         let e = unpack(&stream[..], machine.path()).expect_err("the copy should fail");
         assert!(e.to_string().contains("both 'one' and 'two'"), "{e}");
         assert!(!machine.path().join("one").exists());
@@ -543,25 +550,10 @@ mod tests {
     #[test]
     fn a_fifo_is_refused_by_name() {
         let machine = tempfile::tempdir().expect("test step");
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut dir = tar::Header::new_gnu();
-        dir.set_entry_type(tar::EntryType::Directory);
-        dir.set_size(0);
-        dir.set_mode(0o755);
-        dir.set_cksum();
-        builder
-            .append_data(&mut dir, "tree", io::empty())
-            .expect("test step");
-        let mut fifo = tar::Header::new_gnu();
-        fifo.set_entry_type(tar::EntryType::Fifo);
-        fifo.set_size(0);
-        fifo.set_mode(0o644);
-        fifo.set_cksum();
-        builder
-            .append_data(&mut fifo, "tree/pipe", io::empty())
-            .expect("test step");
-        let mut stream = builder.into_inner().expect("test step");
-        stream.extend_from_slice(END_MARK);
+        let stream = hand_made_stream(&[
+            ("tree", tar::EntryType::Directory),
+            ("tree/pipe", tar::EntryType::Fifo),
+        ]);
         let e = unpack(&stream[..], machine.path()).expect_err("the copy should fail");
         assert!(
             e.to_string().contains("'tree/pipe' is not a regular file"),
