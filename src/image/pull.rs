@@ -9,7 +9,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -364,7 +364,8 @@ fn check_signature(
     let home = PrivateDir::create().map_err(RegistryError::Gpgv)?;
     let sig_path = home.path.join(SIGNATURE_FILE);
     fs::write(&sig_path, signature).map_err(RegistryError::Gpgv)?;
-    let mut child = Command::new("gpgv")
+    // Not std's Command: berthd may hold other callers' descriptors (see sys::process::command).
+    let mut child = crate::sys::process::command("gpgv")
         .arg("--homedir")
         .arg(&home.path)
         .arg("--keyring")
@@ -600,6 +601,7 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
+    use std::process::Command;
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
