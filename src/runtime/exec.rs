@@ -108,15 +108,11 @@ impl Exec {
             .and_then(|line| writeln!(&ours, "{line}"))
             .map_err(|e| RuntimeError::step("sending the exec config", e))?;
         drop(stdio);
-        let mut buffer = [0u8; 4096];
-        let (n, fds) = super::fdpass::receive(&ours, &mut buffer)
-            .map_err(|e| RuntimeError::step("waiting for the command to start", e))?;
-        let mut reply = String::from_utf8_lossy(&buffer[..n]).into_owned();
-        let mut reader = BufReader::new(ours);
-        if n > 0 && !reply.ends_with('\n') {
-            let _ = reader.read_line(&mut reply);
-        }
-        let reply = reply.trim_end();
+        // Only the first line: a command that ends at once has its status line sent right
+        // behind it, for `wait`.
+        let (reply, fds) = super::fdpass::receive_line(&ours)
+            .map_err(|e| RuntimeError::step("waiting for the command to start", e))?
+            .unwrap_or_default();
         if let Some(message) = reply.strip_prefix("error: ") {
             return Err(RuntimeError::Exec(message.to_owned()));
         }
@@ -125,7 +121,7 @@ impl Exec {
                 "the exec helper answered '{reply}'"
             )));
         }
-        Ok((reader, fds.into_iter().next()))
+        Ok((BufReader::new(ours), fds.into_iter().next()))
     }
 
     /// Waits for the command to end (blocking).

@@ -302,21 +302,14 @@ impl Launch {
 
     /// The helper's first answer, which may carry the terminal's master side.
     fn receive_with_fd(&mut self) -> Result<(String, Option<OwnedFd>), RuntimeError> {
-        let mut buffer = [0u8; 4096];
-        let (n, fds) = fdpass::receive(&self.socket, &mut buffer)
-            .map_err(|e| RuntimeError::step("waiting for the machine", e))?;
-        let mut text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-        if n > 0 && !text.ends_with('\n') {
-            self.reader
-                .read_line(&mut text)
-                .map_err(|e| RuntimeError::step("waiting for the machine", e))?;
-        }
-        if text.is_empty() {
+        // Only the first line: the reader gets what follows it.
+        let Some((line, fds)) = fdpass::receive_line(&self.socket)
+            .map_err(|e| RuntimeError::step("waiting for the machine", e))?
+        else {
             return Err(RuntimeError::Machine(
                 "the machine's setup ended without a word".into(),
             ));
-        }
-        let line = text.trim_end().to_owned();
+        };
         match line.strip_prefix("error: ") {
             Some(message) => Err(RuntimeError::Machine(message.to_owned())),
             None => Ok((line, fds.into_iter().next())),

@@ -10,7 +10,7 @@
 //! helper's end of a new socket pair attached; the server answers `pid N` or `error: MESSAGE`.
 //! The helper then speaks the spawn protocol on its own socket (see [`super::helper`]).
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -86,7 +86,7 @@ impl Server {
         ours.set_read_timeout(Some(STEP_TIMEOUT))?;
         fdpass::send(&self.socket, b"F", &[theirs.as_fd()])?;
         drop(theirs);
-        let answer = read_answer(&mut self.socket)?;
+        let answer = read_answer(&self.socket)?;
         match answer.strip_prefix("pid ").map(str::parse::<i32>) {
             Some(Ok(raw)) => Pid::from_raw(raw)
                 .map(|pid| SpawnHelper { pid, socket: ours })
@@ -104,21 +104,12 @@ impl Server {
     }
 }
 
-/// One answer line of the server (short, so read a byte at a time: nothing is left behind
-/// for the next answer).
-fn read_answer(socket: &mut UnixStream) -> io::Result<String> {
-    let mut answer = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        match socket.read(&mut byte) {
-            Ok(0) => return Err(io::Error::other("the spawn server went away")),
-            Ok(_) if byte[0] == b'\n' => break,
-            Ok(_) => answer.push(byte[0]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// One answer line of the server (nothing after it is read: that is the next answer's).
+fn read_answer(socket: &UnixStream) -> io::Result<String> {
+    match fdpass::receive_line(socket)? {
+        Some((answer, _)) => Ok(answer),
+        None => Err(io::Error::other("the spawn server went away")),
     }
-    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 /// A new spawn helper for one machine start, forked by the server running `binary` (started

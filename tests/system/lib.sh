@@ -30,13 +30,14 @@ stop_test() {
 
 # Runs every test_* function in a subshell with errexit; a failing one prints its log.
 run_tests() {
-    local t rc start test_pid watchdog
+    local t rc start test_pid watchdog running_before
     for t in "$@"; do
         if [[ -z ${SUITE_POOL:-} && $t =~ ^test_([0-9]+)_ ]] && ((10#${BASH_REMATCH[1]} >= 58)); then
             suite_pool_on_btrfs
             SUITE_POOL=1
         fi
         start=$SECONDS
+        running_before=$(running_machines)
         ( set -eEo pipefail; trap 'echo "FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR; "$t" ) >"$LOGDIR/$t.log" 2>&1 &
         test_pid=$!
         (
@@ -59,7 +60,22 @@ run_tests() {
             FAILED_NAMES+=("$t")
             printf 'FAIL  %-48s %3ss\n' "$t" $((SECONDS - start))
             sed 's/^/      | /' "$LOGDIR/$t.log"
+            stop_machines_left_running "$running_before"
         fi
+    done
+}
+
+running_machines() {
+    machinectl list --no-legend 2>/dev/null | awk '{print $1}' | sort
+}
+
+# A failed test's running machines are stopped and removed, so a later test does not trip over them
+# (a payload it takes for its own, a name or UID range in use).
+stop_machines_left_running() {
+    local machine
+    for machine in $(comm -13 <(echo "$1") <(running_machines)); do
+        echo "      (machine '$machine', left running by the failed test, stopped and removed)"
+        berth rm --force "$machine" >/dev/null 2>&1 || machinectl terminate "$machine" 2>/dev/null || true
     done
 }
 

@@ -94,7 +94,8 @@ wait_machine_gone() {
 
 test_93_berthd_killed_during_a_start_leaves_all_or_nothing() {
     [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
-    expect_ok berth create cut --image deb -- sleep infinity
+    # A payload of its own, so a process another test left can't be taken for it.
+    expect_ok berth create cut --image deb -- sleep 93093
     local step
     for step in spawn scope register; do
         berthd_crashes_after "$step"
@@ -103,7 +104,7 @@ test_93_berthd_killed_during_a_start_leaves_all_or_nothing() {
         berthd_crashes_after ""
         # Nothing of the cut start is left: no process, scope, registration or mount...
         wait_machine_gone cut
-        ! pgrep -f 'sleep infinity' >/dev/null || fail "after a crash at $step: a payload runs: $(pgrep -af 'sleep infinity')"
+        ! pgrep -f 'sleep 93093' >/dev/null || fail "after a crash at $step: a payload runs: $(pgrep -af 'sleep 93093')"
         ! grep -q "/var/lib/berth/machines/cut" /proc/self/mountinfo || fail "after a crash at $step: a mount is left"
         expect_ok berth list
         grep -Eq "^cut +stopped " "$OUT" || fail "after a crash at $step: berth list shows $(grep '^cut ' "$OUT")"
@@ -121,7 +122,7 @@ test_93_berthd_killed_during_a_start_leaves_all_or_nothing() {
     for _ in $(seq 100); do [[ $(systemctl is-active machine-cut.scope) == active ]] && break; sleep 0.1; done
     expect_fail "machine-cut.scope" berth start cut
     ! machinectl show cut >/dev/null 2>&1 || fail "cut registered although systemd refused its scope"
-    ! pgrep -f 'sleep infinity' >/dev/null || fail "the refused start left its payload: $(pgrep -af 'sleep infinity')"
+    ! pgrep -f 'sleep 93093' >/dev/null || fail "the refused start left its payload: $(pgrep -af 'sleep 93093')"
     [[ $(systemctl is-active machine-cut.scope) == active ]] || fail "the refused start stopped the other unit"
     systemctl stop machine-cut.scope
     wait
