@@ -69,8 +69,8 @@ running_machines() {
     machinectl list --no-legend 2>/dev/null | awk '{print $1}' | sort
 }
 
-# A failed test's running machines are stopped and removed, so a later test does not trip over them
-# (a payload it takes for its own, a name or UID range in use).
+# A failed test's running machines are stopped and removed, so a later test does not trip
+# over them (a payload it takes for its own, a name or UID range in use).
 stop_machines_left_running() {
     local machine
     for machine in $(comm -13 <(echo "$1") <(running_machines)); do
