@@ -675,7 +675,10 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(i32, String), BusError> {
         crate::name::validate_machine(&name).map_err(MachineError::from)?;
-        if lifecycle::state(conn, &name).await?.is_none() && lifecycle::read_status(&name).is_none()
+        // A machine this berthd reaps is running (or ending): no need to ask machined.
+        if !lifecycle::reaped_here(&name)
+            && lifecycle::state(conn, &name).await?.is_none()
+            && lifecycle::read_status(&name).is_none()
         {
             self.machines.get(&name)?;
             return Err(MachineError::NotRunning(name).into());

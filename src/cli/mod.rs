@@ -310,8 +310,9 @@ pub enum Command {
     ///
     /// Like 'berth create' then 'berth start', but the command's standard input, output and
     /// error are this command's: a new terminal of the machine when standard input is a
-    /// terminal, the same pipes or files otherwise. Exits with the command's exit status (128
-    /// + N when it was killed by signal N). Ctrl-C is passed on to the command.
+    /// terminal, the same pipes or files otherwise. Exits with the command's exit status
+    /// (128 + N when it was killed by signal N). Ctrl-C, SIGTERM and SIGHUP are passed on to
+    /// the command; a booted machine powers off.
     #[command(after_help = "Examples:
   berth run --rm --image debian -- sh -c 'exit 7'; echo $?
   echo hi | berth run --rm --image debian -- cat

@@ -106,6 +106,17 @@ summary() {
     ((FAILED == 0))
 }
 
+# wait_booted NAME: waits until the systemd of booted machine NAME has finished booting.
+wait_booted() {
+    local state="" i
+    for i in $(seq 90); do
+        state=$(timeout 60 systemd-run -M "$1" --wait --pipe -q systemctl is-system-running --wait 2>/dev/null) && break
+        [[ $state == degraded ]] && break
+        sleep 2
+    done
+    [[ $state == running || $state == degraded ]] || fail "systemd inside $1 is '$state'"
+}
+
 fail() {
     echo "assertion failed: $*" >&2
     return 1

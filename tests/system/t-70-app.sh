@@ -413,3 +413,62 @@ test_76_copy_to_puts_files_into_a_running_machine() {
     expect_ok berth rm --force cp1
     rm -rf "$src"
 }
+
+# gone_within SECONDS PID: waits for background job PID to end; its exit status, or fails.
+gone_within() {
+    local i
+    for i in $(seq $(($1 * 10))); do
+        kill -0 "$2" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$2" 2>/dev/null; then
+        kill -KILL "$2"
+        fail "berth run did not end within $1 s of the signal"
+        return 1
+    fi
+    wait "$2"
+}
+
+# berth run passes Ctrl-C, SIGTERM and SIGHUP on: to an app's command as they are, to a
+# booted systemd as a poweroff request (SIGRTMIN+3, as systemd-nspawn does: SIGTERM would make
+# it re-execute itself, SIGINT reboot). One caught while berthd still sets the machine up waits
+# until it runs: nothing is left running without its caller.
+test_77_run_passes_signals_on() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    local out=/var/tmp/t77.out pid rc i d held=0
+    berth run --rm --name sig1 --image deb -- \
+        sh -c 'trap "echo got-int; exit 5" INT; echo up; while :; do sleep 0.1; done' </dev/null >"$out" 2>&1 &
+    pid=$!
+    for i in $(seq 150); do grep -q up "$out" && break; sleep 0.1; done
+    kill -INT "$pid"
+    rc=0
+    gone_within 30 "$pid" || rc=$?
+    cat "$out"
+    [[ $rc == 5 ]] && grep -q got-int "$out" || fail "SIGINT did not reach the command (exit $rc)"
+    assert_no_machine sig1
+    # Early: during the start (or before berth reached berthd, which then starts nothing).
+    for d in 0.2 0.4 0.7; do
+        berth run --rm --name sig2 --image deb -- sleep 600 </dev/null >"$out" 2>&1 &
+        pid=$!
+        sleep "$d"
+        kill -TERM "$pid"
+        gone_within 30 "$pid" || true
+        cat "$out"
+        ! grep -q "caught SIGTERM while berthd sets the machine up" "$out" || held=$((held + 1))
+        assert_no_machine sig2
+    done
+    echo "SIGTERM came during the start $held times of 3"
+    # A booted machine powers off cleanly: exit status 0, its systemd saw SIGRTMIN+3.
+    berth run --name sigb --boot --image deb </dev/null >"$out" 2>&1 &
+    pid=$!
+    for i in $(seq 100); do machinectl show sigb >/dev/null 2>&1 && break; sleep 0.2; done
+    wait_booted sigb
+    kill -TERM "$pid"
+    rc=0
+    gone_within 60 "$pid" || rc=$?
+    [[ $rc == 0 ]] || fail "berth run --boot ended with $rc after SIGTERM: $(cat "$out")"
+    journalctl -D /var/lib/berth/machines/sigb/var/log/journal -o cat --no-pager |
+        grep -q "Received SIGRTMIN+3" || fail "the guest's systemd got no poweroff request"
+    expect_ok berth rm sigb
+    rm -f "$out"
+}

@@ -1,16 +1,6 @@
 # shellcheck shell=bash
 # A machine feels like a real host: login sessions, timezone, locale, terminal, packages.
 
-wait_booted() {
-    local state="" i
-    for i in $(seq 90); do
-        state=$(timeout 60 systemd-run -M "$1" --wait --pipe -q systemctl is-system-running --wait 2>/dev/null) && break
-        [[ $state == degraded ]] && break
-        sleep 2
-    done
-    [[ $state == running || $state == degraded ]] || fail "systemd inside $1 is '$state'"
-}
-
 test_80_boot_machine_shell_timezone_locale_packages() {
     [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
     expect_ok berth create sess --image deb --boot --timezone Europe/Berlin --locale de_DE.UTF-8

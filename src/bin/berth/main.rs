@@ -339,37 +339,41 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let tty = std::io::stdin().is_terminal();
             let term = std::env::var("TERM").unwrap_or_default();
             let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-            let (name, terminal) = manager
-                .run_machine(
-                    name.as_deref().unwrap_or(""),
-                    &image,
-                    boot,
-                    &command,
-                    hostname.as_deref().unwrap_or(""),
-                    &binds,
-                    &properties,
-                    &storage,
-                    disk_size.unwrap_or(0),
-                    rm,
-                    tty,
-                    (
-                        stdin.as_fd().into(),
-                        stdout.as_fd().into(),
-                        stderr.as_fd().into(),
-                    ),
-                    &term,
-                    (&timezone, &locale),
-                    app_options(&app),
-                    (
-                        network.network.as_str(),
-                        !network.no_masquerade,
-                        &network.ports,
-                    ),
-                )
-                .await?;
+            // Caught from here on: a Ctrl-C while berthd sets the machine up reaches the
+            // machine once it runs (and --rm removes it), instead of leaving it running
+            // without its caller.
+            let mut signals = ForwardedSignals::catch(boot);
+            let setting_up = manager.run_machine(
+                name.as_deref().unwrap_or(""),
+                &image,
+                boot,
+                &command,
+                hostname.as_deref().unwrap_or(""),
+                &binds,
+                &properties,
+                &storage,
+                disk_size.unwrap_or(0),
+                rm,
+                tty,
+                (
+                    stdin.as_fd().into(),
+                    stdout.as_fd().into(),
+                    stderr.as_fd().into(),
+                ),
+                &term,
+                (&timezone, &locale),
+                app_options(&app),
+                (
+                    network.network.as_str(),
+                    !network.no_masquerade,
+                    &network.ports,
+                ),
+            );
+            let (name, terminal) = signals.hold_while(setting_up).await?;
             let relay = tty.then(|| start_relay(terminal)).transpose()?;
-            let waited =
-                wait_forwarding_signals(&manager, &name, manager.wait_machine(&name)).await;
+            let waited = signals
+                .forward_while(&manager, &name, manager.wait_machine(&name))
+                .await;
             return finish(relay, waited);
         }
         Command::Exec {
@@ -661,39 +665,108 @@ fn now_usec() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0))
 }
 
-/// Waits for `waiting`; meanwhile Ctrl-C, SIGTERM and SIGHUP are passed to the machine's PID
-/// 1 (berth's init passes them on to the command).
-async fn wait_forwarding_signals(
-    manager: &ManagerProxy<'_>,
-    name: &str,
-    waiting: impl std::future::Future<Output = zbus::Result<(i32, String)>>,
-) -> zbus::Result<(i32, String)> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).ok();
-    let mut terminate = signal(SignalKind::terminate()).ok();
-    let mut hangup = signal(SignalKind::hangup()).ok();
-    async fn next(stream: &mut Option<tokio::signal::unix::Signal>) {
-        match stream {
-            Some(stream) => {
-                stream.recv().await;
-            }
-            None => std::future::pending().await,
+/// Ctrl-C, SIGTERM and SIGHUP, caught to be passed to the machine's PID 1: an app machine's
+/// init passes them on to the command; a booted systemd gets a poweroff request (SIGRTMIN+3)
+/// instead, as systemd-nspawn sends it (to systemd, SIGINT means reboot and SIGTERM
+/// re-execute). One caught while berthd sets the machine up is held until it runs (a booted
+/// one: until it has booted, as a request sent while its systemd starts up can be lost).
+struct ForwardedSignals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+    hangup: Option<tokio::signal::unix::Signal>,
+    boot: bool,
+    held: Vec<i32>,
+}
+
+impl ForwardedSignals {
+    fn catch(boot: bool) -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+            hangup: signal(SignalKind::hangup()).ok(),
+            boot,
+            held: Vec::new(),
         }
     }
-    tokio::pin!(waiting);
-    loop {
-        let number = tokio::select! {
-            result = &mut waiting => return result,
-            () = next(&mut interrupt) => libc::SIGINT,
-            () = next(&mut terminate) => libc::SIGTERM,
-            () = next(&mut hangup) => libc::SIGHUP,
+
+    /// What machine `name` gets for signal `number`.
+    async fn pass_on(&self, manager: &ManagerProxy<'_>, name: &str, number: i32) {
+        let number = if self.boot {
+            libc::SIGRTMIN() + 3
+        } else {
+            number
         };
         let _ = manager.kill_machine(name, true, number).await;
     }
+
+    /// The next signal caught: its number and name.
+    async fn next(&mut self) -> (i32, &'static str) {
+        async fn on(stream: &mut Option<tokio::signal::unix::Signal>) {
+            match stream {
+                Some(stream) => {
+                    stream.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = on(&mut self.interrupt) => (libc::SIGINT, "SIGINT"),
+            () = on(&mut self.terminate) => (libc::SIGTERM, "SIGTERM"),
+            () = on(&mut self.hangup) => (libc::SIGHUP, "SIGHUP"),
+        }
+    }
+
+    /// Waits for `setting_up` (the machine's RunMachine), holding the signals caught meanwhile.
+    async fn hold_while<T>(
+        &mut self,
+        setting_up: impl std::future::Future<Output = zbus::Result<T>>,
+    ) -> zbus::Result<T> {
+        tokio::pin!(setting_up);
+        loop {
+            let (number, signal) = tokio::select! {
+                result = &mut setting_up => return result,
+                caught = self.next() => caught,
+            };
+            if !self.held.contains(&number) {
+                let what = if self.boot {
+                    "the machine powers off once it has booted"
+                } else {
+                    "the machine gets it as soon as it runs"
+                };
+                eprintln!("berth: caught {signal} while berthd sets the machine up; {what}");
+                self.held.push(number);
+            }
+        }
+    }
+
+    /// Passes the held signals to machine `name`, then waits for `waiting`, passing each
+    /// signal caught meanwhile.
+    async fn forward_while(
+        mut self,
+        manager: &ManagerProxy<'_>,
+        name: &str,
+        waiting: impl std::future::Future<Output = zbus::Result<(i32, String)>>,
+    ) -> zbus::Result<(i32, String)> {
+        let held = std::mem::take(&mut self.held);
+        if self.boot && !held.is_empty() {
+            // Until its systemd handles signals, a poweroff request would be lost.
+            let _ = manager.wait_ready(name, 90).await;
+        }
+        for number in held {
+            self.pass_on(manager, name, number).await;
+        }
+        tokio::pin!(waiting);
+        loop {
+            let (number, _) = tokio::select! {
+                result = &mut waiting => return result,
+                caught = self.next() => caught,
+            };
+            self.pass_on(manager, name, number).await;
+        }
+    }
 }
 
-/// Restores the terminal, copies out the rest of the output and turns the command's exit
-/// code into ours.
 /// This terminal's window size (rows, columns); (0, 0) when stdin is no terminal.
 fn window_size() -> (u16, u16) {
     rustix::termios::tcgetwinsize(std::io::stdin().as_fd())
@@ -826,6 +899,8 @@ fn print_warnings(warnings: &[String]) {
     }
 }
 
+/// Restores the terminal, copies out the rest of the output and turns the command's exit
+/// code into ours.
 fn finish(
     relay: Option<berth::terminal::Relay>,
     waited: zbus::Result<(i32, String)>,
