@@ -690,7 +690,7 @@ impl ForwardedSignals {
         }
     }
 
-    /// What machine `name` gets for signal `number`.
+    /// Passes signal `number` on to machine `name` (a booted one gets a poweroff request).
     async fn pass_on(&self, manager: &ManagerProxy<'_>, name: &str, number: i32) {
         let number = if self.boot {
             libc::SIGRTMIN() + 3
@@ -750,7 +750,7 @@ impl ForwardedSignals {
     ) -> zbus::Result<(i32, String)> {
         let held = std::mem::take(&mut self.held);
         if self.boot && !held.is_empty() {
-            // Until its systemd handles signals, a poweroff request would be lost.
+            // Until its systemd handles signals, a poweroff request may be lost.
             let _ = manager.wait_ready(name, 90).await;
         }
         for number in held {
