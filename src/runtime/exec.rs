@@ -112,7 +112,11 @@ impl Exec {
         // behind it, for `wait`.
         let (reply, fds) = super::fdpass::receive_line(&ours)
             .map_err(|e| RuntimeError::step("waiting for the command to start", e))?
-            .unwrap_or_default();
+            .ok_or_else(|| {
+                RuntimeError::Exec(
+                    "the exec helper ended without a word; see 'journalctl -u berthd'".into(),
+                )
+            })?;
         if let Some(message) = reply.strip_prefix("error: ") {
             return Err(RuntimeError::Exec(message.to_owned()));
         }
