@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use zbus::message::Header;
+use zbus::names::UniqueName;
 use zbus::{Connection, interface};
 
 use super::polkit::{Action, authorize};
@@ -78,8 +80,13 @@ impl Manager {
     }
 
     /// Starts the exec helper; returns the id WaitExec takes and the terminal's master side.
+    /// When `caller` leaves the bus (`berth exec` killed, or its Ctrl-C without a terminal),
+    /// the command is hung up, as sshd does when its client goes: nothing it started runs on
+    /// unattended.
     async fn start_exec(
         &self,
+        conn: &Connection,
+        caller: Option<UniqueName<'_>>,
         config: ExecConfig,
         stdio: Option<[OwnedFd; 3]>,
     ) -> Result<(u32, zbus::OwnedFd), BusError> {
@@ -94,10 +101,54 @@ impl Manager {
             .lock()
             .map_err(|_| BusError::Failed("internal lock poisoned".into()))?
             .insert(id, receiver);
+        let (ended, ended_receiver) = oneshot::channel::<()>();
+        if let (Some(caller), Some(hangup)) = (caller, exec.hangup()) {
+            let conn = conn.clone();
+            let caller = caller.to_owned();
+            let execs = Arc::clone(&self.execs);
+            tokio::spawn(async move {
+                tokio::select! {
+                    biased;
+                    _ = ended_receiver => {}
+                    () = left_the_bus(&conn, caller.as_ref()) => {
+                        tracing::info!(id, caller = %caller, "the caller of a command went away; hanging the command up");
+                        hangup.send();
+                        // No WaitExec will come for it.
+                        if let Ok(mut execs) = execs.lock() {
+                            execs.remove(&id);
+                        }
+                    }
+                }
+            });
+        }
         tokio::task::spawn_blocking(move || {
             let _ = sender.send(exec.wait().map_err(|e| e.to_string()));
+            drop(ended);
         });
         Ok((id, terminal_reply(terminal)?))
+    }
+}
+
+/// Returns once bus client `name` has left the bus (at once when it has gone already); never
+/// when the bus can't tell.
+async fn left_the_bus(conn: &Connection, name: UniqueName<'_>) {
+    let watch = async {
+        let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+        let mut changes = dbus
+            .receive_name_owner_changed_with_args(&[(0, name.as_str())])
+            .await?;
+        if dbus.name_has_owner(name.clone().into()).await? {
+            while let Some(change) = changes.next().await {
+                if change.args()?.new_owner().is_none() {
+                    break;
+                }
+            }
+        }
+        Ok::<(), zbus::Error>(())
+    };
+    if let Err(e) = watch.await {
+        tracing::warn!(%name, "cannot watch a command's caller on the bus: {e}");
+        std::future::pending::<()>().await;
     }
 }
 
@@ -728,8 +779,13 @@ impl Manager {
         let mut config =
             lifecycle::exec_config(&definition, leader, user, command, tty, environment);
         config.window = window;
-        self.start_exec(config, (!tty).then(|| streams(stdin, stdout, stderr)))
-            .await
+        self.start_exec(
+            conn,
+            header.sender().cloned(),
+            config,
+            (!tty).then(|| streams(stdin, stdout, stderr)),
+        )
+        .await
     }
 
     /// Opens a login session in running boot machine `name`: its own systemd runs `command`
@@ -773,8 +829,13 @@ impl Manager {
         let mut config =
             lifecycle::exec_config(&definition, leader, String::new(), argv, tty, environment);
         config.window = window;
-        self.start_exec(config, (!tty).then(|| streams(stdin, stdout, stderr)))
-            .await
+        self.start_exec(
+            conn,
+            header.sender().cloned(),
+            config,
+            (!tty).then(|| streams(stdin, stdout, stderr)),
+        )
+        .await
     }
 
     /// Waits for the command ExecMachine started as `id`; returns its exit code (128 + the

@@ -128,6 +128,14 @@ impl Exec {
         Ok((BufReader::new(ours), fds.into_iter().next()))
     }
 
+    /// A way to hang the command up later, while the helper runs.
+    pub fn hangup(&self) -> Option<Hangup> {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.helper.id()).ok()?)?;
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            .ok()
+            .map(Hangup)
+    }
+
     /// Waits for the command to end (blocking).
     pub fn wait(mut self) -> Result<ExitStatus, RuntimeError> {
         let mut line = String::new();
@@ -150,6 +158,17 @@ impl Exec {
                 line.trim()
             ))
         })
+    }
+}
+
+/// Hangs a command up as a closed terminal would: SIGHUP to its exec helper, which passes it
+/// on. A pidfd of the helper, so it reaches no other process once the helper is gone.
+#[derive(Debug)]
+pub struct Hangup(OwnedFd);
+
+impl Hangup {
+    pub fn send(&self) {
+        let _ = rustix::process::pidfd_send_signal(&self.0, rustix::process::Signal::HUP);
     }
 }
 

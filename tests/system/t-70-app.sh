@@ -170,6 +170,18 @@ test_72_exec_runs_inside_a_running_machine() {
     [[ $(wc -l </sys/fs/cgroup/machine.slice/machine-app2.scope/payload/cgroup.procs) -ge 3 ]] \
         || fail "exec'd process not in the machine's cgroup"
     wait
+    # A berth exec that goes away (killed, or its Ctrl-C without a terminal) hangs its command
+    # up: nothing runs on unattended in the machine.
+    berth exec app2 -- sh -c 'trap "echo hung-up >/tmp/hup; exit 1" HUP; while :; do sleep 0.1; done' </dev/null &
+    local caller=$! i
+    # (The pattern doesn't match the grep itself.)
+    local find="grep -qs 'whil[e] :' /proc/[0-9]*/cmdline"
+    for i in $(seq 50); do berth exec app2 -- sh -c "$find" && break; sleep 0.2; done
+    kill -KILL "$caller"
+    wait "$caller" || true
+    for i in $(seq 50); do berth exec app2 -- sh -c "$find" || break; sleep 0.2; done
+    ! berth exec app2 -- sh -c "$find" || fail "the command of a killed berth exec runs on"
+    [[ $(berth exec app2 -- cat /tmp/hup) == hung-up ]] || fail "the command was not hung up (SIGHUP)"
     out=$(script -qec "berth exec app2 -- sh -c 'tty; echo TERM=\$TERM'" /dev/null)
     echo "$out"
     # (script may send a NUL at the end of its input, which the terminal echoes as ^@.)
