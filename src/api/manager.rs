@@ -80,16 +80,21 @@ impl Manager {
     }
 
     /// Starts the exec helper; returns the id WaitExec takes and the terminal's master side.
-    /// When `caller` leaves the bus (`berth exec` killed, or its Ctrl-C without a terminal),
-    /// the command is hung up, as sshd does when its client goes: nothing it started runs on
-    /// unattended.
+    /// The command gets `stdio`, or with `config.tty` a new terminal of `window` rows and
+    /// columns. When the caller (the sender of `header`) leaves the bus (`berth exec` killed,
+    /// or its Ctrl-C without a terminal), the command is hung up, as sshd does when its client
+    /// goes: nothing it started runs on unattended.
     async fn start_exec(
         &self,
         conn: &Connection,
-        caller: Option<UniqueName<'_>>,
-        config: ExecConfig,
-        stdio: Option<[OwnedFd; 3]>,
+        header: &Header<'_>,
+        mut config: ExecConfig,
+        window: (u16, u16),
+        stdio: [OwnedFd; 3],
     ) -> Result<(u32, zbus::OwnedFd), BusError> {
+        config.window = window;
+        let stdio = (!config.tty).then_some(stdio);
+        let caller = header.sender();
         let helper = self.helper.clone();
         let mut exec =
             blocking(move || Exec::start(&helper, &config, stdio).map_err(MachineError::from))
@@ -776,16 +781,9 @@ impl Manager {
         let environment = caller_environment(&environment)?;
         let (definition, leader) = self.running_machine(conn, &name).await?;
         tracing::info!(%name, ?command, %user, "exec in machine");
-        let mut config =
-            lifecycle::exec_config(&definition, leader, user, command, tty, environment);
-        config.window = window;
-        self.start_exec(
-            conn,
-            header.sender().cloned(),
-            config,
-            (!tty).then(|| streams(stdin, stdout, stderr)),
-        )
-        .await
+        let config = lifecycle::exec_config(&definition, leader, user, command, tty, environment);
+        let stdio = streams(stdin, stdout, stderr);
+        self.start_exec(conn, &header, config, window, stdio).await
     }
 
     /// Opens a login session in running boot machine `name`: its own systemd runs `command`
@@ -826,16 +824,10 @@ impl Manager {
         }
         tracing::info!(%name, ?command, %user, "shell in machine");
         let argv = crate::runtime::shell::systemd_run_command(&user, &command, tty, &environment);
-        let mut config =
+        let config =
             lifecycle::exec_config(&definition, leader, String::new(), argv, tty, environment);
-        config.window = window;
-        self.start_exec(
-            conn,
-            header.sender().cloned(),
-            config,
-            (!tty).then(|| streams(stdin, stdout, stderr)),
-        )
-        .await
+        let stdio = streams(stdin, stdout, stderr);
+        self.start_exec(conn, &header, config, window, stdio).await
     }
 
     /// Waits for the command ExecMachine started as `id`; returns its exit code (128 + the
