@@ -823,9 +823,12 @@ impl Manager {
             )));
         }
         tracing::info!(%name, ?command, %user, "shell in machine");
-        let argv = crate::runtime::shell::systemd_run_command(&user, &command, tty, &environment);
-        let config =
+        let unit = crate::runtime::shell::new_unit_name().map_err(MachineError::from)?;
+        let argv =
+            crate::runtime::shell::systemd_run_command(&user, &command, tty, &environment, &unit);
+        let mut config =
             lifecycle::exec_config(&definition, leader, String::new(), argv, tty, environment);
+        config.hangup_unit = Some(unit);
         let stdio = streams(stdin, stdout, stderr);
         self.start_exec(conn, &header, config, window, stdio).await
     }

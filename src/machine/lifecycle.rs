@@ -845,6 +845,7 @@ pub fn exec_config(
         extra_environment: Vec::new(),
         working_dir: String::new(),
         unpack_to: None,
+        hangup_unit: None,
     }
 }
 

@@ -59,6 +59,11 @@ pub struct ExecConfig {
     /// machine's root (`berth copy-to`; see [`super::copy`]).
     #[serde(default)]
     pub unpack_to: Option<String>,
+    /// A hangup (the caller left) goes to this unit of the machine's systemd, with its own
+    /// `systemctl kill`, instead of to the command. For `berth shell`, whose command is
+    /// systemd-run: killed itself, it would leave the session's service running.
+    #[serde(default)]
+    pub hangup_unit: Option<String>,
 }
 
 /// A command running in a machine.
@@ -315,7 +320,31 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
         super::fdpass::send(socket, b"started\n", &passed),
     )?;
     drop(terminal);
-    Ok(init::supervise(child, &all))
+    let hangup_unit = config
+        .hangup_unit
+        .as_deref()
+        .map(|unit| move || hang_up_unit(unit));
+    Ok(init::supervise(
+        child,
+        &all,
+        hangup_unit.as_ref().map(|f| f as &dyn Fn()),
+    ))
+}
+
+/// SIGHUP to every process of `unit`, by the machine's own systemctl (a child that
+/// `supervise` reaps like any other).
+fn hang_up_unit(unit: &str) {
+    let spawned = Command::new("systemctl")
+        .args(["kill", "--signal=SIGHUP", unit])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!("berthd --exec-machine: systemctl kill {unit}: {e}");
+    }
 }
 
 /// The inode of a network namespace file (`None` when it can't be read).

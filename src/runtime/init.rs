@@ -128,7 +128,7 @@ pub fn run(
         .and_then(|()| rustix::stdio::dup2_stdout(&null))
         .and_then(|()| rustix::stdio::dup2_stderr(&null));
     drop(null);
-    let status = supervise(child, &all);
+    let status = supervise(child, &all, None);
     if let Some(file) = status_file {
         let _ = writeln!(std::fs::File::from(file), "{}", status.to_line());
     }
@@ -171,7 +171,8 @@ pub(super) fn enter_session(stdio: [OwnedFd; 3], tty: bool) -> Result<(), String
 }
 
 /// Forwards signals to `child` and reaps until it ends; returns how it ended.
-pub(super) fn supervise(child: Pid, all: &SigSet) -> ExitStatus {
+/// `hangup`, when given, takes SIGHUP's place: the child doesn't get it.
+pub(super) fn supervise(child: Pid, all: &SigSet, hangup: Option<&dyn Fn()>) -> ExitStatus {
     let signals = match SignalFd::new(all) {
         Ok(fd) => fd,
         Err(_) => return wait_only(child),
@@ -185,6 +186,12 @@ pub(super) fn supervise(child: Pid, all: &SigSet) -> ExitStatus {
         };
         let number = i32::try_from(info.ssi_signo).unwrap_or(0);
         if number == libc::SIGCHLD {
+            continue;
+        }
+        if number == libc::SIGHUP
+            && let Some(hangup) = hangup
+        {
+            hangup();
             continue;
         }
         if let Some(signal) = forwarded(number) {

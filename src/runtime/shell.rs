@@ -3,7 +3,10 @@
 //! so logind registers a session (XDG_SESSION_ID, XDG_RUNTIME_DIR) and pam_env applies the
 //! guest's /etc/environment and locale. berth starts it with the guest's own `systemd-run`
 //! (its version always matches the guest's systemd), run as root inside the machine through
-//! the exec helper; `--wait` makes the command's exit status systemd-run's.
+//! the exec helper; `--wait` makes the command's exit status systemd-run's. The service has a
+//! name of berth's choosing, so that a hangup reaches it (see [`super::exec::ExecConfig`]).
+
+use std::io::Read;
 
 /// A user name or UID as systemd's User= takes it (empty: root).
 pub fn validate_user(user: &str) -> Result<(), super::RuntimeError> {
@@ -22,14 +25,30 @@ pub fn validate_user(user: &str) -> Result<(), super::RuntimeError> {
     }
 }
 
+/// A fresh name for a shell's transient service (`berth-shell-<16 hex digits>.service`),
+/// random so that it can't meet a session that outlived an earlier berthd.
+pub fn new_unit_name() -> Result<String, super::RuntimeError> {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| {
+            super::RuntimeError::step("reading /dev/urandom for a shell's unit name", e)
+        })?;
+    Ok(format!(
+        "berth-shell-{:016x}.service",
+        u64::from_ne_bytes(bytes)
+    ))
+}
+
 /// The command the exec helper runs inside the machine for a shell of `user` (empty: root)
 /// running `command` (empty: the user's login shell), on a terminal or on pipes, with the
-/// caller's `environment` (TERM, COLORTERM).
+/// caller's `environment` (TERM, COLORTERM), as the transient service `unit`.
 pub fn systemd_run_command(
     user: &str,
     command: &[String],
     tty: bool,
     environment: &[(String, String)],
+    unit: &str,
 ) -> Vec<String> {
     let user = if user.is_empty() { "root" } else { user };
     let mut argv: Vec<String> = [
@@ -45,6 +64,7 @@ pub fn systemd_run_command(
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    argv.push(format!("--unit={unit}"));
     argv.push(format!("--property=User={user}"));
     argv.push(format!("--description=berth shell of {user}"));
     for (key, value) in environment {
@@ -72,6 +92,7 @@ mod tests {
             &["sh".into(), "-c".into(), "exit 42".into()],
             false,
             &[("TERM".into(), "xterm-256color".into())],
+            "berth-shell-0123456789abcdef.service",
         );
         assert_eq!(argv[0], "systemd-run");
         for wanted in [
@@ -80,6 +101,7 @@ mod tests {
             "--property=User=alice",
             "--setenv=TERM=xterm-256color",
             "--pipe",
+            "--unit=berth-shell-0123456789abcdef.service",
         ] {
             assert!(
                 argv.iter().any(|a| a == wanted),
@@ -87,6 +109,17 @@ mod tests {
             );
         }
         assert_eq!(argv[argv.len() - 4..], ["--", "sh", "-c", "exit 42"]);
+    }
+
+    #[test]
+    fn shell_unit_names_are_fresh_service_names() {
+        let (a, b) = (new_unit_name().expect("a"), new_unit_name().expect("b"));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("berth-shell-") && a.ends_with(".service"),
+            "{a}"
+        );
+        assert_eq!(a.len(), "berth-shell-.service".len() + 16, "{a}");
     }
 
     #[test]
@@ -101,7 +134,7 @@ mod tests {
 
     #[test]
     fn no_command_is_the_users_login_shell_on_a_pty() {
-        let argv = systemd_run_command("", &[], true, &[]);
+        let argv = systemd_run_command("", &[], true, &[], "berth-shell-1.service");
         assert!(argv.iter().any(|a| a == "--property=User=root"));
         assert!(argv.iter().any(|a| a == "--pty"));
         assert_eq!(argv.last().map(String::as_str), Some("exec \"$SHELL\" -l"));

@@ -1,6 +1,34 @@
 # shellcheck shell=bash
 # A machine feels like a real host: login sessions, timezone, locale, terminal, packages.
 
+# Starts `berth shell sess` (on pipes or, with "tty", on a terminal) running a loop that notes
+# a SIGHUP in /tmp/shell-hup, kills that berth (SIGKILL) once the loop runs, and checks that
+# the session got SIGHUP and its service is gone: systemd-run, killed itself, would have left
+# the service running.
+shell_killed_hangs_up() {
+    local how=$1 log=$LOGDIR/shell-$1.out i units
+    local loop='trap "echo hung-up-$0 >/tmp/shell-hup; exit 1" HUP; echo up; while :; do sleep 0.1; done'
+    local list="systemctl list-units --all --plain --no-legend 'berth-shell-*'"
+    if [[ $how == tty ]]; then
+        script -qec "berth shell sess -- sh -c '$loop' $how" /dev/null </dev/null >"$log" 2>&1 &
+    else
+        berth shell sess -- sh -c "$loop" "$how" </dev/null >"$log" 2>&1 &
+    fi
+    local started=$!
+    for i in $(seq 150); do grep -q up "$log" && break; sleep 0.1; done
+    grep -q up "$log" || fail "the shell's command did not start ($how): $(cat "$log")"
+    pkill -KILL -f '^berth shell sess -- sh -c trap' || fail "no berth shell to kill ($how)"
+    wait "$started" || true
+    for i in $(seq 50); do
+        units=$(berth exec sess -- sh -c "$list")
+        [[ -z $units ]] && break
+        sleep 0.2
+    done
+    [[ -z $units ]] || fail "the session of a killed berth shell runs on ($how): $units"
+    [[ $(berth exec sess -- cat /tmp/shell-hup) == "hung-up-$how" ]] \
+        || fail "the session was not hung up ($how): $(berth exec sess -- cat /tmp/shell-hup)"
+}
+
 test_80_boot_machine_shell_timezone_locale_packages() {
     [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
     expect_ok berth create sess --image deb --boot --timezone Europe/Berlin --locale de_DE.UTF-8
@@ -39,6 +67,9 @@ test_80_boot_machine_shell_timezone_locale_packages() {
     grep -q '/dev/pts/' <<<"$out" || fail "no terminal"
     grep -q '42 123' <<<"$out" || fail "window size not passed"
     grep -q 'T=xterm-256color' <<<"$out" || fail "TERM on a terminal"
+    # A berth shell that goes away hangs its session up, on pipes and on a terminal.
+    shell_killed_hangs_up pipes
+    shell_killed_hangs_up tty
     # Another user: a login of its own, in its home.
     expect_ok berth exec sess -- useradd -m -s /bin/bash alice
     out=$(berth shell --user alice sess -- sh -c 'id -un; echo $HOME; pwd; echo $SHELL')
