@@ -61,7 +61,8 @@ pub struct ExecConfig {
     pub unpack_to: Option<String>,
     /// A hangup (the caller left) goes to this unit of the machine's systemd, with its own
     /// `systemctl kill`, instead of to the command. For `berth shell`, whose command is
-    /// systemd-run: killed itself, it would leave the session's service running.
+    /// systemd-run: the session gets SIGHUP, as from a closed terminal (systemd-run, killed
+    /// itself, would have its service stopped, with SIGTERM first).
     #[serde(default)]
     pub hangup_unit: Option<String>,
 }
