@@ -19,7 +19,7 @@ pub mod usage;
 pub mod volume;
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -770,13 +770,10 @@ fn write_identity(
 }
 
 fn new_machine_id() -> Result<String, MachineError> {
-    let mut bytes = [0u8; 16];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|source| MachineError::Io {
-            context: "reading /dev/urandom for a machine-id".into(),
-            source,
-        })?;
+    let mut bytes = crate::runtime::random_bytes::<16>().map_err(|source| MachineError::Io {
+        context: "reading /dev/urandom for a machine-id".into(),
+        source,
+    })?;
     // A v4 UUID, as systemd generates machine-ids.
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;

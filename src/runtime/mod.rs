@@ -59,6 +59,13 @@ impl RuntimeError {
     }
 }
 
+/// `N` bytes from the kernel's random pool (for machine-ids and unit names).
+pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes)
+}
+
 /// A bind mount as the helper needs it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnBind {

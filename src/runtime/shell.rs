@@ -6,8 +6,6 @@
 //! the exec helper; `--wait` makes the command's exit status systemd-run's. The service has a
 //! name of berth's choosing, so that a hangup reaches it (see [`super::exec::ExecConfig`]).
 
-use std::io::Read;
-
 /// A user name or UID as systemd's User= takes it (empty: root).
 pub fn validate_user(user: &str) -> Result<(), super::RuntimeError> {
     let fine = user.is_empty()
@@ -28,12 +26,9 @@ pub fn validate_user(user: &str) -> Result<(), super::RuntimeError> {
 /// A fresh name for a shell's transient service (`berth-shell-<16 hex digits>.service`),
 /// random so that it can't meet a session that outlived an earlier berthd.
 pub fn new_unit_name() -> Result<String, super::RuntimeError> {
-    let mut bytes = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| {
-            super::RuntimeError::step("reading /dev/urandom for a shell's unit name", e)
-        })?;
+    let bytes = super::random_bytes::<8>().map_err(|e| {
+        super::RuntimeError::step("reading /dev/urandom for a shell's unit name", e)
+    })?;
     Ok(format!(
         "berth-shell-{:016x}.service",
         u64::from_ne_bytes(bytes)
