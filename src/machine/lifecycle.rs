@@ -503,13 +503,16 @@ pub async fn stop(
         Mode::Boot => libc::SIGRTMIN() + 3,
         Mode::App(_) => libc::SIGTERM,
     };
+    let deadline = tokio::time::Instant::now() + timeout;
+    wait_until_init_takes(name, running.leader, signal, deadline).await;
     match systemd::kill_machine_leader(conn, name, signal).await {
         Ok(()) => {}
         // It ended on its own just now.
         Err(e) if e.is_gone() => return Ok(()),
         Err(e) => return Err(e.into()),
     }
-    if wait_gone(conn, name, timeout).await? {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if wait_gone(conn, name, left).await? {
         return Ok(());
     }
     tracing::warn!(%name, "machine did not stop in time; killing its scope");
@@ -521,6 +524,28 @@ pub async fn stop(
             "machine '{name}' survived SIGKILL; see 'systemctl status {}'",
             running.unit
         )))
+    }
+}
+
+/// Waits until `leader`, the init of machine `name`, would not drop `signal` (a booted
+/// guest's systemd takes its signals a while after its start: see [`runtime::signals`]), at
+/// most until `deadline`. Returns at once when it already takes it or is gone.
+async fn wait_until_init_takes(
+    name: &str,
+    leader: u32,
+    signal: i32,
+    deadline: tokio::time::Instant,
+) {
+    let mut waited = false;
+    while tokio::time::Instant::now() < deadline {
+        if !matches!(runtime::signals::takes_signal(leader, signal), Ok(false)) {
+            break;
+        }
+        if !waited {
+            tracing::info!(%name, "the machine's init does not handle signals yet; waiting to ask it to stop");
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -14,6 +14,7 @@ pub mod helper;
 mod init;
 pub mod login;
 pub mod shell;
+pub mod signals;
 mod spawn_server;
 
 pub use spawn_server::{SpawnHelper, prepare as prepare_spawn_server};

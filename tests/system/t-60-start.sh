@@ -213,3 +213,31 @@ test_63_boot_machine_and_systemd_tools() {
     [[ ! -e /etc/berth/machines/tools.machine && ! -e /var/lib/berth/machines/tools ]] || fail "left behind"
     ! machinectl show tools >/dev/null 2>&1 || fail "still registered"
 }
+
+# A stop right after a start is a clean poweroff though the guest's systemd does not take
+# signals yet (the kernel drops a signal to a namespace's init that neither blocks nor catches
+# it): berthd waits until it does, rather than losing the request and killing the machine when
+# the timeout runs out.
+test_64_stop_right_after_start_powers_off_cleanly() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_ok berth create early --image deb --boot
+    local root=/var/lib/berth/machines/early since log=/var/tmp/t64.log
+    # An init that becomes systemd after 3 s: the window, wide enough to be hit every time.
+    mv "$root/usr/lib/systemd/systemd" "$root/usr/lib/systemd/systemd.real"
+    printf '#!/bin/sh\nsleep 3\nexec /usr/lib/systemd/systemd.real "$@"\n' >"$root/usr/lib/systemd/systemd"
+    chmod 755 "$root/usr/lib/systemd/systemd"
+    since=$(date +%s)
+    expect_ok berth start early
+    expect_ok berth stop --timeout 60 early
+    ! machinectl show early >/dev/null 2>&1 || fail "still registered after stop"
+    journalctl -u berthd --since "@$since" -o cat --no-pager >"$log"
+    cat "$log"
+    grep -q "does not handle signals yet" "$log" || fail "berthd did not wait for the guest's init"
+    ! grep -q "did not stop in time" "$log" || fail "the machine was killed, not powered off"
+    # Halted, not killed: a guest systemd that halts ends with exit status 0 (its journald
+    # did not run yet, so its journal has nothing to show).
+    expect_ok berth status early
+    grep -q "Last exit: exited 0" "$OUT" || fail "the guest did not halt cleanly"
+    expect_ok berth rm early
+    rm -f "$log"
+}

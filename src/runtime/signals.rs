@@ -1,0 +1,83 @@
+//! Whether a machine's PID 1 takes a signal yet.
+//!
+//! The kernel drops a signal sent to a PID namespace's init that neither blocks nor catches
+//! it. A booted guest's systemd only blocks its signals (to read them from a signalfd) a
+//! while after it was exec'd, so a poweroff request sent right after a start would be lost
+//! and the stop would end in SIGKILL once its timeout ran out. berthd waits for this first.
+
+use std::fs;
+use std::io;
+
+/// Whether process `pid` blocks or catches `signal` (from /proc/PID/status), so that a
+/// `signal` sent to it now is not dropped though it is a namespace's init.
+pub fn takes_signal(pid: u32, signal: i32) -> io::Result<bool> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status_takes(&status, signal))
+}
+
+/// [`takes_signal`] on the text of a /proc/PID/status.
+fn status_takes(status: &str, signal: i32) -> bool {
+    let Some(bit) = u32::try_from(signal - 1).ok().filter(|b| *b < 64) else {
+        return false;
+    };
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let taking = mask("SigBlk:") | mask("SigCgt:");
+    taking & (1 << bit) != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(blocked: &str, caught: &str) -> String {
+        format!(
+            "Name:\tsystemd\nSigQ:\t0/7823\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n\
+             SigBlk:\t{blocked}\nSigIgn:\t0000000000001000\nSigCgt:\t{caught}\n"
+        )
+    }
+
+    #[test]
+    fn a_blocked_or_caught_signal_is_taken() {
+        let rtmin3 = libc::SIGRTMIN() + 3;
+        // Blocked as systemd does it, for its signalfd: SIGRTMIN+3 (bit 36 with glibc's
+        // SIGRTMIN of 34), SIGCHLD and SIGTERM.
+        let systemd = status("0000001000014000", "0000000000000000");
+        assert!(status_takes(&systemd, rtmin3));
+        assert!(status_takes(&systemd, libc::SIGTERM));
+        // The same signal caught by a handler instead.
+        assert!(status_takes(
+            &status("0000000000000000", "0000001000000000"),
+            rtmin3
+        ));
+        // Just exec'd: neither yet.
+        let fresh = status("0000000000000000", "0000000000000000");
+        assert!(!status_takes(&fresh, rtmin3));
+        assert!(!status_takes(&fresh, libc::SIGTERM));
+    }
+
+    #[test]
+    fn odd_input_takes_nothing() {
+        assert!(!status_takes("", libc::SIGTERM));
+        assert!(!status_takes(
+            &status("ffffffffffffffff", "ffffffffffffffff"),
+            0
+        ));
+        assert!(!status_takes(
+            &status("ffffffffffffffff", "ffffffffffffffff"),
+            65
+        ));
+        assert!(!status_takes("SigBlk:\tnot-hex\n", libc::SIGTERM));
+    }
+
+    #[test]
+    fn this_process_is_read() {
+        assert!(takes_signal(std::process::id(), libc::SIGWINCH).is_ok());
+        assert!(takes_signal(u32::MAX, libc::SIGTERM).is_err());
+    }
+}
