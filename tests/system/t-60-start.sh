@@ -214,18 +214,25 @@ test_63_boot_machine_and_systemd_tools() {
     ! machinectl show tools >/dev/null 2>&1 || fail "still registered"
 }
 
+# slow_init ROOT: makes the tree's systemd an init that becomes systemd after 3 s, a window
+# in which the kernel drops a signal to it (a namespace's init that neither blocks nor catches
+# the signal), wide enough to be hit every time.
+slow_init() {
+    mv "$1/usr/lib/systemd/systemd" "$1/usr/lib/systemd/systemd.real"
+    printf '#!/bin/sh\nsleep 3\nexec /usr/lib/systemd/systemd.real "$@"\n' >"$1/usr/lib/systemd/systemd"
+    chmod 755 "$1/usr/lib/systemd/systemd"
+}
+
 # A stop right after a start is a clean poweroff though the guest's systemd does not take
-# signals yet (the kernel drops a signal to a namespace's init that neither blocks nor catches
-# it): berthd waits until it does, rather than losing the request and killing the machine when
-# the timeout runs out.
+# signals yet: berthd waits until it does, rather than losing the request and killing the
+# machine when the timeout runs out. The same for SIGTERM to an attached `berth run --boot`
+# then: the CLI passes the request on once the guest has booted.
 test_64_stop_right_after_start_powers_off_cleanly() {
     [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
     expect_ok berth create early --image deb --boot
-    local root=/var/lib/berth/machines/early since log=/var/tmp/t64.log
-    # An init that becomes systemd after 3 s: the window, wide enough to be hit every time.
-    mv "$root/usr/lib/systemd/systemd" "$root/usr/lib/systemd/systemd.real"
-    printf '#!/bin/sh\nsleep 3\nexec /usr/lib/systemd/systemd.real "$@"\n' >"$root/usr/lib/systemd/systemd"
-    chmod 755 "$root/usr/lib/systemd/systemd"
+    local root=/var/lib/berth/machines/early since log=/var/tmp/t64.log out=/var/tmp/t64.out
+    local pid leader rc i
+    slow_init "$root"
     since=$(date +%s)
     expect_ok berth start early
     expect_ok berth stop --timeout 60 early
@@ -239,5 +246,22 @@ test_64_stop_right_after_start_powers_off_cleanly() {
     expect_ok berth status early
     grep -q "Last exit: exited 0" "$OUT" || fail "the guest did not halt cleanly"
     expect_ok berth rm early
-    rm -f "$log"
+    # berth run --boot, killed once its guest's init runs (the script: comm "systemd").
+    cp -a --reflink=auto /var/lib/machines/deb /var/lib/machines/slowboot
+    slow_init /var/lib/machines/slowboot
+    berth run --name slowrun --boot --image slowboot </dev/null >"$out" 2>&1 &
+    pid=$!
+    for i in $(seq 150); do
+        leader=$(machinectl show -p Leader --value slowrun 2>/dev/null) &&
+            [[ $(cat "/proc/$leader/comm" 2>/dev/null) == systemd ]] && break
+        sleep 0.1
+    done
+    sleep 0.5
+    kill -TERM "$pid"
+    rc=0
+    gone_within 90 "$pid" || rc=$?
+    cat "$out"
+    [[ $rc == 0 ]] || fail "berth run --boot ended with $rc after SIGTERM"
+    expect_ok berth rm slowrun
+    rm -rf /var/lib/machines/slowboot "$log" "$out"
 }

@@ -668,13 +668,16 @@ fn now_usec() -> u64 {
 /// Ctrl-C, SIGTERM and SIGHUP, caught to be passed to the machine's PID 1: an app machine's
 /// init passes them on to the command; a booted systemd gets a poweroff request (SIGRTMIN+3)
 /// instead, as systemd-nspawn sends it (to systemd, SIGINT means reboot and SIGTERM
-/// re-execute). One caught while berthd sets the machine up is held until it runs (a booted
-/// one: until it has booted, as a request sent while its systemd starts up can be lost).
+/// re-execute). One caught while berthd sets the machine up is held until it runs. A booted
+/// one gets its request once it has booted: the kernel drops a signal sent while its systemd
+/// starts up, before that handles signals.
 struct ForwardedSignals {
     interrupt: Option<tokio::signal::unix::Signal>,
     terminate: Option<tokio::signal::unix::Signal>,
     hangup: Option<tokio::signal::unix::Signal>,
     boot: bool,
+    /// A booted machine's systemd has told it is up (so it takes signals).
+    booted: bool,
     held: Vec<i32>,
 }
 
@@ -686,13 +689,19 @@ impl ForwardedSignals {
             terminate: signal(SignalKind::terminate()).ok(),
             hangup: signal(SignalKind::hangup()).ok(),
             boot,
+            booted: false,
             held: Vec::new(),
         }
     }
 
-    /// Passes signal `number` on to machine `name` (a booted one gets a poweroff request).
-    async fn pass_on(&self, manager: &ManagerProxy<'_>, name: &str, number: i32) {
+    /// Passes signal `number` on to machine `name` (a booted one gets a poweroff request,
+    /// once it has booted).
+    async fn pass_on(&mut self, manager: &ManagerProxy<'_>, name: &str, number: i32) {
         let number = if self.boot {
+            if !self.booted {
+                let _ = manager.wait_ready(name, 90).await;
+                self.booted = true;
+            }
             libc::SIGRTMIN() + 3
         } else {
             number
@@ -749,10 +758,6 @@ impl ForwardedSignals {
         waiting: impl std::future::Future<Output = zbus::Result<(i32, String)>>,
     ) -> zbus::Result<(i32, String)> {
         let held = std::mem::take(&mut self.held);
-        if self.boot && !held.is_empty() {
-            // Until its systemd handles signals, a poweroff request may be lost.
-            let _ = manager.wait_ready(name, 90).await;
-        }
         for number in held {
             self.pass_on(manager, name, number).await;
         }
