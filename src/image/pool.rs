@@ -42,8 +42,8 @@ pub struct ImageInfo {
     /// Empty for an unversioned image.
     pub version: String,
     pub path: PathBuf,
-    /// berth's record; for images berth did not import (made by machinectl, say) only size
-    /// and time, read from the tree.
+    /// berth's record; for images berth did not import (made by machinectl, say) only time
+    /// and (in a listing) size, read from the tree.
     pub record: ImageRecord,
 }
 
@@ -364,10 +364,10 @@ impl Pool {
             match file.strip_suffix(".v") {
                 Some(name) if name::validate("image", name).is_ok() => {
                     for version in self.versions(name) {
-                        images.push(self.info(name, Some(&version)));
+                        images.push(self.info(name, Some(&version), Size::Walk));
                     }
                 }
-                _ => images.push(self.info(&file, None)),
+                _ => images.push(self.info(&file, None, Size::Walk)),
             }
         }
         // Stable: each name's versions stay newest first.
@@ -375,12 +375,17 @@ impl Pool {
         Ok(images)
     }
 
-    fn info(&self, name: &str, version: Option<&str>) -> ImageInfo {
+    /// One image. An image without berth's record (made by machinectl or by hand) has its
+    /// tree's modification time, and its size with `Size::Walk` (a walk of the whole tree).
+    fn info(&self, name: &str, version: Option<&str>, size: Size) -> ImageInfo {
         let path = self.image_path(name, version);
         let record = self
             .read_record(name, version)
             .unwrap_or_else(|| ImageRecord {
-                size_bytes: disk_usage(&path),
+                size_bytes: match size {
+                    Size::Walk => disk_usage(&path),
+                    Size::Skip => 0,
+                },
                 created_usec: modified_usec(&path),
                 ..ImageRecord::default()
             });
@@ -421,7 +426,7 @@ impl Pool {
                 }
             }
         };
-        Ok(self.info(name, version))
+        Ok(self.info(name, version, Size::Skip))
     }
 
     /// Copies image `name` to `target` (a new directory, e.g. a machine's root): staged beside
@@ -807,6 +812,14 @@ pub(super) fn remove_tree(path: &Path) -> io::Result<()> {
 }
 
 /// Disk usage of a tree (like `du -s`), for images berth has no record of.
+/// Whether [`Pool::info`] finds the size of an image without a record: `berth images`
+/// shows it; a machine's creation and the lineage checks don't need it.
+#[derive(Clone, Copy)]
+enum Size {
+    Walk,
+    Skip,
+}
+
 fn disk_usage(path: &Path) -> u64 {
     use std::collections::HashSet;
     use std::os::unix::fs::MetadataExt;

@@ -349,6 +349,12 @@ fn list_and_remove() {
     let names: Vec<_> = list.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["foreign", "img"]);
     assert_eq!(list[1].record.size_bytes, 5);
+    // Its size comes from a walk of its tree, done for the listing only (not for a machine's
+    // creation from it).
+    fs::write(f.root.join("machines/foreign/data"), [7u8; 9000]).expect("foreign data");
+    let list = f.pool.list().expect("list");
+    assert!(list[0].record.size_bytes > 0);
+    assert_eq!(f.pool.get("foreign").expect("get").record.size_bytes, 0);
     assert_eq!(list[1].record.origin, "tar:/tmp/a.tar");
     assert!(list[1].record.digest.starts_with("sha256:"));
 
