@@ -7,6 +7,10 @@ use berth::image::{DEFAULT_IMAGE_DIR, DEFAULT_STATE_DIR, Pool};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// How long each machine has to power off at the host's shutdown before it is killed
+/// (berthd.service's TimeoutStopSec leaves room for that and the kill).
+const SHUTDOWN_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn main() -> std::process::ExitCode {
     // The spawn server must stay single-threaded (it forks): dispatch before any runtime exists.
     if std::env::args().nth(1).as_deref() == Some("--spawn-machine") {
@@ -72,6 +76,15 @@ async fn run() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    // Machines outlive a restart of berthd, not the host: at its shutdown they are powered
+    // off cleanly here (their scopes are ordered to stop after berthd).
+    if berth::systemd::host_is_stopping(&connection)
+        .await
+        .unwrap_or(false)
+    {
+        tracing::info!("the host is shutting down; stopping the running machines");
+        berth::machine::lifecycle::stop_all(&connection, &machines, SHUTDOWN_STOP_TIMEOUT).await;
+    }
     tracing::info!("berthd stopping");
     Ok(())
 }

@@ -527,6 +527,27 @@ pub async fn stop(
     }
 }
 
+/// Stops every running machine cleanly, side by side, each as [`stop`] does with `timeout`:
+/// berthd does this when the host shuts down, before systemd stops the machines' scopes.
+pub async fn stop_all(conn: &Connection, machines: &Machines, timeout: Duration) {
+    let definitions = match machines.list() {
+        Ok(definitions) => definitions,
+        Err(e) => {
+            tracing::warn!("cannot list the machines to stop them: {e}");
+            return;
+        }
+    };
+    let stops = definitions.iter().map(|definition| async move {
+        let name = definition.name.as_str();
+        match stop(conn, machines, name, timeout).await {
+            Ok(()) => tracing::info!(%name, "stopped machine for the host's shutdown"),
+            Err(MachineError::NotRunning(_)) => {}
+            Err(e) => tracing::warn!(%name, "cannot stop machine for the host's shutdown: {e}"),
+        }
+    });
+    futures_util::future::join_all(stops).await;
+}
+
 /// Waits until `leader`, the init of machine `name`, would not drop `signal` (a booted
 /// guest's systemd takes its signals a while after its start: see [`runtime::signals`]), at
 /// most until `deadline`. Returns at once when it already takes it or is gone.

@@ -177,6 +177,12 @@ pub async fn running_machine(
     Ok(Some(RunningMachine::from_properties(&all)?))
 }
 
+/// Whether the host is shutting down (systemd's `SystemState` is "stopping").
+pub async fn host_is_stopping(conn: &Connection) -> Result<bool, SystemdError> {
+    let state = SystemdProxy::new(conn).await?.system_state().await?;
+    Ok(state == "stopping")
+}
+
 /// Drops machine `name` from machined (its leader has exited; berthd stops the scope).
 pub async fn unregister_machine(conn: &Connection, name: &str) -> Result<(), SystemdError> {
     let machined = MachinedProxy::new(conn).await?;

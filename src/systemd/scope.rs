@@ -47,6 +47,10 @@ pub fn scope_properties(spec: &ScopeSpec<'_>, use_pidfd: bool) -> Result<Propert
     push(&mut props, "Slice", "machine.slice")?;
     push(&mut props, "Delegate", true)?;
     push(&mut props, "CollectMode", "inactive-or-failed")?;
+    // At the host's shutdown berthd stops first and powers its machines off cleanly; the
+    // scope's own stop (SIGTERM to every process of the guest: its systemd would take it as
+    // "re-execute") comes after, for whatever is left. Stop order is the reverse of this.
+    push(&mut props, "Before", vec!["berthd.service"])?;
     // No AddRef: it pins the unit to the caller's bus connection, and berthd's lives on, so a
     // stopped machine's scope would never be collected and the next start would fail.
     let user_sets = |name: &str| spec.properties.iter().any(|(n, _)| n.starts_with(name));
@@ -209,6 +213,7 @@ mod tests {
                 "Slice=s",
                 "Delegate=b",
                 "CollectMode=s",
+                "Before=as",
                 "TasksMax=t",
                 "DevicePolicy=s",
                 "DeviceAllow=a(ss)"
