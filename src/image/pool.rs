@@ -811,7 +811,6 @@ pub(super) fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Disk usage of a tree (like `du -s`), for images berth has no record of.
 /// Whether [`Pool::info`] finds the size of an image without a record: `berth images`
 /// shows it; a machine's creation and the lineage checks don't need it.
 #[derive(Clone, Copy)]
@@ -820,6 +819,7 @@ enum Size {
     Skip,
 }
 
+/// Disk usage of a tree (like `du -s`), for images berth has no record of.
 fn disk_usage(path: &Path) -> u64 {
     use std::collections::HashSet;
     use std::os::unix::fs::MetadataExt;
