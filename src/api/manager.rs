@@ -910,7 +910,9 @@ impl Manager {
     }
 
     /// Sends `signal` to machine `name`: to its PID 1 only with `leader_only`, else to every
-    /// process of it. Needs org.berth.berth1.kill-machine.
+    /// process of it. To PID 1 only, a signal it neither blocks nor catches (the kernel would
+    /// drop it) is waited for up to 10 s (a guest's systemd right after its start), then
+    /// refused with an error and not sent. Needs org.berth.berth1.kill-machine.
     async fn kill_machine(
         &self,
         name: String,
@@ -927,13 +929,7 @@ impl Manager {
                 libc::SIGRTMAX()
             )));
         }
-        if lifecycle::state(conn, &name).await?.is_none() {
-            return Err(MachineError::NotRunning(name).into());
-        }
-        tracing::info!(%name, signal, leader_only, "signalling machine");
-        systemd::kill_machine(conn, &name, !leader_only, signal)
-            .await
-            .map_err(MachineError::from)?;
+        lifecycle::kill(conn, &name, leader_only, signal).await?;
         Ok(())
     }
 

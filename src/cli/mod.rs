@@ -440,7 +440,8 @@ pub enum Command {
         /// The signal: a name (TERM, SIGTERM, HUP, RTMIN+3) or number.
         #[arg(long, short = 's', default_value = "TERM")]
         signal: String,
-        /// Signal only the machine's PID 1.
+        /// Signal only the machine's PID 1 (waits up to 10 s for it to handle the signal;
+        /// an error if it never does, as the kernel would drop it).
         #[arg(long)]
         leader: bool,
     },

@@ -527,6 +527,43 @@ pub async fn stop(
     }
 }
 
+/// How long `kill` waits for a machine's init to take a signal it would drop now: longer than
+/// a booting guest's systemd takes to set up its signals (after its exec, which `start`
+/// returns at), even on a slow host.
+const LEADER_SIGNAL_WAIT: Duration = Duration::from_secs(10);
+
+/// Sends `signal` to machine `name`: to its PID 1 only with `leader_only`, else to every
+/// process of it. The kernel drops a signal to a namespace's init that neither blocks nor
+/// catches it, silently; so to the leader only, berthd waits until the init takes the signal
+/// (a guest's systemd right after its start), at most [`LEADER_SIGNAL_WAIT`], and sends nothing
+/// but an error if it never does. SIGKILL and SIGSTOP, which the host can always send, go at once.
+pub async fn kill(
+    conn: &Connection,
+    name: &str,
+    leader_only: bool,
+    signal: i32,
+) -> Result<(), MachineError> {
+    let Some(running) = state(conn, name).await? else {
+        return Err(MachineError::NotRunning(name.to_owned()));
+    };
+    let deadline = tokio::time::Instant::now() + LEADER_SIGNAL_WAIT;
+    if leader_only
+        && ![libc::SIGKILL, libc::SIGSTOP].contains(&signal)
+        && !wait_until_init_takes(name, running.leader, signal, deadline).await
+    {
+        let signal = runtime::signals::name(signal);
+        return Err(MachineError::InvalidArgument(format!(
+            "the init of machine '{name}' (PID {}) neither catches nor blocks {signal}, so the \
+             kernel would drop it; nothing was sent. Send it to every process of the machine \
+             (without --leader), or send SIGKILL",
+            running.leader
+        )));
+    }
+    tracing::info!(%name, signal, leader_only, "signalling machine");
+    systemd::kill_machine(conn, name, !leader_only, signal).await?;
+    Ok(())
+}
+
 /// Stops every running machine cleanly, side by side, each as [`stop`] does with `timeout`:
 /// berthd does this when the host shuts down, before systemd stops the machines' scopes.
 pub async fn stop_all(conn: &Connection, machines: &Machines, timeout: Duration) {
@@ -550,20 +587,25 @@ pub async fn stop_all(conn: &Connection, machines: &Machines, timeout: Duration)
 
 /// Waits until `leader`, the init of machine `name`, would not drop `signal` (a booted
 /// guest's systemd takes its signals a while after its start: see [`runtime::signals`]), at
-/// most until `deadline`. Returns at once when it already takes it or is gone.
+/// most until `deadline`. Returns at once when it already takes it or is gone; false when it
+/// still would drop it at `deadline`.
 async fn wait_until_init_takes(
     name: &str,
     leader: u32,
     signal: i32,
     deadline: tokio::time::Instant,
-) {
+) -> bool {
     let mut waited = false;
-    while tokio::time::Instant::now() < deadline {
+    loop {
         if !matches!(runtime::signals::takes_signal(leader, signal), Ok(false)) {
-            break;
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
         }
         if !waited {
-            tracing::info!(%name, "the machine's init does not handle signals yet; waiting to ask it to stop");
+            let signal = runtime::signals::name(signal);
+            tracing::info!(%name, "the machine's init does not handle {signal} yet; waiting to send it");
             waited = true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

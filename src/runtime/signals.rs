@@ -15,6 +15,17 @@ pub fn takes_signal(pid: u32, signal: i32) -> io::Result<bool> {
     Ok(status_takes(&status, signal))
 }
 
+/// A signal number as `kill -l` names it: `SIGTERM`, `SIGRTMIN+3`; the number itself when it
+/// names no signal.
+pub fn name(signal: i32) -> String {
+    if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal) {
+        return format!("SIGRTMIN+{}", signal - libc::SIGRTMIN());
+    }
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|known| known.as_str().to_owned())
+        .unwrap_or_else(|_| signal.to_string())
+}
+
 /// [`takes_signal`] on the text of a /proc/PID/status.
 fn status_takes(status: &str, signal: i32) -> bool {
     let Some(bit) = u32::try_from(signal - 1).ok().filter(|b| *b < 64) else {
@@ -73,6 +84,15 @@ mod tests {
             65
         ));
         assert!(!status_takes("SigBlk:\tnot-hex\n", libc::SIGTERM));
+    }
+
+    #[test]
+    fn signals_are_named_as_kill_names_them() {
+        assert_eq!(name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(name(libc::SIGRTMIN()), "SIGRTMIN+0");
+        assert_eq!(name(libc::SIGRTMIN() + 3), "SIGRTMIN+3");
+        assert_eq!(name(0), "0");
+        assert_eq!(name(99), "99");
     }
 
     #[test]

@@ -239,12 +239,29 @@ test_64_stop_right_after_start_powers_off_cleanly() {
     ! machinectl show early >/dev/null 2>&1 || fail "still registered after stop"
     journalctl -u berthd --since "@$since" -o cat --no-pager >"$log"
     cat "$log"
-    grep -q "does not handle signals yet" "$log" || fail "berthd did not wait for the guest's init"
+    grep -q "does not handle SIGRTMIN+3 yet" "$log" || fail "berthd did not wait for the guest's init"
     ! grep -q "did not stop in time" "$log" || fail "the machine was killed, not powered off"
     # Halted, not killed: a guest systemd that halts ends with exit status 0 (its journald
     # did not run yet, so its journal has nothing to show).
     expect_ok berth status early
     grep -q "Last exit: exited 0" "$OUT" || fail "the guest did not halt cleanly"
+    # The same for berth kill --leader: the poweroff request is held until the init takes it.
+    since=$(date +%s)
+    expect_ok berth start early
+    expect_ok berth kill --leader -s RTMIN+3 early
+    grep -q "Sent SIGRTMIN+3 to the leader of machine 'early'" "$OUT" || fail "kill said otherwise"
+    for i in $(seq 120); do machinectl show early >/dev/null 2>&1 || break; sleep 0.5; done
+    ! machinectl show early >/dev/null 2>&1 || fail "berth kill --leader -s RTMIN+3 did not stop it"
+    journalctl -u berthd --since "@$since" -o cat --no-pager >"$log"
+    grep -q "does not handle SIGRTMIN+3 yet" "$log" || fail "berthd did not wait to send the kill"
+    expect_ok berth status early
+    grep -q "Last exit: exited 0" "$OUT" || fail "the guest did not halt cleanly after the kill"
+    # A signal the init never takes (systemd ignores SIGPIPE) is an error, and is not sent.
+    expect_ok berth start early
+    expect_fail "neither catches nor blocks SIGPIPE, so the kernel would drop it; nothing was sent" \
+        berth kill --leader -s PIPE early
+    machinectl show early >/dev/null 2>&1 || fail "the refused kill stopped the machine"
+    expect_ok berth stop early
     expect_ok berth rm early
     # berth run --boot, killed once its guest's init runs (the script: comm "systemd").
     cp -a --reflink=auto /var/lib/machines/deb /var/lib/machines/slowboot

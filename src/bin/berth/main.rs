@@ -435,7 +435,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let number = berth::cli::signal::parse(&signal).map_err(anyhow::Error::msg)?;
             manager.kill_machine(&name, leader, number).await?;
             println!(
-                "Sent signal {number} to {} of machine '{name}'.",
+                "Sent {} to {} of machine '{name}'.",
+                berth::runtime::signals::name(number),
                 if leader {
                     "the leader"
                 } else {
