@@ -239,6 +239,20 @@ fn storage_request(storage: &str, disk_size: u64) -> Result<Option<u64>, BusErro
     }
 }
 
+/// The D-Bus error of a failed copy into or out of machine `name`: a path the caller must
+/// change is an invalid argument.
+fn copy_error(name: &str, doing: &str, e: CopyError) -> BusError {
+    match e {
+        CopyError::Path(message) => BusError::InvalidArgument(format!(
+            "{doing} machine '{name}': {}",
+            message.replace("berth exec NAME", &format!("berth exec {name}"))
+        )),
+        CopyError::Failed(message) => {
+            BusError::Failed(format!("{doing} machine '{name}': {message}"))
+        }
+    }
+}
+
 fn exit_reply(status: Option<ExitStatus>) -> (i32, String) {
     match status {
         Some(status) => (status.code(), status.describe()),
@@ -897,16 +911,49 @@ impl Manager {
             tokio::task::spawn_blocking(move || copy::copy_in(&helper, &config, archive.into()))
                 .await
                 .map_err(|e| BusError::Failed(format!("internal error: {e}")))?;
-        match copied {
-            Ok(written) => Ok(written.display().to_string()),
-            Err(CopyError::Destination(message)) => Err(BusError::InvalidArgument(format!(
-                "copying into machine '{name}': {}",
-                message.replace("berth exec NAME", &format!("berth exec {name}"))
-            ))),
-            Err(CopyError::Failed(message)) => Err(BusError::Failed(format!(
-                "copying into machine '{name}': {message}"
-            ))),
+        copied
+            .map(|written| written.display().to_string())
+            .map_err(|e| copy_error(&name, "copying into", e))
+    }
+
+    /// Copies a file or directory tree out of running machine `name`: the exec helper, inside
+    /// the machine as its root, writes a copy stream of `source` (an absolute path of the
+    /// machine, followed if it is a symlink; inside a directory, symlinks are copied as links)
+    /// to `archive`, in CopyToMachine's format: one top-level entry, named as the source, then
+    /// the line `berth copy-to: end of stream`. A stream without that line is incomplete.
+    /// Returns once it is written. `berth copy-from` unpacks it on the host as the caller.
+    /// Needs org.berth.berth1.copy-from-machine.
+    async fn copy_from_machine(
+        &self,
+        name: String,
+        source: String,
+        archive: zbus::OwnedFd,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), BusError> {
+        authorize(conn, &header, Action::CopyFromMachine).await?;
+        if !source.starts_with('/') || source.contains('\0') {
+            return Err(BusError::InvalidArgument(format!(
+                "source '{source}' is not an absolute path in the machine; give one such as /etc/hostname or /var/log/"
+            )));
         }
+        let (definition, leader) = self.running_machine(conn, &name).await?;
+        tracing::info!(%name, %source, "copy out of machine");
+        let mut config = lifecycle::exec_config(
+            &definition,
+            leader,
+            String::new(),
+            vec!["copy-from".into()],
+            false,
+            Vec::new(),
+        );
+        config.pack_from = Some(source);
+        let helper = self.helper.clone();
+        let copied =
+            tokio::task::spawn_blocking(move || copy::copy_out(&helper, &config, archive.into()))
+                .await
+                .map_err(|e| BusError::Failed(format!("internal error: {e}")))?;
+        copied.map_err(|e| copy_error(&name, "copying from", e))
     }
 
     /// Sends `signal` to machine `name`: to its PID 1 only with `leader_only`, else to every

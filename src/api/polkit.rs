@@ -42,6 +42,8 @@ pub enum Action {
     ShellMachine,
     /// Copy files from the host into a running machine (copy-to).
     CopyToMachine,
+    /// Copy files out of a running machine to the host (copy-from).
+    CopyFromMachine,
     /// Change a machine's resource properties (set).
     SetProperties,
     /// Remove a machine (rm).
@@ -54,7 +56,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in the order of the policy file.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::ImportImage,
         Self::PullImage,
         Self::BuildImage,
@@ -69,6 +71,7 @@ impl Action {
         Self::ExecMachine,
         Self::ShellMachine,
         Self::CopyToMachine,
+        Self::CopyFromMachine,
         Self::SetProperties,
         Self::RemoveMachine,
         Self::RebaseMachine,
@@ -91,6 +94,7 @@ impl Action {
             Self::ExecMachine => "org.berth.berth1.exec-machine",
             Self::ShellMachine => "org.berth.berth1.shell-machine",
             Self::CopyToMachine => "org.berth.berth1.copy-to-machine",
+            Self::CopyFromMachine => "org.berth.berth1.copy-from-machine",
             Self::SetProperties => "org.berth.berth1.set-properties",
             Self::RemoveMachine => "org.berth.berth1.remove-machine",
             Self::RebaseMachine => "org.berth.berth1.rebase-machine",
@@ -114,6 +118,7 @@ impl Action {
             Self::ExecMachine => "run commands in machines",
             Self::ShellMachine => "open shells in machines",
             Self::CopyToMachine => "copy files into machines",
+            Self::CopyFromMachine => "copy files out of machines",
             Self::SetProperties => "change machines' resource limits",
             Self::RemoveMachine => "remove machines",
             Self::RebaseMachine => "rebase machines",

@@ -131,6 +131,13 @@ pub trait Manager {
         archive: zbus::Fd<'_>,
     ) -> zbus::Result<String>;
 
+    fn copy_from_machine(
+        &self,
+        name: &str,
+        source: &str,
+        archive: zbus::Fd<'_>,
+    ) -> zbus::Result<()>;
+
     fn kill_machine(&self, name: &str, leader_only: bool, signal: i32) -> zbus::Result<()>;
 
     fn restart_machine(&self, name: &str, timeout_sec: u32) -> zbus::Result<MachineEntry>;

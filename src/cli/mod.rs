@@ -417,7 +417,7 @@ pub enum Command {
     /// symlinks (FIFOs, sockets and device nodes fail the copy). An
     /// existing file is replaced at once; an existing directory is not replaced. A copy that
     /// fails leaves nothing behind. Unlike 'machinectl copy-to', it works for machines with
-    /// a private UID range. To copy out of a machine use 'machinectl copy-from'.
+    /// a private UID range. To copy out of a machine use 'berth copy-from'.
     #[command(after_help = "Examples:
   berth copy-to web ./nginx.conf /etc/nginx/nginx.conf
   berth copy-to web ./site /srv/
@@ -429,6 +429,28 @@ pub enum Command {
         source: std::path::PathBuf,
         /// Where in the machine (absolute; default: SOURCE's absolute path).
         dest: Option<String>,
+    },
+    /// Copy a file or directory out of a running machine to the host.
+    ///
+    /// SOURCE is an absolute path of the machine, read there as the machine's root; DEST is a
+    /// path of the host, by default the current directory. When DEST is a directory, SOURCE
+    /// goes into it; otherwise it is written as DEST, whose directory must exist. berth writes
+    /// it as you: what it writes is yours, with SOURCE's permission bits (not set-ID or sticky
+    /// bits) and times; a directory is copied with everything in it, symlinks in it as
+    /// symlinks (never followed on the host; FIFOs, sockets and device nodes fail the copy).
+    /// An existing file is replaced at once; an existing directory is not replaced. A copy
+    /// that fails leaves nothing behind.
+    #[command(after_help = "Examples:
+  berth copy-from web /etc/nginx/nginx.conf
+  berth copy-from web /var/log/nginx ./web-logs
+  berth copy-from web /etc/hostname /tmp/web-hostname")]
+    CopyFrom {
+        /// The machine (running).
+        name: String,
+        /// A file or directory of the machine (absolute).
+        source: String,
+        /// Where on the host (default: the current directory).
+        dest: Option<std::path::PathBuf>,
     },
     /// Send a signal to a machine's processes.
     ///

@@ -933,6 +933,7 @@ pub fn exec_config(
         extra_environment: Vec::new(),
         working_dir: String::new(),
         unpack_to: None,
+        pack_from: None,
         hangup_unit: None,
     }
 }

@@ -1,4 +1,5 @@
-//! `berth copy-to`: a file or directory tree from the host, unpacked inside a running machine.
+//! `berth copy-to` and `berth copy-from`: a file or directory tree copied into or out of a
+//! running machine, as a tar stream.
 //!
 //! The client writes a tar stream of the source as the calling user (so it holds only what
 //! the caller may read): one top-level entry, named as the source, then [`END_MARK`]. berthd
@@ -9,11 +10,19 @@
 //! bits), times are kept. The stream is unpacked into a temporary directory beside the
 //! target and renamed into place only once it is complete, so a copy that fails leaves
 //! nothing behind and an existing file is replaced at once.
+//!
+//! `berth copy-from` is the same the other way: the helper's child, the machine's root,
+//! writes the stream of a path of the machine to a socket the client passed, and the client
+//! unpacks it on the host as the calling user, with the same checks (an entry that would
+//! leave the staging directory, a hard link, a FIFO or a device node is refused; set-ID bits
+//! are dropped; what it writes is the caller's).
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
+
+use std::os::fd::AsFd;
 
 use super::exec::{Exec, ExecConfig};
 use super::init::ExitStatus;
@@ -34,15 +43,19 @@ const STAGING_PREFIX: &str = ".#berth-copy-";
 const MAX_PATH: usize = 4096;
 const MAX_MESSAGE: usize = 8192;
 
-/// The child's exit code for a destination the caller has to change.
-const EXIT_DESTINATION: i32 = 2;
+/// The child's exit code for a path the caller has to change.
+const EXIT_PATH: i32 = 2;
+
+/// What the machine's side of `berth copy-from` fails with when the client stopped reading
+/// (its unpacking failed): the client reports its own error then.
+pub const RECEIVER_GONE: &str = "the receiving side stopped reading the copy stream";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    /// The destination can't take the copy (missing directory, an existing directory in
-    /// the way); the message says what to change.
+    /// A path the caller has to change: a missing directory or source, an existing
+    /// directory in the way; the message says what to change.
     #[error("{0}")]
-    Destination(String),
+    Path(String),
     /// The stream or the writing failed.
     #[error("{0}")]
     Failed(String),
@@ -52,9 +65,87 @@ fn failed(what: &str, e: impl std::fmt::Display) -> CopyError {
     CopyError::Failed(format!("{what}: {e}"))
 }
 
-/// berthd's side: runs the exec helper (`config.unpack_to` set) with `archive` as its input
-/// and returns the path it wrote in the machine.
+/// Where a copy stream is unpacked, for the words of its errors.
+#[derive(Clone, Copy, Debug)]
+pub enum Side {
+    /// In a machine, by `berth copy-to`.
+    Machine,
+    /// On the host, by `berth copy-from`.
+    Host,
+}
+
+impl Side {
+    fn verb(self) -> &'static str {
+        match self {
+            Side::Machine => "berth copy-to",
+            Side::Host => "berth copy-from",
+        }
+    }
+
+    /// " in the machine", or nothing on the host.
+    fn place(self) -> &'static str {
+        match self {
+            Side::Machine => " in the machine",
+            Side::Host => "",
+        }
+    }
+
+    /// How to create directory `dir` here.
+    fn mkdir(self, dir: &Path) -> String {
+        match self {
+            Side::Machine => format!("berth exec NAME -- mkdir -p {}", dir.display()),
+            Side::Host => format!("mkdir -p {}", dir.display()),
+        }
+    }
+}
+
+/// A writer to a socket that fails with EPIPE once the reader has gone, instead of raising
+/// SIGPIPE (berth and the exec helper's child keep SIGPIPE at its default); it writes to
+/// anything else (a pipe) as it is. Its writing side is shut down when it is dropped, so the
+/// stream ends even where a clone of the socket stays open.
+#[derive(Debug)]
+pub struct SocketWriter(pub OwnedFd);
+
+impl Write for SocketWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match rustix::net::send(&self.0, buf, rustix::net::SendFlags::NOSIGNAL) {
+            Err(rustix::io::Errno::NOTSOCK) => rustix::io::write(&self.0, buf),
+            sent => sent,
+        }
+        .map_err(io::Error::from)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SocketWriter {
+    fn drop(&mut self) {
+        let _ = rustix::net::shutdown(self.0.as_fd(), rustix::net::Shutdown::Write);
+    }
+}
+
+/// berthd's side of `berth copy-to`: runs the exec helper (`config.unpack_to` set) with
+/// `archive` as its input and returns the path it wrote in the machine.
 pub fn copy_in(helper: &Path, config: &ExecConfig, archive: OwnedFd) -> Result<PathBuf, CopyError> {
+    match run_helper(helper, config, archive)? {
+        written if written.is_empty() => Err(CopyError::Failed(
+            "the copy in the machine reported no path written".into(),
+        )),
+        written => Ok(PathBuf::from(written)),
+    }
+}
+
+/// berthd's side of `berth copy-from`: runs the exec helper (`config.pack_from` set), which
+/// writes the copy stream to `archive`.
+pub fn copy_out(helper: &Path, config: &ExecConfig, archive: OwnedFd) -> Result<(), CopyError> {
+    run_helper(helper, config, archive).map(drop)
+}
+
+/// Runs the exec helper in copy mode with `archive` as the copy's stream; returns what its
+/// child printed on success.
+fn run_helper(helper: &Path, config: &ExecConfig, archive: OwnedFd) -> Result<String, CopyError> {
     let pipe = || {
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| failed("creating a pipe", e))
@@ -74,8 +165,8 @@ pub fn copy_in(helper: &Path, config: &ExecConfig, archive: OwnedFd) -> Result<P
     };
     let (written, message) = (read(out_read), read(err_read));
     match status {
-        ExitStatus::Exited(0) if !written.is_empty() => Ok(PathBuf::from(written)),
-        ExitStatus::Exited(EXIT_DESTINATION) => Err(CopyError::Destination(message)),
+        ExitStatus::Exited(0) => Ok(written),
+        ExitStatus::Exited(EXIT_PATH) => Err(CopyError::Path(message)),
         ExitStatus::Exited(_) if !message.is_empty() => Err(CopyError::Failed(message)),
         status => Err(CopyError::Failed(format!(
             "the copy in the machine ended without a result ({}); was the machine stopped?",
@@ -84,13 +175,27 @@ pub fn copy_in(helper: &Path, config: &ExecConfig, archive: OwnedFd) -> Result<P
     }
 }
 
-/// The exec helper's child, inside the machine as its root: unpacks stdin at `destination`,
-/// prints the path written on stdout or the error on stderr; returns the exit code.
-pub fn child_main(destination: &str, stdio: [OwnedFd; 3]) -> i32 {
-    let [input, output, errors] = stdio;
-    match unpack(fs::File::from(input), Path::new(destination)) {
+/// The exec helper's child, inside the machine as its root. For `berth copy-to`
+/// (`config.unpack_to`) it unpacks the stream on `stdio[0]` and prints the path written on
+/// `stdio[1]`; for `berth copy-from` (`config.pack_from`) it writes the stream to `stdio[0]`.
+/// An error goes to `stdio[2]`. Returns the exit code.
+pub fn child_main(config: &ExecConfig, stdio: [OwnedFd; 3]) -> i32 {
+    let [stream, output, errors] = stdio;
+    let result = match (&config.unpack_to, &config.pack_from) {
+        (Some(destination), _) => unpack(
+            fs::File::from(stream),
+            Path::new(destination),
+            Side::Machine,
+        )
+        .map(|written| written.display().to_string()),
+        (None, Some(source)) => {
+            pack(Path::new(source), SocketWriter(stream)).map(|()| String::new())
+        }
+        (None, None) => Err(CopyError::Failed("internal error: no copy to make".into())),
+    };
+    match result {
         Ok(written) => {
-            let _ = writeln!(fs::File::from(output), "{}", written.display());
+            let _ = writeln!(fs::File::from(output), "{written}");
             0
         }
         Err(e) => {
@@ -105,19 +210,19 @@ pub fn child_main(destination: &str, stdio: [OwnedFd; 3]) -> i32 {
             }
             let _ = write!(fs::File::from(errors), "{message}");
             match e {
-                CopyError::Destination(_) => EXIT_DESTINATION,
+                CopyError::Path(_) => EXIT_PATH,
                 CopyError::Failed(_) => 1,
             }
         }
     }
 }
 
-/// Unpacks a copy stream at `destination` (absolute): into it when it is a directory, else
-/// as it (its parent must be a directory). An existing file there is replaced; an existing
-/// directory is not. Returns the path written.
-pub fn unpack(input: impl Read, destination: &Path) -> Result<PathBuf, CopyError> {
+/// Unpacks a copy stream at `destination` (absolute) on `side`: into it when it is a
+/// directory, else as it (its parent must be a directory). An existing file there is
+/// replaced; an existing directory is not. Returns the path written.
+pub fn unpack(input: impl Read, destination: &Path, side: Side) -> Result<PathBuf, CopyError> {
     if !destination.is_absolute() {
-        return Err(CopyError::Destination(format!(
+        return Err(CopyError::Path(format!(
             "'{}' is not an absolute path",
             destination.display()
         )));
@@ -125,24 +230,26 @@ pub fn unpack(input: impl Read, destination: &Path) -> Result<PathBuf, CopyError
     let (parent, rename_to) = match fs::metadata(destination) {
         Ok(meta) if meta.is_dir() => (destination.to_path_buf(), None),
         _ if destination.as_os_str().to_string_lossy().ends_with('/') => {
-            return Err(CopyError::Destination(format!(
-                "there is no directory {} in the machine; create it first (berth exec NAME -- mkdir -p {})",
+            return Err(CopyError::Path(format!(
+                "there is no directory {}{}; create it first ({})",
                 destination.display(),
-                destination.display()
+                side.place(),
+                side.mkdir(destination)
             )));
         }
         _ => {
             let (Some(parent), Some(name)) = (destination.parent(), destination.file_name()) else {
-                return Err(CopyError::Destination(format!(
+                return Err(CopyError::Path(format!(
                     "'{}' names no file or directory",
                     destination.display()
                 )));
             };
             if !fs::metadata(parent).is_ok_and(|m| m.is_dir()) {
-                return Err(CopyError::Destination(format!(
-                    "there is no directory {} in the machine to copy into; create it first (berth exec NAME -- mkdir -p {})",
+                return Err(CopyError::Path(format!(
+                    "there is no directory {}{} to copy into; create it first ({})",
                     parent.display(),
-                    parent.display()
+                    side.place(),
+                    side.mkdir(parent)
                 )));
             }
             (parent.to_path_buf(), Some(name.to_owned()))
@@ -162,7 +269,7 @@ pub fn unpack(input: impl Read, destination: &Path) -> Result<PathBuf, CopyError
             Ok(dir)
         })
         .map_err(|e| failed("locking the staging directory", e))?;
-    let top = unpack_entries(input, staging.path())?;
+    let top = unpack_entries(input, staging.path(), side)?;
     let source = staging.path().join(&top);
     let target = parent.join(rename_to.unwrap_or(top));
     let source_is_dir = fs::symlink_metadata(&source).is_ok_and(|m| m.is_dir());
@@ -174,9 +281,10 @@ pub fn unpack(input: impl Read, destination: &Path) -> Result<PathBuf, CopyError
         } else {
             "a file"
         };
-        return Err(CopyError::Destination(format!(
-            "{} exists in the machine as {what}; remove it first or copy to another path",
-            target.display()
+        return Err(CopyError::Path(format!(
+            "{} exists{} as {what}; remove it first or copy to another path",
+            target.display(),
+            side.place()
         )));
     }
     fs::rename(&source, &target)
@@ -212,7 +320,11 @@ fn remove_stale_staging(parent: &Path) {
 /// Unpacks every entry into `staging`; returns the one top-level name they share. Fails on
 /// a stream without [`END_MARK`] after its archive, an entry outside that name, or one that
 /// would leave `staging`.
-fn unpack_entries(input: impl Read, staging: &Path) -> Result<std::ffi::OsString, CopyError> {
+fn unpack_entries(
+    input: impl Read,
+    staging: &Path,
+    side: Side,
+) -> Result<std::ffi::OsString, CopyError> {
     let mut archive = tar::Archive::new(input);
     let mut top: Option<std::ffi::OsString> = None;
     // Set once everything is in them (writing a file changes its directory's time),
@@ -227,8 +339,9 @@ fn unpack_entries(input: impl Read, staging: &Path) -> Result<std::ffi::OsString
         if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
             let path = entry.path().map(|p| p.display().to_string());
             return Err(CopyError::Failed(format!(
-                "'{}' is not a regular file, directory or symlink (a FIFO, socket or device node); berth copy-to copies only those",
-                path.unwrap_or_default()
+                "'{}' is not a regular file, directory or symlink (a FIFO, socket or device node); {} copies only those",
+                path.unwrap_or_default(),
+                side.verb()
             )));
         }
         entry.set_preserve_permissions(false);
@@ -280,7 +393,7 @@ fn unpack_entries(input: impl Read, staging: &Path) -> Result<std::ffi::OsString
     }
     if !read_end_mark(archive.into_inner())? {
         return Err(CopyError::Failed(
-            "the copy stream ended early (the client stopped sending); nothing was copied".into(),
+            "the copy stream ended early (its sender stopped); nothing was copied".into(),
         ));
     }
     directory_times.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
@@ -316,6 +429,46 @@ fn read_end_mark(mut input: impl Read) -> Result<bool, CopyError> {
     }
     let zeros = &tail[..tail.len() - END_MARK.len()];
     Ok(zeros.iter().all(|b| *b == 0))
+}
+
+/// The machine's side of `berth copy-from`: writes a copy stream of `source`, an absolute
+/// path, named as it, to `output`.
+fn pack(source: &Path, output: impl Write) -> Result<(), CopyError> {
+    let shown = source.display();
+    if !source.is_absolute() {
+        return Err(CopyError::Path(format!(
+            "'{shown}' is not an absolute path in the machine"
+        )));
+    }
+    let Some(name) = source.file_name() else {
+        return Err(CopyError::Path(format!(
+            "'{shown}' names the machine's root directory; berth copy-from copies a file or a directory below it"
+        )));
+    };
+    match fs::metadata(source) {
+        Ok(meta) if meta.is_file() || meta.is_dir() => {}
+        Ok(_) => {
+            return Err(CopyError::Path(format!(
+                "{shown} in the machine is not a regular file or directory; berth copy-from copies files and directory trees"
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(CopyError::Path(format!(
+                "there is no {shown} in the machine"
+            )));
+        }
+        Err(e) => return Err(failed(&format!("reading {shown}"), e)),
+    }
+    write_stream(source, Path::new(name), output).map_err(|e| {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ) {
+            CopyError::Failed(RECEIVER_GONE.into())
+        } else {
+            failed(&format!("reading {shown}"), e)
+        }
+    })
 }
 
 /// Writes a copy stream of `source` (a file or directory, followed if it is a symlink; inside
@@ -395,7 +548,7 @@ mod tests {
         fs::write(&file, "port = 80\n").expect("test step");
         let stream = stream_of(&file, "app.conf");
 
-        let written = unpack(&stream[..], machine.path()).expect("test step");
+        let written = unpack(&stream[..], machine.path(), Side::Machine).expect("test step");
         assert_eq!(written, machine.path().join("app.conf"));
         assert_eq!(
             fs::read_to_string(&written).expect("test step"),
@@ -403,7 +556,10 @@ mod tests {
         );
 
         let renamed = machine.path().join("other.conf");
-        assert_eq!(unpack(&stream[..], &renamed).expect("test step"), renamed);
+        assert_eq!(
+            unpack(&stream[..], &renamed, Side::Machine).expect("test step"),
+            renamed
+        );
         assert_eq!(
             fs::read_to_string(&renamed).expect("test step"),
             "port = 80\n"
@@ -418,7 +574,12 @@ mod tests {
         let file = host.path().join("f");
         fs::write(&file, "new").expect("test step");
         fs::write(machine.path().join("f"), "old").expect("test step");
-        unpack(&stream_of(&file, "f")[..], &machine.path().join("f")).expect("test step");
+        unpack(
+            &stream_of(&file, "f")[..],
+            &machine.path().join("f"),
+            Side::Machine,
+        )
+        .expect("test step");
         assert_eq!(
             fs::read_to_string(machine.path().join("f")).expect("test step"),
             "new"
@@ -429,7 +590,7 @@ mod tests {
         fs::write(tree.join("sub/x"), "x").expect("test step");
         std::os::unix::fs::symlink("sub/x", tree.join("link")).expect("test step");
         let stream = stream_of(&tree, "tree");
-        let written = unpack(&stream[..], machine.path()).expect("test step");
+        let written = unpack(&stream[..], machine.path(), Side::Machine).expect("test step");
         assert_eq!(
             fs::read_to_string(written.join("sub/x")).expect("test step"),
             "x"
@@ -439,16 +600,17 @@ mod tests {
             Path::new("sub/x")
         );
         // Again: tree exists now, as a directory.
-        let again = unpack(&stream[..], machine.path()).expect_err("the copy should fail");
-        assert!(matches!(again, CopyError::Destination(_)), "{again}");
+        let again =
+            unpack(&stream[..], machine.path(), Side::Machine).expect_err("the copy should fail");
+        assert!(matches!(again, CopyError::Path(_)), "{again}");
         assert!(
             again
                 .to_string()
                 .contains("exists in the machine as a directory")
         );
         // A directory onto a file.
-        let onto_file =
-            unpack(&stream[..], &machine.path().join("f")).expect_err("the copy should fail");
+        let onto_file = unpack(&stream[..], &machine.path().join("f"), Side::Machine)
+            .expect_err("the copy should fail");
         assert!(onto_file.to_string().contains("as a file"), "{onto_file}");
         assert!(leftovers(machine.path()).is_empty());
     }
@@ -461,13 +623,18 @@ mod tests {
         fs::write(&file, "x").expect("test step");
         let stream = stream_of(&file, "f");
         let missing = machine.path().join("no/such");
-        let e = unpack(&stream[..], &missing).expect_err("the copy should fail");
-        assert!(matches!(e, CopyError::Destination(_)));
+        let e = unpack(&stream[..], &missing, Side::Machine).expect_err("the copy should fail");
+        assert!(matches!(e, CopyError::Path(_)));
         assert!(e.to_string().contains("no directory"), "{e}");
-        let e = unpack(&stream[..], Path::new(&format!("{}/", missing.display())))
+        let e = unpack(
+            &stream[..],
+            Path::new(&format!("{}/", missing.display())),
+            Side::Machine,
+        )
+        .expect_err("the copy should fail");
+        assert!(e.to_string().contains("no directory"), "{e}");
+        let e = unpack(&stream[..], Path::new("relative"), Side::Machine)
             .expect_err("the copy should fail");
-        assert!(e.to_string().contains("no directory"), "{e}");
-        let e = unpack(&stream[..], Path::new("relative")).expect_err("the copy should fail");
         assert!(e.to_string().contains("absolute"), "{e}");
     }
 
@@ -485,14 +652,18 @@ mod tests {
             stream.len() - END_MARK.len(),
             stream.len() - END_MARK.len() - 1024,
         ] {
-            let e = unpack(&stream[..cut], machine.path()).expect_err("the copy should fail");
+            let e = unpack(&stream[..cut], machine.path(), Side::Machine)
+                .expect_err("the copy should fail");
             assert!(e.to_string().contains("ended early"), "{cut}: {e}");
             assert!(!machine.path().join("tree").exists());
             assert!(leftovers(machine.path()).is_empty());
         }
         // Anywhere else: at an entry's boundary or inside one.
         for cut in (512..stream.len() - END_MARK.len()).step_by(512) {
-            assert!(unpack(&stream[..cut], machine.path()).is_err(), "{cut}");
+            assert!(
+                unpack(&stream[..cut], machine.path(), Side::Machine).is_err(),
+                "{cut}"
+            );
             assert!(!machine.path().join("tree").exists());
             assert!(leftovers(machine.path()).is_empty());
         }
@@ -505,7 +676,8 @@ mod tests {
             ("one", tar::EntryType::Regular),
             ("two", tar::EntryType::Regular),
         ]);
-        let e = unpack(&stream[..], machine.path()).expect_err("the copy should fail");
+        let e =
+            unpack(&stream[..], machine.path(), Side::Machine).expect_err("the copy should fail");
         assert!(e.to_string().contains("both 'one' and 'two'"), "{e}");
         assert!(!machine.path().join("one").exists());
         assert!(leftovers(machine.path()).is_empty());
@@ -519,7 +691,8 @@ mod tests {
         let file = host.path().join("tool");
         fs::write(&file, "#!/bin/sh\n").expect("test step");
         fs::set_permissions(&file, fs::Permissions::from_mode(0o4755)).expect("test step");
-        let written = unpack(&stream_of(&file, "tool")[..], machine.path()).expect("test step");
+        let written = unpack(&stream_of(&file, "tool")[..], machine.path(), Side::Machine)
+            .expect("test step");
         let mode = fs::metadata(written)
             .expect("test step")
             .permissions()
@@ -542,7 +715,7 @@ mod tests {
             .expect("test step");
         let file = host.path().join("f");
         fs::write(&file, "x").expect("test step");
-        unpack(&stream_of(&file, "f")[..], machine.path()).expect("test step");
+        unpack(&stream_of(&file, "f")[..], machine.path(), Side::Machine).expect("test step");
         assert!(!stale.exists());
         assert_eq!(leftovers(machine.path()), vec![".#berth-copy-busy"]);
     }
@@ -554,13 +727,96 @@ mod tests {
             ("tree", tar::EntryType::Directory),
             ("tree/pipe", tar::EntryType::Fifo),
         ]);
-        let e = unpack(&stream[..], machine.path()).expect_err("the copy should fail");
+        let e =
+            unpack(&stream[..], machine.path(), Side::Machine).expect_err("the copy should fail");
         assert!(
             e.to_string().contains("'tree/pipe' is not a regular file"),
             "{e}"
         );
         assert!(!machine.path().join("tree").exists());
         assert!(leftovers(machine.path()).is_empty());
+    }
+
+    #[test]
+    fn a_hard_link_is_refused() {
+        let host = tempfile::tempdir().expect("test step");
+        let stream = hand_made_stream(&[
+            ("tree", tar::EntryType::Directory),
+            ("tree/shadow", tar::EntryType::Link),
+        ]);
+        let e = unpack(&stream[..], host.path(), Side::Host).expect_err("the copy should fail");
+        assert!(
+            e.to_string()
+                .contains("'tree/shadow' is not a regular file, directory or symlink"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("berth copy-from copies only those"),
+            "{e}"
+        );
+        assert!(!host.path().join("tree").exists());
+    }
+
+    #[test]
+    fn a_packed_tree_unpacks_on_the_host() {
+        let machine = tempfile::tempdir().expect("test step");
+        let host = tempfile::tempdir().expect("test step");
+        let tree = machine.path().join("log");
+        fs::create_dir_all(tree.join("app")).expect("test step");
+        fs::write(tree.join("app/today"), "started\n").expect("test step");
+        std::os::unix::fs::symlink("/etc/shadow", tree.join("app/link")).expect("test step");
+        let mut stream = Vec::new();
+        pack(&tree, &mut stream).expect("test step");
+        let written = unpack(&stream[..], host.path(), Side::Host).expect("test step");
+        assert_eq!(written, host.path().join("log"));
+        assert_eq!(
+            fs::read_to_string(written.join("app/today")).expect("test step"),
+            "started\n"
+        );
+        // A symlink stays a symlink: nothing of the host's is read through it.
+        assert_eq!(
+            fs::read_link(written.join("app/link")).expect("test step"),
+            Path::new("/etc/shadow")
+        );
+        // On the host the errors name host paths and commands.
+        let e = unpack(&stream[..], host.path(), Side::Host).expect_err("the copy should fail");
+        assert!(
+            e.to_string()
+                .ends_with("log exists as a directory; remove it first or copy to another path"),
+            "{e}"
+        );
+        let missing = host.path().join("no/such/");
+        let e = unpack(&stream[..], &missing, Side::Host).expect_err("the copy should fail");
+        assert!(
+            e.to_string().contains("; create it first (mkdir -p "),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("machine"), "{e}");
+    }
+
+    #[test]
+    fn pack_names_what_it_cannot_copy() {
+        let machine = tempfile::tempdir().expect("test step");
+        for (source, message) in [
+            (machine.path().join("nope"), "there is no "),
+            (PathBuf::from("/"), "names the machine's root directory"),
+            (PathBuf::from("etc/x"), "not an absolute path"),
+            (
+                PathBuf::from("/dev/null"),
+                "not a regular file or directory",
+            ),
+        ] {
+            let e = pack(&source, Vec::new()).expect_err("the pack should fail");
+            assert!(matches!(e, CopyError::Path(_)), "{e}");
+            assert!(e.to_string().contains(message), "{}: {e}", source.display());
+        }
+        // A receiver that went away: the error says so, and nothing raises SIGPIPE.
+        fs::write(machine.path().join("big"), vec![1u8; 1 << 20]).expect("test step");
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("test step");
+        drop(theirs);
+        let e = pack(&machine.path().join("big"), SocketWriter(ours.into()))
+            .expect_err("the pack should fail");
+        assert_eq!(e.to_string(), RECEIVER_GONE);
     }
 
     #[test]
@@ -583,7 +839,8 @@ mod tests {
             rustix::fs::utimensat(rustix::fs::CWD, &dir, &times, rustix::fs::AtFlags::empty())
                 .expect("test step");
         }
-        let written = unpack(&stream_of(&tree, "tree")[..], machine.path()).expect("test step");
+        let written = unpack(&stream_of(&tree, "tree")[..], machine.path(), Side::Machine)
+            .expect("test step");
         for dir in [written.join("sub"), written] {
             assert_eq!(
                 fs::metadata(&dir).expect("test step").mtime(),

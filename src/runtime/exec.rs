@@ -59,6 +59,10 @@ pub struct ExecConfig {
     /// machine's root (`berth copy-to`; see [`super::copy`]).
     #[serde(default)]
     pub unpack_to: Option<String>,
+    /// Instead of running the command, write a copy stream of this path of the machine to
+    /// stdin's descriptor, as the machine's root (`berth copy-from`).
+    #[serde(default)]
+    pub pack_from: Option<String>,
     /// A hangup (the caller left) goes to this unit of the machine's systemd, with its own
     /// `systemctl kill`, instead of to the command. For `berth shell`, whose command is
     /// systemd-run: the session gets SIGHUP, as from a closed terminal (systemd-run, killed
@@ -292,11 +296,11 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
     let child = match step("forking", crate::sys::process::fork())? {
         Forked::Child => {
             drop(error_read);
-            if let Some(destination) = &config.unpack_to {
+            if config.unpack_to.is_some() || config.pack_from.is_some() {
                 // Nothing to exec: it has started once it runs. Stopping the machine ends it.
                 drop(error_write);
                 let _ = SigSet::all().thread_unblock();
-                std::process::exit(super::copy::child_main(destination, stdio));
+                std::process::exit(super::copy::child_main(&config, stdio));
             }
             let error = run_child(&config, &user, stdio);
             let _ = write!(fs::File::from(error_write), "{error}");

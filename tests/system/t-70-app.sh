@@ -426,6 +426,65 @@ test_76_copy_to_puts_files_into_a_running_machine() {
     rm -rf "$src"
 }
 
+# berth copy-from: a file or tree out of a running machine, written on the host as the caller.
+test_78_copy_from_takes_files_out_of_a_running_machine() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    expect_ok berth create cf1 --image deb -- sleep infinity
+    local dst=/var/tmp/copy-from left
+    rm -rf "$dst"
+    mkdir -p "$dst"
+    expect_fail "machine 'cf1' is not running" berth copy-from cf1 /etc/hostname "$dst/"
+    expect_ok berth start cf1
+    berth exec cf1 -- sh -c 'mkdir -p /srv/site/sub && echo hello >/srv/site/sub/index.html &&
+        ln -s /etc/shadow /srv/site/link && echo "port = 80" >/etc/app.conf &&
+        chmod 4750 /etc/app.conf && touch -d 2020-01-02 /etc/app.conf'
+
+    # A file into a directory: the caller's (root's), its permission bits without the set-ID
+    # bit, its time kept.
+    expect_ok berth copy-from cf1 /etc/app.conf "$dst/"
+    grep -qx "Copied cf1:/etc/app.conf to $dst/app.conf." "$OUT" || fail "no report of the path written"
+    [[ $(stat -c '%u:%g %a %y' "$dst/app.conf") == "0:0 750 2020-01-02 "* ]] \
+        || fail "owner, mode or time: $(stat -c '%u:%g %a %y' "$dst/app.conf")"
+    [[ $(cat "$dst/app.conf") == "port = 80" ]] || fail "content"
+    # By default into the current directory; as a new name; an existing file is replaced.
+    (cd "$dst" && berth copy-from cf1 /etc/hostname) || fail "copy into the current directory"
+    [[ $(cat "$dst/hostname") == "$(berth exec cf1 -- cat /etc/hostname)" ]] || fail "default destination"
+    expect_ok berth copy-from cf1 /etc/app.conf "$dst/renamed.conf"
+    berth exec cf1 -- sh -c 'echo "port = 8080" >/etc/app.conf'
+    expect_ok berth copy-from cf1 /etc/app.conf "$dst/renamed.conf"
+    [[ $(cat "$dst/renamed.conf") == "port = 8080" ]] || fail "not replaced"
+    # A tree, symlinks as symlinks: the machine's link to /etc/shadow is not followed on the
+    # host. It doesn't replace a directory.
+    expect_ok berth copy-from cf1 /srv/site "$dst/"
+    [[ $(cat "$dst/site/sub/index.html") == hello ]] || fail "tree content"
+    [[ -L $dst/site/link && $(readlink "$dst/site/link") == /etc/shadow ]] || fail "symlink"
+    expect_fail "$dst/site exists as a directory; remove it first" berth copy-from cf1 /srv/site "$dst/"
+
+    # Bad input: named, non-zero, nothing written and no staging directory left.
+    expect_fail "there is no /no/such in the machine" berth copy-from cf1 /no/such "$dst/"
+    expect_fail "source 'etc/x' is not an absolute path in the machine" berth copy-from cf1 etc/x "$dst/"
+    expect_fail "names the machine's root directory" berth copy-from cf1 / "$dst/"
+    expect_fail "/dev/null in the machine is not a regular file or directory" \
+        berth copy-from cf1 /dev/null "$dst/"
+    expect_fail "no machine named 'nosuch'" berth copy-from nosuch /etc/hostname "$dst/"
+    expect_fail "not authorized to copy files out of machines" \
+        as_tester berth copy-from cf1 /etc/hostname /var/tmp/
+    # The host's side fails before reading: the machine's side, with more to write than a
+    # socket holds, is told so rather than waiting, and the error is the host's.
+    berth exec cf1 -- dd if=/dev/zero of=/srv/big bs=1M count=8 status=none
+    expect_fail "there is no directory $dst/no/such to copy into; create it first \(mkdir -p $dst/no/such\)" \
+        berth copy-from cf1 /srv/big "$dst/no/such/big"
+    # A FIFO (or device node) in the tree is refused by name, and nothing is kept.
+    berth exec cf1 -- sh -c 'mkdir -p /srv/pipes && mkfifo /srv/pipes/p'
+    expect_fail "'pipes/p' is not a regular file, directory or symlink .*; berth copy-from copies only those" \
+        berth copy-from cf1 /srv/pipes "$dst/"
+    [[ ! -e $dst/pipes && ! -e $dst/no ]] || fail "a refused copy left something"
+    left=$(find "$dst" -name '.#berth-copy-*')
+    [[ -z $left ]] || fail "staging left on the host: $left"
+    expect_ok berth rm --force cf1
+    rm -rf "$dst"
+}
+
 # gone_within SECONDS PID: waits for background job PID to end; its exit status, or 124 (and
 # a failure) when it is still running then.
 gone_within() {

@@ -1,36 +1,15 @@
-//! `berth copy-to`: a tar stream of the source, read as the calling user, sent to berthd
-//! through a socket whose other end travels with the D-Bus call.
+//! `berth copy-to` and `berth copy-from`: a tar stream through a socket whose other end
+//! travels with the D-Bus call. copy-to writes the source's stream, read as the calling
+//! user; copy-from unpacks the machine's stream on the host, written as the calling user.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use berth::api::ManagerProxy;
-use berth::runtime::copy::write_stream;
-
-/// Our end of the stream. berth keeps SIGPIPE at its default (so `berth list | head` ends
-/// quietly); a write after the machine's side gave up must fail instead of killing us.
-struct Sender(UnixStream);
-
-impl Write for Sender {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        rustix::net::send(&self.0, buf, rustix::net::SendFlags::NOSIGNAL).map_err(io::Error::from)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for Sender {
-    /// The stream ends when the writer is done, failed or not: the caller holds a clone of
-    /// this socket (to end a write left waiting), which would otherwise keep it open.
-    fn drop(&mut self) {
-        let _ = self.0.shutdown(std::net::Shutdown::Write);
-    }
-}
+use berth::runtime::copy::{self, Side, SocketWriter, write_stream};
 
 pub async fn copy_to(
     manager: &ManagerProxy<'_>,
@@ -74,7 +53,7 @@ pub async fn copy_to(
     let ours_again = ours.try_clone().context("creating a socket pair")?;
     let writer = {
         let (source, entry_name) = (absolute.clone(), entry_name.to_owned());
-        std::thread::spawn(move || write_stream(&source, &entry_name, Sender(ours)))
+        std::thread::spawn(move || write_stream(&source, &entry_name, SocketWriter(ours.into())))
     };
     let copied = manager
         .copy_to_machine(name, &destination, theirs.as_fd().into())
@@ -104,4 +83,48 @@ fn peer_gone(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
     )
+}
+
+pub async fn copy_from(
+    manager: &ManagerProxy<'_>,
+    name: &str,
+    source: &str,
+    destination: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let destination = destination.unwrap_or_else(|| PathBuf::from("."));
+    // unpack() wants an absolute path; absolute() keeps a trailing "/" (a directory that
+    // must exist).
+    let absolute = std::path::absolute(&destination)
+        .with_context(|| format!("cannot resolve {}", destination.display()))?;
+    let (ours, theirs) = UnixStream::pair().context("creating a socket pair")?;
+    let ours_again = ours.try_clone().context("creating a socket pair")?;
+    let reader = std::thread::spawn(move || {
+        let unpacked = copy::unpack(&ours, &absolute, Side::Host);
+        // Done, or failed before the stream's end: the machine's side gets an error for the
+        // rest rather than waiting for a reader forever.
+        let _ = ours.shutdown(std::net::Shutdown::Both);
+        unpacked
+    });
+    let copied = manager
+        .copy_from_machine(name, source, theirs.as_fd().into())
+        .await;
+    // Once berthd has answered, the stream holds all it will: what is left unread is in our
+    // socket's queue, and a read past it ends instead of waiting.
+    drop(theirs);
+    let _ = ours_again.shutdown(std::net::Shutdown::Both);
+    let unpacked = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("unpacking the copy stream failed"))?;
+    let written = match (copied, unpacked) {
+        (Ok(()), Ok(written)) => written,
+        // Our unpacking failed first (a destination in the way, a full disk): the machine's
+        // side saw us stop reading, or finished writing; ours is the error to show.
+        (Err(e), Err(ours)) if e.to_string().contains(copy::RECEIVER_GONE) => {
+            return Err(ours.into());
+        }
+        (Ok(()), Err(ours)) => return Err(ours.into()),
+        (Err(e), _) => return Err(e.into()),
+    };
+    println!("Copied {name}:{source} to {}.", written.display());
+    Ok(())
 }

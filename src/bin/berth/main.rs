@@ -427,6 +427,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::CopyTo { name, source, dest } => {
             copy::copy_to(&manager, &name, &source, dest).await?;
         }
+        Command::CopyFrom { name, source, dest } => {
+            copy::copy_from(&manager, &name, &source, dest).await?;
+        }
         Command::Kill {
             name,
             signal,
