@@ -336,7 +336,9 @@ fn unpack_entries(
     {
         let mut entry = entry.map_err(|e| failed("reading the copy stream", e))?;
         let kind = entry.header().entry_type();
-        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+        // A sparse file (tar's builder writes files with holes as GNU sparse entries) is a
+        // regular file whose holes stay holes.
+        if !(kind.is_file() || kind.is_gnu_sparse() || kind.is_dir() || kind.is_symlink()) {
             let path = entry.path().map(|p| p.display().to_string());
             return Err(CopyError::Failed(format!(
                 "'{}' is not a regular file, directory or symlink (a FIFO, socket or device node); {} copies only those",
@@ -817,6 +819,35 @@ mod tests {
         let e = pack(&machine.path().join("big"), SocketWriter(ours.into()))
             .expect_err("the pack should fail");
         assert_eq!(e.to_string(), RECEIVER_GONE);
+    }
+
+    #[test]
+    fn a_sparse_file_is_copied_with_its_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let host = tempfile::tempdir().expect("test step");
+        let machine = tempfile::tempdir().expect("test step");
+        let file = host.path().join("disk.img");
+        let image = fs::File::create(&file).expect("test step");
+        image.set_len(64 << 20).expect("test step");
+        std::os::unix::fs::FileExt::write_at(&image, b"data", 32 << 20).expect("test step");
+        let written = unpack(
+            &stream_of(&file, "disk.img")[..],
+            machine.path(),
+            Side::Machine,
+        )
+        .expect("test step");
+        let meta = fs::metadata(&written).expect("test step");
+        assert_eq!(meta.len(), 64 << 20);
+        let mut data = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &fs::File::open(&written).expect("test step"),
+            &mut data,
+            32 << 20,
+        )
+        .expect("test step");
+        assert_eq!(&data, b"data");
+        // Far fewer 512-byte blocks than 64 MiB takes (on a filesystem with holes).
+        assert!(meta.blocks() < 1024, "{} blocks", meta.blocks());
     }
 
     #[test]

@@ -335,7 +335,7 @@ test_75_set_changes_limits_live() {
 test_76_copy_to_puts_files_into_a_running_machine() {
     [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
     expect_ok berth create cp1 --image deb -- sleep infinity
-    local src=/var/tmp/copy-src
+    local src=/var/tmp/copy-src size blocks
     rm -rf "$src"
     mkdir -p "$src/site/sub"
     echo "port = 80" >"$src/app.conf"
@@ -378,6 +378,12 @@ test_76_copy_to_puts_files_into_a_running_machine() {
     expect_ok berth copy-to cp1 "$src/alias.conf"
     grep -qx "Copied $src/alias.conf to cp1:$src/alias.conf." "$OUT" || fail "symlink source's name"
     [[ $(berth exec cp1 -- cat "$src/alias.conf") == "port = 8080" ]] || fail "symlink source's content"
+    # A sparse file (a disk image) keeps its holes.
+    truncate -s 1G "$src/disk.img"
+    echo end >>"$src/disk.img"
+    expect_ok berth copy-to cp1 "$src/disk.img" /srv/
+    read -r size blocks < <(berth exec cp1 -- stat -c '%s %b' /srv/disk.img)
+    [[ $size == 1073741828 && $blocks -lt 1024 ]] || fail "sparse file: $size bytes, $blocks blocks"
 
     # Bad input: named, non-zero, nothing written and no staging directory left.
     expect_fail "destination 'etc/x' is not an absolute path in the machine" \
@@ -479,6 +485,37 @@ test_78_copy_from_takes_files_out_of_a_running_machine() {
     expect_fail "'pipes/p' is not a regular file, directory or symlink .*; berth copy-from copies only those" \
         berth copy-from cf1 /srv/pipes "$dst/"
     [[ ! -e $dst/pipes && ! -e $dst/no ]] || fail "a refused copy left something"
+    # A sparse file keeps its holes (tar writes it as a GNU sparse entry).
+    berth exec cf1 -- sh -c 'truncate -s 4G /srv/sparse && echo end >>/srv/sparse'
+    expect_ok berth copy-from cf1 /srv/sparse "$dst/"
+    [[ $(stat -c %s "$dst/sparse") == 4294967300 && $(stat -c %b "$dst/sparse") -lt 1024 ]] \
+        || fail "sparse file: $(stat -c '%s bytes, %b blocks' "$dst/sparse")"
+    [[ $(tail -c 4 "$dst/sparse") == end ]] || fail "sparse file's data"
+    # An interrupted copy (SIGTERM; Ctrl-C the same) leaves nothing either, and its side in
+    # the machine ends. berth is stopped (SIGSTOP) once it unpacks, so the copy can't end
+    # first.
+    local scope=/sys/fs/cgroup/machine.slice/machine-cf1.scope procs pid i rc
+    procs=$(cat $(find "$scope" -name cgroup.procs) | wc -l)
+    berth exec cf1 -- dd if=/dev/zero of=/srv/full bs=1M count=256 status=none
+    berth copy-from cf1 /srv/full "$dst/" >/dev/null 2>&1 &
+    pid=$!
+    for i in $(seq 1500); do
+        [[ -n $(find "$dst" -maxdepth 1 -name '.#berth-copy-*') ]] && break
+        sleep 0.02
+    done
+    kill -STOP "$pid"
+    [[ -n $(find "$dst" -maxdepth 1 -name '.#berth-copy-*') ]] || fail "the copy did not start unpacking"
+    kill -TERM "$pid"
+    kill -CONT "$pid"
+    rc=0
+    gone_within 30 "$pid" || rc=$?
+    [[ $rc == 1 ]] || fail "an interrupted copy ended with $rc"
+    [[ ! -e $dst/full ]] || fail "an interrupted copy left $dst/full"
+    for i in $(seq 100); do
+        (($(cat $(find "$scope" -name cgroup.procs) | wc -l) == procs)) && break
+        sleep 0.1
+    done
+    (($(cat $(find "$scope" -name cgroup.procs) | wc -l) == procs)) || fail "the machine's side of the copy runs on"
     left=$(find "$dst" -name '.#berth-copy-*')
     [[ -z $left ]] || fail "staging left on the host: $left"
     expect_ok berth rm --force cf1
@@ -495,7 +532,7 @@ gone_within() {
     done
     if kill -0 "$2" 2>/dev/null; then
         kill -KILL "$2"
-        fail "berth run did not end within $1 s of the signal"
+        fail "the berth command did not end within $1 s of the signal"
         return 124
     fi
     wait "$2"

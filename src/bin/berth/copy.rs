@@ -105,9 +105,18 @@ pub async fn copy_from(
         let _ = ours.shutdown(std::net::Shutdown::Both);
         unpacked
     });
-    let copied = manager
-        .copy_from_machine(name, source, theirs.as_fd().into())
-        .await;
+    // Interrupted (Ctrl-C, SIGTERM, SIGHUP), the copy is abandoned like one that failed: the
+    // unpacking sees the stream end early and removes what it wrote.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let copied = tokio::select! {
+        copied = manager.copy_from_machine(name, source, theirs.as_fd().into()) => Some(copied),
+        _ = interrupt.recv() => None,
+        _ = terminate.recv() => None,
+        _ = hangup.recv() => None,
+    };
     // Once berthd has answered, the stream holds all it will: what is left unread is in our
     // socket's queue, and a read past it ends instead of waiting.
     drop(theirs);
@@ -115,6 +124,9 @@ pub async fn copy_from(
     let unpacked = reader
         .join()
         .map_err(|_| anyhow::anyhow!("unpacking the copy stream failed"))?;
+    let Some(copied) = copied else {
+        bail!("interrupted; nothing was copied");
+    };
     let written = match (copied, unpacked) {
         (Ok(()), Ok(written)) => written,
         // Our unpacking failed first (a destination in the way, a full disk): the machine's
