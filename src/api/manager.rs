@@ -957,9 +957,9 @@ impl Manager {
     }
 
     /// Sends `signal` to machine `name`: to its PID 1 only with `leader_only`, else to every
-    /// process of it. To PID 1 only, a signal it neither blocks nor catches (the kernel would
-    /// drop it) is waited for up to 10 s (a guest's systemd right after its start), then
-    /// refused with an error and not sent. Needs org.berth.berth1.kill-machine.
+    /// process of it. To PID 1 only, a signal it ignores or neither blocks nor catches (the
+    /// kernel would drop it) is waited for up to 10 s (a guest's systemd right after its
+    /// start), then refused with an error and not sent. Needs org.berth.berth1.kill-machine.
     async fn kill_machine(
         &self,
         name: String,

@@ -533,8 +533,8 @@ pub async fn stop(
 const LEADER_SIGNAL_WAIT: Duration = Duration::from_secs(10);
 
 /// Sends `signal` to machine `name`: to its PID 1 only with `leader_only`, else to every
-/// process of it. The kernel drops a signal to a namespace's init that neither blocks nor
-/// catches it, silently; so to the leader only, berthd waits until the init takes the signal
+/// process of it. The kernel drops a signal to a namespace's init that ignores it, or neither
+/// blocks nor catches it, silently; so to the leader only, berthd waits until the init takes the signal
 /// (a guest's systemd right after its start), at most [`LEADER_SIGNAL_WAIT`], and sends nothing
 /// but an error if it never does. SIGKILL and SIGSTOP, which the host can always send, go at once.
 pub async fn kill(
@@ -553,9 +553,9 @@ pub async fn kill(
     {
         let signal = runtime::signals::name(signal);
         return Err(MachineError::InvalidArgument(format!(
-            "the init of machine '{name}' (PID {}) neither catches nor blocks {signal}, so the \
-             kernel would drop it; nothing was sent. Send it to every process of the machine \
-             (without --leader), or send SIGKILL",
+            "the init of machine '{name}' (host PID {}) does not handle {signal} (it ignores \
+             it, or neither catches nor blocks it), so the kernel would drop it; nothing was \
+             sent. Send it to every process of the machine (without --leader), or send SIGKILL",
             running.leader
         )));
     }

@@ -19,10 +19,8 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
-
-use std::os::fd::AsFd;
 
 use super::exec::{Exec, ExecConfig};
 use super::init::ExitStatus;

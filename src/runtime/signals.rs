@@ -1,15 +1,19 @@
 //! Whether a machine's PID 1 takes a signal yet.
 //!
-//! The kernel drops a signal sent to a PID namespace's init that neither blocks nor catches
-//! it. A booted guest's systemd only blocks its signals (to read them from a signalfd) a
-//! while after it was exec'd, so a poweroff request sent right after a start would be lost
-//! and the stop would end in SIGKILL once its timeout ran out. berthd waits for this first.
+//! The kernel drops a signal sent to a PID namespace's init that ignores it, or neither
+//! blocks nor catches it. A booted guest's systemd only blocks its signals (to read them from
+//! a signalfd) a while after it was exec'd, so a poweroff request sent right after a start
+//! would be lost and the stop would end in SIGKILL once its timeout ran out. berthd waits for
+//! this first.
 
 use std::fs;
 use std::io;
 
-/// Whether process `pid` blocks or catches `signal` (from /proc/PID/status), so that a
-/// `signal` sent to it now is not dropped though it is a namespace's init.
+/// Whether process `pid` catches `signal`, or blocks it without ignoring it (from
+/// /proc/PID/status), so that a `signal` sent to it now is not dropped though it is a
+/// namespace's init. (A blocked signal waits until it is unblocked, and is discarded then if
+/// it is ignored: systemd ignores SIGPIPE, and blocks every signal for a moment around a
+/// fork.)
 pub fn takes_signal(pid: u32, signal: i32) -> io::Result<bool> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     Ok(status_takes(&status, signal))
@@ -38,7 +42,7 @@ fn status_takes(status: &str, signal: i32) -> bool {
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
             .unwrap_or(0)
     };
-    let taking = mask("SigBlk:") | mask("SigCgt:");
+    let taking = (mask("SigBlk:") & !mask("SigIgn:")) | mask("SigCgt:");
     taking & (1 << bit) != 0
 }
 
@@ -70,6 +74,10 @@ mod tests {
         let fresh = status("0000000000000000", "0000000000000000");
         assert!(!status_takes(&fresh, rtmin3));
         assert!(!status_takes(&fresh, libc::SIGTERM));
+        // Ignored (SigIgn 0x1000: SIGPIPE, as systemd has it), though blocked for a moment.
+        let forking = status("fffffffffffffffe", "0000000000000000");
+        assert!(!status_takes(&forking, libc::SIGPIPE));
+        assert!(status_takes(&forking, libc::SIGTERM));
     }
 
     #[test]
