@@ -79,6 +79,25 @@ impl Manager {
         Ok((definition, i32::try_from(running.leader).unwrap_or(0)))
     }
 
+    /// The exec helper's configuration for a copy into or out of running machine `name`
+    /// (`verb`: copy-to or copy-from); the caller sets which way it goes.
+    async fn copy_config(
+        &self,
+        conn: &Connection,
+        name: &str,
+        verb: &str,
+    ) -> Result<crate::runtime::exec::ExecConfig, BusError> {
+        let (definition, leader) = self.running_machine(conn, name).await?;
+        Ok(lifecycle::exec_config(
+            &definition,
+            leader,
+            String::new(),
+            vec![verb.into()],
+            false,
+            Vec::new(),
+        ))
+    }
+
     /// Starts the exec helper; returns the id WaitExec takes and the terminal's master side.
     /// The command gets `stdio`, or with `config.tty` a new terminal of `window` rows and
     /// columns. When the caller (the sender of `header`) leaves the bus (`berth exec` killed,
@@ -237,6 +256,16 @@ fn storage_request(storage: &str, disk_size: u64) -> Result<Option<u64>, BusErro
             "unknown storage '{other}': use 'auto' (snapshot or copy of the image) or 'volume'"
         ))),
     }
+}
+
+/// Refuses `path` (the copy's `what`) unless it is an absolute path of the machine.
+fn check_machine_path(path: &str, what: &str, examples: &str) -> Result<(), BusError> {
+    if path.starts_with('/') && !path.contains('\0') {
+        return Ok(());
+    }
+    Err(BusError::InvalidArgument(format!(
+        "{what} '{path}' is not an absolute path in the machine; give one such as {examples}"
+    )))
 }
 
 /// The D-Bus error of a failed copy into or out of machine `name`: a path the caller must
@@ -890,30 +919,17 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, BusError> {
         authorize(conn, &header, Action::CopyToMachine).await?;
-        if !destination.starts_with('/') || destination.contains('\0') {
-            return Err(BusError::InvalidArgument(format!(
-                "destination '{destination}' is not an absolute path in the machine; give one such as /root/ or /etc/app.conf"
-            )));
-        }
-        let (definition, leader) = self.running_machine(conn, &name).await?;
+        check_machine_path(&destination, "destination", "/root/ or /etc/app.conf")?;
+        let mut config = self.copy_config(conn, &name, "copy-to").await?;
         tracing::info!(%name, %destination, "copy into machine");
-        let mut config = lifecycle::exec_config(
-            &definition,
-            leader,
-            String::new(),
-            vec!["copy-to".into()],
-            false,
-            Vec::new(),
-        );
         config.unpack_to = Some(destination);
         let helper = self.helper.clone();
-        let copied =
-            tokio::task::spawn_blocking(move || copy::copy_in(&helper, &config, archive.into()))
-                .await
-                .map_err(|e| BusError::Failed(format!("internal error: {e}")))?;
-        copied
-            .map(|written| written.display().to_string())
-            .map_err(|e| copy_error(&name, "copying into", e))
+        let written = blocking(move || {
+            copy::copy_in(&helper, &config, archive.into())
+                .map_err(|e| copy_error(&name, "copying into", e))
+        })
+        .await?;
+        Ok(written.display().to_string())
     }
 
     /// Copies a file or directory tree out of running machine `name`: the exec helper, inside
@@ -932,28 +948,16 @@ impl Manager {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), BusError> {
         authorize(conn, &header, Action::CopyFromMachine).await?;
-        if !source.starts_with('/') || source.contains('\0') {
-            return Err(BusError::InvalidArgument(format!(
-                "source '{source}' is not an absolute path in the machine; give one such as /etc/hostname or /var/log/"
-            )));
-        }
-        let (definition, leader) = self.running_machine(conn, &name).await?;
+        check_machine_path(&source, "source", "/etc/hostname or /var/log/")?;
+        let mut config = self.copy_config(conn, &name, "copy-from").await?;
         tracing::info!(%name, %source, "copy out of machine");
-        let mut config = lifecycle::exec_config(
-            &definition,
-            leader,
-            String::new(),
-            vec!["copy-from".into()],
-            false,
-            Vec::new(),
-        );
         config.pack_from = Some(source);
         let helper = self.helper.clone();
-        let copied =
-            tokio::task::spawn_blocking(move || copy::copy_out(&helper, &config, archive.into()))
-                .await
-                .map_err(|e| BusError::Failed(format!("internal error: {e}")))?;
-        copied.map_err(|e| copy_error(&name, "copying from", e))
+        blocking(move || {
+            copy::copy_out(&helper, &config, archive.into())
+                .map_err(|e| copy_error(&name, "copying from", e))
+        })
+        .await
     }
 
     /// Sends `signal` to machine `name`: to its PID 1 only with `leader_only`, else to every
