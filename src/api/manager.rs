@@ -1315,6 +1315,37 @@ impl Manager {
         Ok((self.entry(conn, definition).await?, storage.to_owned()))
     }
 
+    /// Stores stopped machine `name`'s root as image `image` at `version` (empty: an
+    /// unversioned image), with the machine's image as its base; the machine's own files
+    /// (hostname, machine-id, random seed, journal) get the base's back. An app machine's
+    /// command and settings become the image's defaults. Returns what was stored, as an
+    /// import does. Needs org.berth.berth1.commit-machine.
+    #[zbus(out_args("result"))]
+    async fn commit_machine(
+        &self,
+        name: String,
+        image: String,
+        version: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<ImportResult, BusError> {
+        authorize(conn, &header, Action::CommitMachine).await?;
+        self.machines.get(&name)?;
+        let target = ImageRef::new(&image, &version)?.to_string();
+        if lifecycle::state(conn, &name).await?.is_some() {
+            return Err(MachineError::InvalidArgument(format!(
+                "machine '{name}' is running; stop it first ('berth stop {name}'), then commit \
+                 it: a running machine's root is changing under the copy"
+            ))
+            .into());
+        }
+        let machines = self.machines.clone();
+        tracing::info!(%name, %target, "committing machine");
+        let report = blocking(move || machines.commit(&name, &target)).await?;
+        tracing::info!(image = %report.name, snapshot = report.snapshot, refused = report.refused.len(), "committed machine");
+        Ok(report.into())
+    }
+
     /// The machines made from an image version that is not the newest any more, or from an
     /// image whose base has a newer version: (machine, image, newer image, reason). Open to
     /// everyone.

@@ -50,13 +50,15 @@ pub enum Action {
     RemoveMachine,
     /// Move a machine to another image version (rebase).
     RebaseMachine,
+    /// Store a stopped machine's root as a new image (commit; a root may hold secrets).
+    CommitMachine,
     /// Make a machine start at boot, or not (enable, disable).
     EnableMachine,
 }
 
 impl Action {
     /// Every action, in the order of the policy file.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::ImportImage,
         Self::PullImage,
         Self::BuildImage,
@@ -75,6 +77,7 @@ impl Action {
         Self::SetProperties,
         Self::RemoveMachine,
         Self::RebaseMachine,
+        Self::CommitMachine,
         Self::EnableMachine,
     ];
 
@@ -98,6 +101,7 @@ impl Action {
             Self::SetProperties => "org.berth.berth1.set-properties",
             Self::RemoveMachine => "org.berth.berth1.remove-machine",
             Self::RebaseMachine => "org.berth.berth1.rebase-machine",
+            Self::CommitMachine => "org.berth.berth1.commit-machine",
             Self::EnableMachine => "org.berth.berth1.enable-machine",
         }
     }
@@ -122,6 +126,7 @@ impl Action {
             Self::SetProperties => "change machines' resource limits",
             Self::RemoveMachine => "remove machines",
             Self::RebaseMachine => "rebase machines",
+            Self::CommitMachine => "store machines as images",
             Self::EnableMachine => "enable or disable machines at boot",
         }
     }

@@ -20,7 +20,7 @@ pub struct ImageEntry {
     pub origin: String,
     pub size_bytes: u64,
     pub created_usec: u64,
-    /// What it was built from, `NAME@VERSION@DIGEST` (empty: imported).
+    /// What it was built or committed from, `NAME@VERSION@DIGEST` (empty: imported).
     pub base: String,
     /// The git commit it was built from (empty: not built from git).
     pub commit: String,
@@ -43,8 +43,9 @@ impl From<ImageInfo> for ImageEntry {
     }
 }
 
-/// What an import did, `(ssstas)`: name, digest, storage ("btrfs subvolume" or "directory"),
-/// size in bytes, and one line per refused entry ("PATH: why").
+/// What an import did, `(ssstas)`: name, digest, storage ("btrfs subvolume", "directory", or
+/// "btrfs snapshot" for a machine's root committed as one), size in bytes, and one line per
+/// refused entry ("PATH: why").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ImportResult {
     pub name: String,
@@ -59,7 +60,9 @@ impl From<ImportReport> for ImportResult {
         Self {
             name: r.name,
             digest: r.record.digest,
-            storage: if r.subvolume {
+            storage: if r.snapshot {
+                "btrfs snapshot".into()
+            } else if r.subvolume {
                 "btrfs subvolume".into()
             } else {
                 "directory".into()

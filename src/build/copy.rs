@@ -39,15 +39,6 @@ pub(super) fn tree_path(path: &str) -> Result<TreePath, String> {
         .map_err(|reason| format!("'{path}': {reason}"))
 }
 
-pub(super) fn open_root(root: &Path) -> Result<OwnedFd, String> {
-    rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("opening the build root: {e}"))
-}
-
 /// The UID and GID of COPY --chown's `USER[:GROUP]`, looked up in the root's own /etc/passwd
 /// and /etc/group (numbers need not be there).
 pub(super) fn owner(root: &Path, spec: &str) -> Result<(u32, u32), String> {

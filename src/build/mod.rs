@@ -229,7 +229,7 @@ async fn store(
     app: AppDefaults,
 ) -> Result<ImportReport, BuildError> {
     let root = machines.root_of(name);
-    restore_identity(&root, &base.path)?;
+    let base_path = base.path.clone();
     let record = ImageRecord {
         origin: format!("build:{}", request.source),
         base: Some(BaseImage {
@@ -250,7 +250,7 @@ async fn store(
     };
     let pool = pool.clone();
     let target = target.to_string();
-    blocking(move || pool.import_built(&target, &root, record)).await
+    blocking(move || pool.import_machine_root(&target, &root, Some(&base_path), record)).await
 }
 
 async fn blocking<T: Send + 'static, E: Send + 'static>(
@@ -464,39 +464,6 @@ fn absolute(workdir: &str, path: &str) -> String {
     } else {
         format!("{}/{path}", workdir.trim_end_matches('/'))
     }
-}
-
-/// The build machine's identity files go: the image gets its base's /etc/hostname and
-/// /etc/machine-id back (a machine made from it gets its own at create).
-fn restore_identity(root: &Path, base: &Path) -> Result<(), BuildError> {
-    let mut tree = image::tree::TreeWriter::new(
-        copy::open_root(root)
-            .map_err(|e| io_error("opening the build root")(io::Error::other(e)))?,
-    );
-    for file in ["etc/hostname", "etc/machine-id"] {
-        let path = copy::tree_path(file).map_err(|e| io_error(file)(io::Error::other(e)))?;
-        match File::open(base.join(file)) {
-            Ok(mut original) => {
-                let meta = original
-                    .metadata()
-                    .map_err(io_error(format!("reading the base's /{file}")))?;
-                let meta = image::tree::Metadata {
-                    mode: std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
-                    mtime: std::os::unix::fs::MetadataExt::mtime(&meta),
-                    ..image::tree::Metadata::default()
-                };
-                let result = tree.file(&path, &meta, image::tree::Content::Reader(&mut original));
-                tree.settle(file, result)
-                    .map_err(io_error(format!("restoring /{file}")))?;
-            }
-            Err(_) => {
-                let _ = rustix::fs::unlinkat(tree.root(), file, rustix::fs::AtFlags::empty());
-            }
-        }
-    }
-    tree.finish()
-        .map_err(io_error("restoring the image's identity"))?;
-    Ok(())
 }
 
 /// Stops the build machine: closing its pipe ends its shell; a machine still running after

@@ -132,7 +132,7 @@ fn base_reference(base: &str) -> String {
     image_reference(name, version)
 }
 
-/// `berth images --tree`: every image under the image it was built from.
+/// `berth images --tree`: every image under the image it was built or committed from.
 pub fn images_tree(images: &[ImageEntry]) -> String {
     let references: Vec<String> = images
         .iter()

@@ -147,7 +147,7 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Show the lineage: each image under the image it was built from.
+        /// Show the lineage: each image under the image it was built or committed from.
         #[arg(long, conflicts_with = "json")]
         tree: bool,
     },
@@ -621,6 +621,30 @@ pub enum Command {
         /// The new machine's hostname (default: its name).
         #[arg(long)]
         hostname: Option<String>,
+    },
+    /// Store a stopped machine's root as a new image.
+    ///
+    /// The image records the machine's image (name, version, digest) as its base, so 'berth
+    /// images --tree' shows where it came from and 'berth list --outdated' tells when that
+    /// base has a newer version. What makes the machine itself does not travel: /etc/hostname,
+    /// /etc/machine-id, systemd's random seed and credential secret get the base image's
+    /// versions back (or go), and the machine's journal goes. An app machine's command, user,
+    /// working directory and environment become the image's defaults. It is a btrfs snapshot
+    /// when the root is a subvolume on the pool's btrfs (instant), a copy elsewhere.
+    #[command(
+        disable_version_flag = true,
+        after_help = "Examples:
+  berth commit web web-golden --version 1.0
+  berth create web2 --image web-golden --boot"
+    )]
+    Commit {
+        /// The machine (stopped).
+        name: String,
+        /// The new image's name (see import-tar).
+        image: String,
+        /// Store it as this version of IMAGE (see import-tar).
+        #[arg(long = "version", value_name = "VERSION")]
+        image_version: Option<String>,
     },
 }
 

@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 
 use super::ImageError;
 use super::tree::{Content, EntryError, Metadata, RefuseReason, TreePath, TreeWriter};
@@ -27,6 +28,43 @@ pub fn copy_tree(source: OwnedFd, tree: &mut TreeWriter) -> Result<(), ImageErro
     let result = copy.tree.directory(&TreePath::root(), &meta);
     copy.settle(&TreePath::root(), result)?;
     copy.dir(&source, &TreePath::root())
+}
+
+/// Copies the entry at `path` of the tree open as `source` (whatever it is: a file, a
+/// symlink, a whole directory) to the same path in `tree`, never following a symlink on the
+/// way there. Returns whether `source` has an entry at `path`.
+pub(super) fn copy_entry(
+    source: &OwnedFd,
+    path: &TreePath,
+    tree: &mut TreeWriter,
+) -> Result<bool, ImageError> {
+    let Some(name) = path.components().last().map(OsStr::to_owned) else {
+        return Ok(false);
+    };
+    let mut dir = source
+        .try_clone()
+        .map_err(ImageError::io("reading the source directory"))?;
+    let parents: Vec<&OsStr> = path.components().collect();
+    for part in &parents[..parents.len() - 1] {
+        dir = match open_nofollow(&dir, part, OFlags::DIRECTORY) {
+            Ok(next) => next,
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(false),
+            Err(e) => return Err(read_error(&path.to_string(), e)),
+        };
+    }
+    match rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => {}
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(read_error(&path.to_string(), e)),
+    }
+    let st = rustix::fs::fstat(source).map_err(|e| read_error(".", e))?;
+    let mut copy = TreeCopy {
+        tree,
+        device: st.st_dev,
+        links: HashMap::new(),
+    };
+    copy.entry(&dir, &name, path)?;
+    Ok(true)
 }
 
 struct TreeCopy<'t> {

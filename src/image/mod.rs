@@ -5,6 +5,7 @@
 pub mod containerfile;
 pub mod export;
 mod fs_import;
+pub mod identity;
 mod oci;
 mod pool;
 pub mod pull;

@@ -33,6 +33,8 @@ pub struct ImportReport {
     pub refused: Vec<Refusal>,
     /// Whether the image is a btrfs subvolume (else a plain directory).
     pub subvolume: bool,
+    /// Whether it is a btrfs snapshot of the tree it was made from (a machine's root).
+    pub snapshot: bool,
 }
 
 /// One image as `berth images` shows it.
@@ -221,28 +223,58 @@ impl Pool {
         self.import_tar(target, download, url)
     }
 
-    /// Copies the finished tree `root` (a build's) as image `target` with `record` (origin,
-    /// base, build source and app defaults set by the builder).
-    pub fn import_built(
+    /// Stores the tree `root`, a stopped machine's root (a build's, or the one `berth commit`
+    /// names), as image `target` with `record` (origin, base, build source and app defaults
+    /// set by the caller): a btrfs snapshot when `root` is a subvolume on the pool's btrfs
+    /// (instant, and sharing its data), else a copy. The machine's own files (identity, random
+    /// seed, journal) get those of the image at `base` back, or go (see [`super::identity`]).
+    pub fn import_machine_root(
         &self,
         target: &str,
         root: &Path,
-        record: ImageRecord,
+        base: Option<&Path>,
+        mut record: ImageRecord,
     ) -> Result<ImportReport, ImageError> {
-        let (target, staging) = self.begin(target)?;
-        let mut tree = TreeWriter::new(staging.open()?);
-        let source = rustix::fs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| ImageError::io(format!("opening {}", root.display()))(e.into()))?;
-        fs_import::copy_tree(source, &mut tree)?;
+        let target = self.check_target(target)?;
+        let snapshot = if sys::btrfs::is_subvolume(root) {
+            Staging::snapshot(&self.images, "import", &target.name, root)
+        } else {
+            None
+        };
+        let (staging, mut tree) = match snapshot {
+            Some(staging) => {
+                let tree = TreeWriter::new(staging.open_existing()?);
+                // What the snapshot holds already; complete() adds what is written now.
+                record.size_bytes = disk_usage(&staging.path);
+                (staging, tree)
+            }
+            None => {
+                let staging = Staging::create(&self.images, "import", &target.name)?;
+                let mut tree = TreeWriter::new(staging.open()?);
+                let source = rustix::fs::open(
+                    root,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| ImageError::io(format!("opening {}", root.display()))(e.into()))?;
+                fs_import::copy_tree(source, &mut tree)?;
+                (staging, tree)
+            }
+        };
+        super::identity::restore_base(&mut tree, base)?;
         self.complete(&target, staging, tree, record)
     }
 
     /// Checks that `target` may be imported and makes its staging directory.
     pub(super) fn begin(&self, target: &str) -> Result<(ImageRef, Staging), ImageError> {
+        let target = self.check_target(target)?;
+        let staging = Staging::create(&self.images, "import", &target.name)?;
+        Ok((target, staging))
+    }
+
+    /// Checks that `target` may be imported (a valid name, not taken, no clash between
+    /// versioned and unversioned) and makes the pool's directory.
+    fn check_target(&self, target: &str) -> Result<ImageRef, ImageError> {
         let target = ImageRef::parse(target)?;
         let name = &target.name;
         let versions = self.versions(name);
@@ -265,12 +297,12 @@ impl Pool {
             "creating the image directory {}",
             self.images.display()
         )))?;
-        let staging = Staging::create(&self.images, "import", name)?;
-        Ok((target, staging))
+        Ok(target)
     }
 
     /// Syncs the staged tree, moves it into place as `target` and writes its record
-    /// (`record`'s size, time and version are filled in here).
+    /// (`record`'s time and version are filled in here, and the bytes written are added to
+    /// its size: a snapshot's caller counted what was there before).
     pub(super) fn complete(
         &self,
         target: &ImageRef,
@@ -278,14 +310,14 @@ impl Pool {
         tree: TreeWriter,
         mut record: ImageRecord,
     ) -> Result<ImportReport, ImageError> {
-        record.size_bytes = tree.bytes_written();
+        record.size_bytes += tree.bytes_written();
         tree.sync().map_err(ImageError::io("syncing the image"))?;
         let refused = tree
             .finish()
             .map_err(ImageError::io("setting directory times"))?;
         record.created_usec = now_usec();
         record.version = target.version.clone().unwrap_or_default();
-        let subvolume = staging.subvolume;
+        let (subvolume, snapshot) = (staging.subvolume, staging.snapshot);
         let version = target.version.as_deref();
         let path = self.image_path(&target.name, version);
         if version.is_some() {
@@ -308,6 +340,7 @@ impl Pool {
             record,
             refused,
             subvolume,
+            snapshot,
         })
     }
 
@@ -611,7 +644,11 @@ pub fn clean_staging(dir: &Path) -> usize {
             .file_name()
             .to_str()
             .is_some_and(|n| n.starts_with(STAGING_PREFIX));
-        if stale {
+        if stale && is_mount_point(&entry.path()) {
+            // A volume a crash left mounted (a machine's, being read): deleting below it would
+            // delete the machine's files.
+            tracing::warn!(path = %entry.path().display(), "a stale staging directory is a mount point; not removing it: unmount it ('umount PATH'), then restart berthd");
+        } else if stale {
             match remove_tree(&entry.path()) {
                 Ok(()) => cleaned += 1,
                 Err(e) => {
@@ -681,6 +718,8 @@ impl Pool {
 pub(super) struct Staging {
     path: PathBuf,
     subvolume: bool,
+    /// A snapshot of an existing subvolume, not a new, empty one.
+    snapshot: bool,
     committed: bool,
 }
 
@@ -697,6 +736,7 @@ impl Staging {
         Ok(Self {
             path,
             subvolume,
+            snapshot: false,
             committed: false,
         })
     }
@@ -708,6 +748,7 @@ impl Staging {
             Ok(()) => Some(Self {
                 path,
                 subvolume: true,
+                snapshot: true,
                 committed: false,
             }),
             Err(e) => {
@@ -723,6 +764,7 @@ impl Staging {
         super::spare::take(pool, source, &path).then_some(Self {
             path,
             subvolume: true,
+            snapshot: true,
             committed: false,
         })
     }
@@ -778,6 +820,30 @@ impl Drop for Staging {
         if let Err(e) = remove_tree(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot remove staging directory");
         }
+    }
+}
+
+/// Whether something is mounted on `path` (statx's STATX_ATTR_MOUNT_ROOT; a btrfs subvolume
+/// has a device number of its own but is no mount); before Linux 5.8, a device number other
+/// than its parent's on anything but a subvolume.
+fn is_mount_point(path: &Path) -> bool {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    match rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        AtFlags::NO_AUTOMOUNT | AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::empty(),
+    ) {
+        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
+            st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        }
+        Ok(_) => {
+            use std::os::unix::fs::MetadataExt;
+            let device = |p: &Path| p.metadata().map(|m| m.dev()).ok();
+            device(path) != path.parent().and_then(device) && !sys::btrfs::is_subvolume(path)
+        }
+        Err(Errno::NOENT) => false,
+        Err(_) => true,
     }
 }
 

@@ -20,7 +20,7 @@ pub struct ImageRecord {
     /// The version, empty for an unversioned image.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
-    /// The image a build started from.
+    /// The image a build started from, or the image of the machine it was committed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseImage>,
     /// How a build made it.

@@ -545,3 +545,63 @@ fn versions_live_side_by_side_and_the_name_means_the_newest() {
     assert!(matches!(f.pool.get("os"), Err(ImageError::NotFound(_))));
     assert!(staging_leftovers(&f.root.join("machines")).is_empty());
 }
+
+#[test]
+fn a_machine_root_becomes_an_image_without_the_machines_own_files() {
+    let f = fixture();
+    let base = f.root.join("base");
+    fs::create_dir_all(base.join("etc")).expect("base");
+    fs::write(base.join("etc/hostname"), "debian\n").expect("base hostname");
+    let machine = f.root.join("machine");
+    fs::create_dir_all(machine.join("etc")).expect("root");
+    fs::create_dir_all(machine.join("srv")).expect("root");
+    fs::write(machine.join("etc/hostname"), "web\n").expect("hostname");
+    fs::write(
+        machine.join("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .expect("machine-id");
+    fs::write(machine.join("srv/site"), "hello").expect("site");
+    let record = ImageRecord {
+        origin: "machine:web".into(),
+        base: Some(BaseImage {
+            name: "deb".into(),
+            version: "12".into(),
+            digest: String::new(),
+        }),
+        ..ImageRecord::default()
+    };
+    let report = f
+        .pool
+        .import_machine_root("golden@1.0", &machine, Some(&base), record)
+        .expect("commit");
+    assert_eq!(report.name, "golden@1.0");
+    assert!(!report.snapshot);
+    let image = f.pool.get("golden@1.0").expect("stored");
+    assert_eq!(
+        fs::read_to_string(image.path.join("srv/site")).expect("site"),
+        "hello"
+    );
+    assert_eq!(
+        fs::read_to_string(image.path.join("etc/hostname")).expect("hostname"),
+        "debian\n"
+    );
+    assert!(!image.path.join("etc/machine-id").exists());
+    assert_eq!(image.record.origin, "machine:web");
+    assert_eq!(
+        image.record.base.as_ref().map(BaseImage::display),
+        Some("deb@12".to_owned())
+    );
+    assert!(image.record.size_bytes >= 5);
+    // The machine's root is untouched.
+    assert_eq!(
+        fs::read_to_string(machine.join("etc/hostname")).expect("machine hostname"),
+        "web\n"
+    );
+    // A taken name is refused before anything is copied.
+    let again =
+        f.pool
+            .import_machine_root("golden@1.0", &machine, Some(&base), ImageRecord::default());
+    assert!(matches!(again, Err(ImageError::Exists(_))), "{again:?}");
+    assert!(staging_leftovers(&f.root.join("machines")).is_empty());
+}

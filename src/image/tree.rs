@@ -149,6 +149,11 @@ impl TreePath {
         Self(parts)
     }
 
+    /// The path's components, outermost first.
+    pub fn components(&self) -> impl Iterator<Item = &OsStr> {
+        self.0.iter().map(OsString::as_os_str)
+    }
+
     /// The directory holding this entry; `None` for the root.
     pub fn parent(&self) -> Option<Self> {
         self.split_last().map(|(_, parent)| Self(parent.to_vec()))

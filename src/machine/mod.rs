@@ -5,6 +5,7 @@
 //! `/etc/machine-id` (through the same symlink-safe writer as imports), and only then writes
 //! the definition; a failure at any step leaves nothing behind.
 
+mod commit;
 pub mod crash_points;
 mod definition;
 pub mod io_check;

@@ -226,19 +226,31 @@ impl Machines {
                 if !base.version.is_empty()
                     && let Some(newest) = newer_than(&base.name, &base.version)
                 {
+                    let (made, remedy) = match &info.record.build {
+                        Some(_) => (
+                            "built",
+                            format!("rebuild {}, then 'berth rebase {}'", info.name, d.name),
+                        ),
+                        // Committed from a machine: nothing can remake it by itself.
+                        None => (
+                            "made",
+                            format!(
+                                "commit a machine made from {}@{newest} as a new version of {}, \
+                                 then 'berth rebase {}'",
+                                base.name, info.name, d.name
+                            ),
+                        ),
+                    };
                     outdated.push(Outdated {
                         machine: d.name.clone(),
                         image: image.clone(),
                         newer: format!("{}@{newest}", base.name),
                         reason: format!(
-                            "{} was built from {}@{}, and {}@{newest} is newer (rebuild {}, \
-                             then 'berth rebase {}')",
+                            "{} was {made} from {}@{}, and {}@{newest} is newer ({remedy})",
                             info.reference(),
                             base.name,
                             base.version,
                             base.name,
-                            info.name,
-                            d.name
                         ),
                     });
                     break;

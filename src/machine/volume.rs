@@ -86,7 +86,18 @@ pub struct Mounted {
 }
 
 impl Mounted {
+    /// Mounted for writing (filling a new volume).
     pub fn new(volume: &Path, dir: PathBuf) -> Result<Self, MachineError> {
+        Self::mount(volume, dir, "loop,nosuid,nodev")
+    }
+
+    /// Mounted read-only (reading a machine's own volume: nothing done to the mount can
+    /// change the machine's files).
+    pub fn read_only(volume: &Path, dir: PathBuf) -> Result<Self, MachineError> {
+        Self::mount(volume, dir, "loop,ro,nosuid,nodev,noexec")
+    }
+
+    fn mount(volume: &Path, dir: PathBuf, options: &str) -> Result<Self, MachineError> {
         fs::create_dir(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
         let mut mounted = Self {
             dir,
@@ -96,7 +107,7 @@ impl Mounted {
             "mount",
             &[
                 "-o",
-                "loop,nosuid,nodev",
+                options,
                 &volume.to_string_lossy(),
                 &mounted.dir.to_string_lossy(),
             ],

@@ -51,6 +51,7 @@ test_97_each_change_needs_its_own_polkit_action() {
     refused set-properties berth set authz-up CPUWeight=50
     refused remove-machine berth rm authz
     refused rebase-machine berth rebase authz
+    refused commit-machine berth commit authz authz-img
     refused enable-machine berth enable authz
     refused enable-machine berth disable authz
 
@@ -70,7 +71,8 @@ test_97_each_change_needs_its_own_polkit_action() {
         org.freedesktop.PolicyKit1.Authority EnumerateActions s "")
     for id in import-image pull-image build-image export-image remove-image create-machine \
         start-machine run-machine stop-machine kill-machine restart-machine exec-machine \
-        shell-machine copy-to-machine set-properties remove-machine rebase-machine enable-machine; do
+        shell-machine copy-to-machine copy-from-machine set-properties remove-machine rebase-machine \
+        commit-machine enable-machine; do
         grep -q "\"org.berth.berth1.$id\"" <<<"$declared" || fail "polkit doesn't know $id"
     done
 

@@ -603,6 +603,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 machine.uid_base + (berth::machine::RANGE_SIZE - 1)
             );
         }
+        Command::Commit {
+            name,
+            image,
+            image_version,
+        } => {
+            let result = manager
+                .commit_machine(&name, &image, &image_version.unwrap_or_default())
+                .await?;
+            println!(
+                "Committed machine '{name}' as image '{}': {} in a {}.",
+                result.name,
+                format::size(result.size_bytes),
+                result.storage
+            );
+            print_refused(&result.refused);
+        }
         Command::Clone {
             source,
             target,
@@ -1005,12 +1021,16 @@ pub(crate) fn report_import(result: &ImportResult) {
             format!(", {}", result.digest)
         }
     );
-    if !result.refused.is_empty() {
+    print_refused(&result.refused);
+}
+
+fn print_refused(refused: &[String]) {
+    if !refused.is_empty() {
         eprintln!(
             "berth: warning: {} entries were not written into the image:",
-            result.refused.len()
+            refused.len()
         );
-        for line in &result.refused {
+        for line in refused {
             eprintln!("  {line}");
         }
     }
