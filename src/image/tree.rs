@@ -15,7 +15,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -336,8 +336,8 @@ impl TreeWriter {
         )?;
         let mut file = File::from(fd);
         self.bytes += match content {
-            Content::File(src) => io::copy(src, &mut file)?,
-            Content::Reader(src) => copy_with(&mut self.buffer, src, &mut file)?,
+            Content::File(src) => copy_file(&mut self.buffer, src, &file)?,
+            Content::Reader(src) => copy_stream(&mut self.buffer, src, &mut file)?,
         };
         apply_fd_metadata(file.as_fd(), meta)?;
         rustix::fs::futimens(&file, &timestamps(meta.mtime))?;
@@ -672,18 +672,122 @@ pub fn timestamps(mtime: i64) -> Timestamps {
     }
 }
 
-fn copy_with(buffer: &mut [u8], src: &mut dyn Read, dst: &mut File) -> io::Result<u64> {
+/// Holes are made of whole blocks of zeros this size (as `cp --sparse=always` does).
+const HOLE_BLOCK: usize = 4096;
+
+/// Copies the stream `src` into the new, empty file `dst`; blocks of zeros are skipped, not
+/// written, so they stay holes (a sparse file in an archive arrives as a stream of zeros).
+/// Returns the bytes copied.
+fn copy_stream(buffer: &mut [u8], src: &mut dyn Read, dst: &mut File) -> io::Result<u64> {
     let mut total = 0;
+    let mut ends_in_hole = false;
     loop {
         let n = match src.read(buffer) {
-            Ok(0) => return Ok(total),
+            Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        dst.write_all(&buffer[..n])?;
+        for (zeros, run) in runs(&buffer[..n]) {
+            if zeros {
+                dst.seek(io::SeekFrom::Current(run.len() as i64))?;
+            } else {
+                dst.write_all(run)?;
+            }
+            ends_in_hole = zeros;
+        }
         total += n as u64;
     }
+    if ends_in_hole {
+        dst.set_len(total)?;
+    }
+    Ok(total)
+}
+
+/// `data` cut into maximal runs of whole zero blocks and of anything else: (zeros, run).
+fn runs(data: &[u8]) -> impl Iterator<Item = (bool, &[u8])> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let zero_block = |block: &[u8]| block.len() == HOLE_BLOCK && block.iter().all(|b| *b == 0);
+        let zeros = zero_block(&rest[..rest.len().min(HOLE_BLOCK)]);
+        let mut len = 0;
+        while len < rest.len() {
+            let block = &rest[len..rest.len().min(len + HOLE_BLOCK)];
+            if zero_block(block) != zeros {
+                break;
+            }
+            len += block.len();
+        }
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some((zeros, run))
+    })
+}
+
+/// Copies the file `src` into the new, empty file `dst`, its data only: the holes of a
+/// sparse file stay holes (SEEK_DATA/SEEK_HOLE), and the data goes by copy_file_range,
+/// which shares it (reflink) where the filesystem can. Returns the file's length.
+fn copy_file(buffer: &mut [u8], src: &File, dst: &File) -> io::Result<u64> {
+    use rustix::fs::SeekFrom;
+    let len = src.metadata()?.len();
+    let mut offset = 0;
+    while offset < len {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(offset)) {
+            Ok(data) => data,
+            // No data after `offset`: the rest is a hole.
+            Err(Errno::NXIO) => break,
+            // A filesystem without SEEK_DATA: all data.
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => offset,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+            Ok(hole) => hole.min(len),
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => len,
+            Err(e) => return Err(e.into()),
+        };
+        if copy_range(buffer, src, dst, data, hole - data)? < hole - data {
+            // The file shrank while being copied: what is left is past its end.
+            break;
+        }
+        offset = hole;
+    }
+    dst.set_len(len)?;
+    Ok(len)
+}
+
+/// Copies `count` bytes at `at` of `src` to the same offset of `dst`; returns the bytes
+/// copied (fewer only when `src` ended first).
+fn copy_range(buffer: &mut [u8], src: &File, dst: &File, at: u64, count: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let (mut from, mut to) = (at, at);
+    let end = at + count;
+    let mut read_write = false;
+    while from < end {
+        let left = usize::try_from(end - from).unwrap_or(usize::MAX);
+        if !read_write {
+            match rustix::fs::copy_file_range(src, Some(&mut from), dst, Some(&mut to), left) {
+                Ok(0) => break,
+                Ok(_) | Err(Errno::INTR) => continue,
+                // Across filesystems (or where it isn't supported): read and write.
+                Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                    read_write = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let want = left.min(buffer.len());
+        let n = src.read_at(&mut buffer[..want], from)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buffer[..n], to)?;
+        from += n as u64;
+        to += n as u64;
+    }
+    Ok(from - at)
 }
 
 #[cfg(test)]
@@ -770,5 +874,96 @@ mod tests {
             .expect("not a directory: nothing to do");
         tree.empty_dir(&path("missing")).expect("nothing there");
         assert!(root.join("file").is_file());
+    }
+
+    #[test]
+    fn runs_are_whole_zero_blocks_or_anything_else() {
+        let mut data = vec![0u8; HOLE_BLOCK];
+        data.extend_from_slice(b"data");
+        data.extend(vec![0u8; 2 * HOLE_BLOCK]);
+        data.extend(vec![0u8; 100]);
+        let found: Vec<(bool, usize)> = runs(&data).map(|(z, r)| (z, r.len())).collect();
+        // Zeros that don't fill a block stay data: the 4 bytes' block and the short tail.
+        assert_eq!(
+            found,
+            vec![
+                (true, HOLE_BLOCK),
+                (false, HOLE_BLOCK),
+                (true, HOLE_BLOCK),
+                (false, 4 + 100)
+            ]
+        );
+        assert_eq!(runs(&[]).count(), 0);
+    }
+
+    /// Whether files in `dir` can have holes (the test's filesystem may not).
+    fn holes_supported(dir: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let probe = dir.join("probe");
+        let file = File::create(&probe).expect("probe");
+        file.set_len(1 << 20).expect("probe size");
+        file.metadata().expect("probe metadata").blocks() == 0
+    }
+
+    fn sparse_content() -> Vec<u8> {
+        let mut data = vec![0u8; 1 << 20];
+        data.extend_from_slice(b"middle");
+        data.extend(vec![0u8; 1 << 20]);
+        data
+    }
+
+    #[test]
+    fn streams_of_zeros_become_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = sparse_content();
+        let path = dir.path().join("copy");
+        let mut file = File::create_new(&path).expect("create");
+        let mut buffer = vec![0; COPY_BUFFER];
+        let copied = copy_stream(&mut buffer, &mut data.as_slice(), &mut file).expect("copy");
+        drop(file);
+        assert_eq!(copied, data.len() as u64);
+        assert_eq!(std::fs::read(&path).expect("read"), data);
+        if holes_supported(dir.path()) {
+            let blocks = std::fs::metadata(&path).expect("metadata").blocks();
+            assert!(blocks * 512 < 64 * 1024, "{blocks} blocks allocated");
+        }
+    }
+
+    #[test]
+    fn sparse_files_are_copied_with_their_holes() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source_path = dir.path().join("source");
+        let source = File::create_new(&source_path).expect("source");
+        source.set_len(4 << 20).expect("size");
+        source.write_all_at(b"middle", 1 << 20).expect("data");
+        source.write_all_at(b"end", (4 << 20) - 3).expect("data");
+        drop(source);
+        let path = dir.path().join("copy");
+        let file = File::create_new(&path).expect("create");
+        let mut buffer = vec![0; COPY_BUFFER];
+        let source = File::open(&source_path).expect("open");
+        let copied = copy_file(&mut buffer, &source, &file).expect("copy");
+        drop(file);
+        assert_eq!(copied, 4 << 20);
+        assert_eq!(
+            std::fs::read(&path).expect("copy"),
+            std::fs::read(&source_path).expect("source")
+        );
+        if holes_supported(dir.path()) {
+            let blocks = std::fs::metadata(&path).expect("metadata").blocks();
+            assert!(blocks * 512 < 256 * 1024, "{blocks} blocks allocated");
+        }
+        // A file that ends in a hole keeps its length.
+        let tail_path = dir.path().join("tail");
+        let tail = File::create_new(&tail_path).expect("tail");
+        tail.write_all_at(b"x", 0).expect("data");
+        tail.set_len(1 << 20).expect("size");
+        drop(tail);
+        let out = File::create_new(dir.path().join("tail-copy")).expect("create");
+        let tail = File::open(&tail_path).expect("open");
+        assert_eq!(copy_file(&mut buffer, &tail, &out).expect("copy"), 1 << 20);
+        assert_eq!(out.metadata().expect("metadata").len(), 1 << 20);
     }
 }

@@ -51,6 +51,29 @@ test_22_import_fs_copies_a_directory() {
     grep -Eq "^fromdir .* fs:$FIXTURES/tree$" "$OUT"
     expect_ok berth rmi fromdir
     assert_no_image fromdir
+
+    # Holes stay holes: a sparse file copied from a directory or unpacked from an archive, and
+    # a run of zeros in an archive (tar without -S stores it in full), take next to no space
+    # in the image; zeros a directory's file has allocated are copied as they are.
+    local d=/var/tmp/sparse-tree
+    rm -rf "$d" && mkdir -p "$d/srv"
+    truncate -s 64M "$d/srv/disk.img"
+    printf data | dd of="$d/srv/disk.img" bs=1 seek=$((32 << 20)) conv=notrunc status=none
+    dd if=/dev/zero of="$d/srv/zeros" bs=1M count=16 status=none
+    tar -C "$d" -cf /var/tmp/sparse.tar .
+    expect_ok berth import-fs "$d" sparsefs
+    expect_ok berth import-tar /var/tmp/sparse.tar sparsetar
+    local img
+    for img in sparsefs sparsetar; do
+        cmp "$d/srv/disk.img" "/var/lib/machines/$img/srv/disk.img" || fail "$img: disk.img differs"
+        cmp "$d/srv/zeros" "/var/lib/machines/$img/srv/zeros" || fail "$img: zeros differs"
+        (($(stat -c %b "/var/lib/machines/$img/srv/disk.img") * 512 < 1 << 20)) \
+            || fail "$img: the 64M sparse file takes $(du -h "/var/lib/machines/$img/srv/disk.img")"
+    done
+    (($(stat -c %b /var/lib/machines/sparsetar/srv/zeros) * 512 < 1 << 20)) \
+        || fail "16M of zeros in an archive take $(du -h /var/lib/machines/sparsetar/srv/zeros)"
+    expect_ok berth rmi sparsefs sparsetar
+    rm -rf "$d" /var/tmp/sparse.tar
 }
 
 test_23_unprivileged_user_may_list_but_not_change() {
