@@ -38,21 +38,21 @@ pub(super) fn copy_entry(
     path: &TreePath,
     tree: &mut TreeWriter,
 ) -> Result<bool, ImageError> {
-    let Some(name) = path.components().last().map(OsStr::to_owned) else {
+    let parts: Vec<&OsStr> = path.components().collect();
+    let Some((name, parents)) = parts.split_last() else {
         return Ok(false);
     };
     let mut dir = source
         .try_clone()
         .map_err(ImageError::io("reading the source directory"))?;
-    let parents: Vec<&OsStr> = path.components().collect();
-    for part in &parents[..parents.len() - 1] {
+    for part in parents {
         dir = match open_nofollow(&dir, part, OFlags::DIRECTORY) {
             Ok(next) => next,
             Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(false),
             Err(e) => return Err(read_error(&path.to_string(), e)),
         };
     }
-    match rustix::fs::statat(&dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+    match rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(_) => {}
         Err(Errno::NOENT) => return Ok(false),
         Err(e) => return Err(read_error(&path.to_string(), e)),
@@ -63,7 +63,7 @@ pub(super) fn copy_entry(
         device: st.st_dev,
         links: HashMap::new(),
     };
-    copy.entry(&dir, &name, path)?;
+    copy.entry(&dir, name, path)?;
     Ok(true)
 }
 

@@ -647,7 +647,13 @@ pub fn clean_staging(dir: &Path) -> usize {
         if stale && is_mount_point(&entry.path()) {
             // A volume a crash left mounted (a machine's, being read): deleting below it would
             // delete the machine's files.
-            tracing::warn!(path = %entry.path().display(), "a stale staging directory is a mount point; not removing it: unmount it ('umount PATH'), then restart berthd");
+            let path = entry.path();
+            tracing::warn!(
+                "stale staging directory {} is a mount point; not removing it: unmount it \
+                 ('umount {}'), then restart berthd",
+                path.display(),
+                path.display()
+            );
         } else if stale {
             match remove_tree(&entry.path()) {
                 Ok(()) => cleaned += 1,
