@@ -119,6 +119,22 @@ test_63_boot_machine_and_systemd_tools() {
         sleep 2
     done
     [[ $state == running || $state == degraded ]] || fail "systemd inside is '$state'"
+    # The guest's systemd sandboxes its services as on a real machine (peers' guests fail
+    # hardened units): nothing failed at boot, and units with the usual hardening run confined.
+    local out uid
+    out=$(berth exec tools -- systemctl --failed --no-legend --plain)
+    [[ -z $out ]] || fail "failed units in the guest: $out"
+    out=$(berth exec tools -- systemd-run --wait --pipe -q -p ProtectSystem=strict -p PrivateTmp=yes \
+        -p PrivateNetwork=yes -p ProtectHome=yes -- sh -c 'touch /usr/x 2>&1; ls -A /tmp | wc -l; grep -c : /proc/net/dev')
+    [[ $out == *"Read-only file system"*$'\n0\n1' ]] || fail "ProtectSystem/PrivateTmp/PrivateNetwork unit: '$out'"
+    out=$(berth exec tools -- systemd-run --wait --pipe -q -p DynamicUser=yes -p PrivateDevices=yes \
+        -p ProtectKernelTunables=yes -p ProtectControlGroups=yes -p RestrictNamespaces=yes \
+        -p SystemCallFilter=@system-service -p MemoryDenyWriteExecute=yes \
+        -p LoadCredential=name:/etc/hostname -p SetCredential=greeting:hello -- \
+        sh -c 'cat "$CREDENTIALS_DIRECTORY/name" "$CREDENTIALS_DIRECTORY/greeting"; echo; id -u')
+    uid=${out##*$'\n'}
+    [[ ${out%$'\n'*} == $'tools\nhello' ]] && ((uid >= 61184 && uid <= 65519)) \
+        || fail "DynamicUser/credentials unit: '$out'"
     # exec: all namespaces, its root, its hostname, a user of its /etc/passwd.
     [[ $(berth exec tools -- hostname) == tools ]]
     [[ $(berth exec --user nobody tools -- id -u) == 65534 ]]
