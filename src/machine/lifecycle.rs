@@ -450,7 +450,16 @@ async fn bring_up(
     let result = async {
         // PID 1 may have been cloned before systemd put the helper into the scope: it is moved
         // in explicitly. Only then may the helper go (the scope would be empty without it).
-        runtime::delegate_payload_cgroup(&scope_cgroup(unit), pid, base)?;
+        let refused =
+            runtime::delegate_payload_cgroup(&scope_cgroup(unit), pid, launch.helper_pid, base)?;
+        if !refused.is_empty() {
+            tracing::warn!(
+                name = %definition.name,
+                "the {} controllers could not be enabled for machine '{}''s own cgroups: limits its own systemd sets on its units will not apply to those",
+                refused.join(", "),
+                definition.name
+            );
+        }
         launch.release_helper();
         watch.lap("delegate");
         // A volume is mounted only in the machine's namespace: tools reach its files (e.g.

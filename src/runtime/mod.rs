@@ -226,6 +226,8 @@ pub struct Launch {
     reader: BufReader<UnixStream>,
     /// While open, the helper that cloned PID 1 stays (see [`Launch::release_helper`]).
     helper_hold: Option<OwnedFd>,
+    /// The helper's PID (it is in the machine's scope until released).
+    pub helper_pid: i32,
     pub pid: i32,
     /// The master side of the machine's terminal ([`StdioMode::Terminal`]).
     pub terminal: Option<OwnedFd>,
@@ -258,6 +260,7 @@ impl Launch {
             socket: ours,
             reader: BufReader::new(reader),
             helper_hold: Some(hold_write),
+            helper_pid: helper.as_raw_nonzero().get(),
             pid: 0,
             terminal: None,
             setup: String::new(),
@@ -439,20 +442,22 @@ fn start_helper_mode(
     Ok((child, ours))
 }
 
-/// Moves `pid` into `CGROUP/payload` and hands that cgroup to the machine's root, so systemd
-/// inside can manage its own subtree (the scope itself stays systemd's).
+/// Moves `pid` (the machine's PID 1) into `CGROUP/payload` and hands that cgroup to the
+/// machine's root, so systemd inside can manage its own subtree (the scope itself stays
+/// systemd's). Moves `helper` (the spawn helper that cloned PID 1, still in the scope's own
+/// cgroup) into `CGROUP/exec` beside it, so the scope holds no process itself and can enable
+/// its controllers for its children: the machine's own systemd then sets the limits of its
+/// units (MemoryMax=, CPUWeight=, TasksMax=...) as on a real machine, as systemd-nspawn's
+/// guests do. Returns the controllers that could not be enabled.
 pub fn delegate_payload_cgroup(
     scope_cgroup: &Path,
     pid: i32,
+    helper: i32,
     uid_base: u32,
-) -> Result<(), RuntimeError> {
+) -> Result<Vec<String>, RuntimeError> {
     let payload = scope_cgroup.join("payload");
     let context = |what: &str| format!("{what} {}", payload.display());
-    match fs::create_dir(&payload) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(RuntimeError::step(&context("creating"), e)),
-    }
+    create_cgroup(&payload)?;
     fs::write(payload.join("cgroup.procs"), pid.to_string())
         .map_err(|e| RuntimeError::step(&context("moving PID 1 into"), e))?;
     let owner = Some(rustix::fs::Uid::from_raw(uid_base));
@@ -465,5 +470,46 @@ pub fn delegate_payload_cgroup(
         rustix::fs::chown(&path, owner, group)
             .map_err(|e| RuntimeError::step(&format!("chown {}", path.display()), e.into()))?;
     }
-    Ok(())
+    let exec = scope_cgroup.join("exec");
+    create_cgroup(&exec)?;
+    match fs::write(exec.join("cgroup.procs"), helper.to_string()) {
+        // Gone already: nothing left in the scope's own cgroup either.
+        Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
+            return Err(RuntimeError::step(
+                &format!("moving the spawn helper into {}", exec.display()),
+                e,
+            ));
+        }
+        _ => {}
+    }
+    Ok(enable_controllers(scope_cgroup))
+}
+
+fn create_cgroup(path: &Path) -> Result<(), RuntimeError> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(RuntimeError::step(
+            &format!("creating {}", path.display()),
+            e,
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Enables, for the children of `cgroup`, every controller it has; returns those that could
+/// not be (all in one write first: the kernel applies a list all or nothing).
+fn enable_controllers(cgroup: &Path) -> Vec<String> {
+    let available = fs::read_to_string(cgroup.join("cgroup.controllers")).unwrap_or_default();
+    let controllers: Vec<&str> = available.split_whitespace().collect();
+    let enable = |list: &[&str]| {
+        let line: Vec<String> = list.iter().map(|c| format!("+{c}")).collect();
+        fs::write(cgroup.join("cgroup.subtree_control"), line.join(" ")).is_ok()
+    };
+    if controllers.is_empty() || enable(&controllers) {
+        return Vec::new();
+    }
+    controllers
+        .into_iter()
+        .filter(|c| !enable(&[c]))
+        .map(str::to_owned)
+        .collect()
 }

@@ -135,6 +135,20 @@ test_63_boot_machine_and_systemd_tools() {
     uid=${out##*$'\n'}
     [[ ${out%$'\n'*} == $'tools\nhello' ]] && ((uid >= 61184 && uid <= 65519)) \
         || fail "DynamicUser/credentials unit: '$out'"
+    # Its own cgroup has the controllers (as systemd-nspawn's guests do), so the limits it sets
+    # on its units apply: a unit over its MemoryMax is OOM-killed.
+    out=$(berth exec tools -- cat /sys/fs/cgroup/cgroup.controllers)
+    for c in cpu io memory pids; do
+        [[ " $out " == *" $c "* ]] || fail "the guest's cgroup lacks the $c controller: '$out'"
+    done
+    out=$(berth exec tools -- systemd-run --wait --pipe -q -p TasksMax=7 -p CPUWeight=50 -p MemoryMax=30M -- \
+        sh -c 'c=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat $c/pids.max $c/cpu.weight $c/memory.max')
+    [[ $out == $'7\n50\n31457280' ]] || fail "a unit's limits in the guest: '$out'"
+    ! berth exec tools -- systemd-run --wait -q --unit=hog -p MemoryMax=20M -p MemorySwapMax=0 -- \
+        sh -c 'x=$(head -c 60000000 /dev/zero | tr "\0" a)' || fail "a unit over its MemoryMax ran to its end"
+    [[ $(berth exec tools -- systemctl show -p Result --value hog.service) == oom-kill ]] \
+        || fail "the unit over its MemoryMax was not OOM-killed"
+    berth exec tools -- systemctl reset-failed hog.service
     # exec: all namespaces, its root, its hostname, a user of its /etc/passwd.
     [[ $(berth exec tools -- hostname) == tools ]]
     [[ $(berth exec --user nobody tools -- id -u) == 65534 ]]
