@@ -1315,6 +1315,49 @@ impl Manager {
         Ok((self.entry(conn, definition).await?, storage.to_owned()))
     }
 
+    /// Renames stopped machine `name` to `new_name`: its definition, root and volume move;
+    /// its hostname, machine-id, UID range and settings stay. A machine enabled at boot is
+    /// enabled under its new name. Returns the machine. Needs
+    /// org.berth.berth1.rename-machine.
+    #[zbus(out_args("machine"))]
+    async fn rename_machine(
+        &self,
+        name: String,
+        new_name: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<MachineEntry, BusError> {
+        authorize(conn, &header, Action::RenameMachine).await?;
+        self.machines.get(&name)?;
+        if lifecycle::state(conn, &name).await?.is_some() {
+            return Err(MachineError::InvalidArgument(format!(
+                "machine '{name}' is running; stop it first ('berth stop {name}'), then rename it"
+            ))
+            .into());
+        }
+        let enabled = systemd::machine_service_state(conn, &name)
+            .await
+            .is_ok_and(|state| state == "enabled");
+        let machines = self.machines.clone();
+        tracing::info!(%name, %new_name, "renaming machine");
+        let (old, new) = (name.clone(), new_name.clone());
+        let definition = blocking(move || machines.rename(&old, &new)).await?;
+        lifecycle::rename_status(&name, &new_name);
+        if enabled {
+            let moved = async {
+                systemd::disable_machine_service(conn, &name).await?;
+                systemd::enable_machine_service(conn, &new_name).await
+            };
+            if let Err(e) = moved.await {
+                return Err(BusError::Failed(format!(
+                    "renamed machine '{name}' to '{new_name}', but could not move its start at \
+                     boot ({e}); run 'berth disable {name}' and 'berth enable {new_name}'"
+                )));
+            }
+        }
+        self.entry(conn, definition).await
+    }
+
     /// Stores stopped machine `name`'s root as image `image` at `version` (empty: an
     /// unversioned image), with the machine's image as its base; the machine's own files
     /// (hostname, machine-id, random seed, journal) get the base's back. An app machine's

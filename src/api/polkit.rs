@@ -52,13 +52,15 @@ pub enum Action {
     RebaseMachine,
     /// Store a stopped machine's root as a new image (commit; a root may hold secrets).
     CommitMachine,
+    /// Give a stopped machine a new name (rename).
+    RenameMachine,
     /// Make a machine start at boot, or not (enable, disable).
     EnableMachine,
 }
 
 impl Action {
     /// Every action, in the order of the policy file.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::ImportImage,
         Self::PullImage,
         Self::BuildImage,
@@ -78,6 +80,7 @@ impl Action {
         Self::RemoveMachine,
         Self::RebaseMachine,
         Self::CommitMachine,
+        Self::RenameMachine,
         Self::EnableMachine,
     ];
 
@@ -102,6 +105,7 @@ impl Action {
             Self::RemoveMachine => "org.berth.berth1.remove-machine",
             Self::RebaseMachine => "org.berth.berth1.rebase-machine",
             Self::CommitMachine => "org.berth.berth1.commit-machine",
+            Self::RenameMachine => "org.berth.berth1.rename-machine",
             Self::EnableMachine => "org.berth.berth1.enable-machine",
         }
     }
@@ -127,6 +131,7 @@ impl Action {
             Self::RemoveMachine => "remove machines",
             Self::RebaseMachine => "rebase machines",
             Self::CommitMachine => "store machines as images",
+            Self::RenameMachine => "rename machines",
             Self::EnableMachine => "enable or disable machines at boot",
         }
     }

@@ -167,6 +167,8 @@ pub trait Manager {
         version: &str,
     ) -> zbus::Result<(MachineEntry, String, Vec<String>)>;
 
+    fn rename_machine(&self, name: &str, new_name: &str) -> zbus::Result<MachineEntry>;
+
     fn commit_machine(&self, name: &str, image: &str, version: &str) -> zbus::Result<ImportResult>;
 
     fn clone_machine(

@@ -622,6 +622,19 @@ pub enum Command {
         #[arg(long)]
         hostname: Option<String>,
     },
+    /// Give a stopped machine a new name.
+    ///
+    /// Its definition, root directory and volume move to the new name, and a machine enabled
+    /// at boot is enabled under it. Its hostname, machine-id, UID range, addresses and
+    /// settings stay.
+    #[command(after_help = "Example:
+  berth rename web web-old")]
+    Rename {
+        /// The machine (stopped).
+        name: String,
+        /// Its new name.
+        new_name: String,
+    },
     /// Store a stopped machine's root as a new image.
     ///
     /// The image records the machine's image (name, version, digest) as its base, so 'berth

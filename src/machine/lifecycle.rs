@@ -779,6 +779,11 @@ async fn reap(
     drop(reaping);
 }
 
+/// Carries a renamed machine's last exit status over to its new name.
+pub fn rename_status(name: &str, new_name: &str) {
+    let _ = fs::rename(status_path(name), status_path(new_name));
+}
+
 fn status_path(name: &str) -> PathBuf {
     Path::new(STATUS_DIR).join(format!("{name}.status"))
 }

@@ -15,6 +15,7 @@ pub mod processes;
 pub mod readiness;
 mod reapers;
 mod rebase;
+mod rename;
 mod uid_range;
 pub mod usage;
 pub mod volume;

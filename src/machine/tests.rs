@@ -254,3 +254,38 @@ fn app_settings_are_the_images_with_the_request_over_them() {
     let err = Machines::app_settings(&request("x"), Some(&broken), &image).expect_err("bad");
     assert!(err.to_string().contains("give --workdir yourself"), "{err}");
 }
+
+#[test]
+fn rename_moves_definition_and_root_and_keeps_the_rest() {
+    let f = fixture();
+    let web = f.machines.create(&request("web")).expect("web").0;
+    f.machines.create(&request("db")).expect("db");
+    fs::write(f.root.join("roots/web/etc/mark"), b"kept").expect("mark");
+    for (new, why) in [
+        ("db", "already exists"),
+        ("web", "already has that name"),
+        ("bad/name", "contains '/'"),
+    ] {
+        let e = f.machines.rename("web", new).expect_err(new).to_string();
+        assert!(e.contains(why), "{new}: {e}");
+    }
+    assert!(matches!(
+        f.machines.rename("ghost", "spirit"),
+        Err(MachineError::NotFound(_))
+    ));
+    let renamed = f.machines.rename("web", "www").expect("rename");
+    assert_eq!(renamed.name, "www");
+    assert_eq!(renamed.hostname, web.hostname);
+    assert_eq!(renamed.machine_id, web.machine_id);
+    assert_eq!(renamed.uid_range, web.uid_range);
+    assert_eq!(f.machines.get("www").expect("www"), renamed);
+    assert!(matches!(
+        f.machines.get("web"),
+        Err(MachineError::NotFound(_))
+    ));
+    assert_eq!(
+        fs::read(f.root.join("roots/www/etc/mark")).expect("root moved"),
+        b"kept"
+    );
+    assert!(!f.root.join("roots/web").exists());
+}

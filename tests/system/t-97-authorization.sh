@@ -52,6 +52,7 @@ test_97_each_change_needs_its_own_polkit_action() {
     refused remove-machine berth rm authz
     refused rebase-machine berth rebase authz
     refused commit-machine berth commit authz authz-img
+    refused rename-machine berth rename authz authz-new
     refused enable-machine berth enable authz
     refused enable-machine berth disable authz
 
@@ -72,7 +73,7 @@ test_97_each_change_needs_its_own_polkit_action() {
     for id in import-image pull-image build-image export-image remove-image create-machine \
         start-machine run-machine stop-machine kill-machine restart-machine exec-machine \
         shell-machine copy-to-machine copy-from-machine set-properties remove-machine rebase-machine \
-        commit-machine enable-machine; do
+        commit-machine rename-machine enable-machine; do
         grep -q "\"org.berth.berth1.$id\"" <<<"$declared" || fail "polkit doesn't know $id"
     done
 

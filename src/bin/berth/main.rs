@@ -603,6 +603,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 machine.uid_base + (berth::machine::RANGE_SIZE - 1)
             );
         }
+        Command::Rename { name, new_name } => {
+            let machine = manager.rename_machine(&name, &new_name).await?;
+            println!(
+                "Renamed machine '{name}' to '{}'; its hostname stays '{}'.",
+                machine.name, machine.hostname
+            );
+        }
         Command::Commit {
             name,
             image,
