@@ -294,6 +294,20 @@ fn exit_reply(status: Option<ExitStatus>) -> (i32, String) {
 }
 
 /// Runs filesystem work off the bus threads.
+/// Why a machine is copied only while stopped.
+const UNDER_THE_COPY: &str = ": a running machine's root is changing under the copy";
+
+/// Refuses a change that needs machine `name` stopped while it runs; `then` ends the message.
+async fn require_stopped(conn: &Connection, name: &str, then: &str) -> Result<(), BusError> {
+    if lifecycle::state(conn, name).await?.is_some() {
+        return Err(MachineError::InvalidArgument(format!(
+            "machine '{name}' is running; stop it first ('berth stop {name}'){then}"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 async fn blocking<T: Send + 'static, E: Into<BusError> + Send + 'static>(
     work: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, BusError> {
@@ -1268,12 +1282,7 @@ impl Manager {
     ) -> Result<(MachineEntry, String, Vec<String>), BusError> {
         authorize(conn, &header, Action::RebaseMachine).await?;
         self.machines.get(&name)?;
-        if lifecycle::state(conn, &name).await?.is_some() {
-            return Err(MachineError::InvalidArgument(format!(
-                "machine '{name}' is running; stop it first ('berth stop {name}'), then rebase it"
-            ))
-            .into());
-        }
+        require_stopped(conn, &name, ", then rebase it").await?;
         let machines = self.machines.clone();
         tracing::info!(%name, %version, "rebasing machine");
         let (definition, storage, warnings) = blocking(move || {
@@ -1301,13 +1310,7 @@ impl Manager {
     ) -> Result<(MachineEntry, String), BusError> {
         authorize(conn, &header, Action::CreateMachine).await?;
         self.machines.get(&source)?;
-        if lifecycle::state(conn, &source).await?.is_some() {
-            return Err(MachineError::InvalidArgument(format!(
-                "machine '{source}' is running; stop it first ('berth stop {source}'): a \
-                 running machine's root is changing under the copy"
-            ))
-            .into());
-        }
+        require_stopped(conn, &source, UNDER_THE_COPY).await?;
         let machines = self.machines.clone();
         tracing::info!(%source, %target, "cloning machine");
         let (definition, storage) =
@@ -1329,12 +1332,7 @@ impl Manager {
     ) -> Result<MachineEntry, BusError> {
         authorize(conn, &header, Action::RenameMachine).await?;
         self.machines.get(&name)?;
-        if lifecycle::state(conn, &name).await?.is_some() {
-            return Err(MachineError::InvalidArgument(format!(
-                "machine '{name}' is running; stop it first ('berth stop {name}'), then rename it"
-            ))
-            .into());
-        }
+        require_stopped(conn, &name, ", then rename it").await?;
         let enabled = systemd::machine_service_state(conn, &name)
             .await
             .is_ok_and(|state| state == "enabled");
@@ -1375,13 +1373,7 @@ impl Manager {
         authorize(conn, &header, Action::CommitMachine).await?;
         self.machines.get(&name)?;
         let target = ImageRef::new(&image, &version)?.to_string();
-        if lifecycle::state(conn, &name).await?.is_some() {
-            return Err(MachineError::InvalidArgument(format!(
-                "machine '{name}' is running; stop it first ('berth stop {name}'), then commit \
-                 it: a running machine's root is changing under the copy"
-            ))
-            .into());
-        }
+        require_stopped(conn, &name, UNDER_THE_COPY).await?;
         let machines = self.machines.clone();
         tracing::info!(%name, %target, "committing machine");
         let report = blocking(move || machines.commit(&name, &target)).await?;
