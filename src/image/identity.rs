@@ -30,16 +30,7 @@ pub const MACHINE_FILES: [&str; 4] = [
 /// (`/var/log/journal/MACHINE_ID`) too.
 pub fn restore_base(tree: &mut TreeWriter, base: Option<&Path>) -> Result<(), ImageError> {
     let machine_id = read_machine_id(tree.root());
-    let base = base
-        .map(|path| {
-            rustix::fs::open(
-                path,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| ImageError::io(format!("opening {}", path.display()))(e.into()))
-        })
-        .transpose()?;
+    let base = base.map(super::pool::open_directory).transpose()?;
     for file in MACHINE_FILES {
         let path = tree_path(file)?;
         remove(tree, &path)?;

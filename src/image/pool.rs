@@ -176,12 +176,7 @@ impl Pool {
             Mode::from_raw_mode(0o644),
         )
         .map_err(|e| ImageError::io(context())(e.into()))?;
-        let root = rustix::fs::open(
-            &image.path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| ImageError::io(format!("opening {}", image.path.display()))(e.into()))?;
+        let root = open_directory(&image.path)?;
         let out = File::from(out);
         let written = super::export::write_archive(root, &out, compression).and_then(|archive| {
             out.sync_all().map_err(ImageError::io(context()))?;
@@ -251,12 +246,7 @@ impl Pool {
             None => {
                 let staging = Staging::create(&self.images, "import", &target.name)?;
                 let mut tree = TreeWriter::new(staging.open()?);
-                let source = rustix::fs::open(
-                    root,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| ImageError::io(format!("opening {}", root.display()))(e.into()))?;
+                let source = open_directory(root)?;
                 fs_import::copy_tree(source, &mut tree)?;
                 (staging, tree)
             }
@@ -486,16 +476,8 @@ impl Pool {
         prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
     ) -> Result<(), ImageError> {
         let image = self.get(name)?;
-        let open = |path: &Path| {
-            rustix::fs::open(
-                path,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| ImageError::io(format!("opening {}", path.display()))(e.into()))
-        };
-        let mut tree = TreeWriter::new(open(dir)?);
-        fs_import::copy_tree(open(&image.path)?, &mut tree)?;
+        let mut tree = TreeWriter::new(open_directory(dir)?);
+        fs_import::copy_tree(open_directory(&image.path)?, &mut tree)?;
         prepare(&mut tree)?;
         tree.sync().map_err(ImageError::io("syncing the copy"))?;
         tree.finish()
@@ -611,12 +593,7 @@ fn copy_tree(
     }
     let staging = Staging::create(parent, "copy", &leaf)?;
     let mut tree = TreeWriter::new(staging.open()?);
-    let source_fd = rustix::fs::open(
-        source,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| ImageError::io(format!("opening {}", source.display()))(e.into()))?;
+    let source_fd = open_directory(source)?;
     fs_import::copy_tree(source_fd, &mut tree)?;
     prepare(&mut tree)?;
     if durable {
@@ -776,21 +753,11 @@ impl Staging {
     }
 
     fn open_existing(&self) -> Result<OwnedFd, ImageError> {
-        rustix::fs::open(
-            &self.path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| ImageError::io(format!("opening {}", self.path.display()))(e.into()))
+        open_directory(&self.path)
     }
 
     fn open(&self) -> Result<OwnedFd, ImageError> {
-        let fd = rustix::fs::open(
-            &self.path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| ImageError::io(format!("opening {}", self.path.display()))(e.into()))?;
+        let fd = open_directory(&self.path)?;
         // The default for a tree without a "./" entry; one with it overrides this.
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
             .map_err(|e| ImageError::io("setting the image's mode")(e.into()))?;
@@ -827,6 +794,16 @@ impl Drop for Staging {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot remove staging directory");
         }
     }
+}
+
+/// Opens the directory `path` (not through a symlink at its end) for reading.
+pub(super) fn open_directory(path: &Path) -> Result<OwnedFd, ImageError> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ImageError::io(format!("opening {}", path.display()))(e.into()))
 }
 
 /// Whether something is mounted on `path` (statx's STATX_ATTR_MOUNT_ROOT; a btrfs subvolume

@@ -366,16 +366,7 @@ fn join_cgroup(scope: &Path, payload: bool) -> Result<(), RuntimeError> {
         return Ok(());
     }
     let exec = scope.join("exec");
-    match fs::create_dir(&exec) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => {
-            return Err(RuntimeError::step(
-                &format!("creating {}", exec.display()),
-                e,
-            ));
-        }
-    }
+    super::create_cgroup(&exec)?;
     step(
         &format!("joining {}", exec.display()),
         fs::write(exec.join("cgroup.procs"), "0"),
