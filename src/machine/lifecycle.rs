@@ -955,6 +955,7 @@ pub fn exec_config(
 fn spawn_config(machines: &Machines, d: &Definition) -> SpawnConfig {
     SpawnConfig {
         name: d.name.clone(),
+        unit: crate::systemd::unit_name::machine_scope(&d.name),
         payload: match &d.mode {
             Mode::Boot => Payload::Boot,
             Mode::App(command) => Payload::App(command.clone()),

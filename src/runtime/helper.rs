@@ -801,6 +801,19 @@ fn inner(
             io::Error::other("unexpected message"),
         ));
     }
+    // An app's output goes to the journal through a stream connected now, while this
+    // process is still host root (its user namespace changes no credentials until the
+    // setresuid below): journald then believes the stream's unit name, machine-NAME.scope.
+    // It finds a line's unit from the writer's cgroup (this process's, in the scope's payload
+    // cgroup by the time the app writes) when it reads the line; an app that prints and ends
+    // at once takes this process with it, and without the name its last lines would have no
+    // unit, and `berth logs` would miss them.
+    let journal = match (&config.payload, config.stdio) {
+        (Payload::App(_), StdioMode::Journal) => {
+            Some(super::init::connect_journal(&config.name, &config.unit))
+        }
+        _ => None,
+    };
     let zero_gid = nix::unistd::Gid::from_raw(0);
     let zero_uid = nix::unistd::Uid::from_raw(0);
     step(
@@ -857,12 +870,6 @@ fn inner(
             io::Error::other("unexpected message"),
         ));
     }
-    // An app's output goes to the journal through a stream connected now, from inside the
-    // scope, so journald attributes it to machine-NAME.scope (it looks at the peer's cgroup).
-    let journal = match (&config.payload, config.stdio) {
-        (Payload::App(_), StdioMode::Journal) => Some(super::init::connect_journal(&config.name)),
-        _ => None,
-    };
     // Now in the scope's payload cgroup: that becomes the root of the cgroup namespace.
     step(
         "unsharing the cgroup namespace",

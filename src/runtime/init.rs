@@ -65,11 +65,13 @@ impl ExitStatus {
     }
 }
 
-/// Connects a journal stream whose lines are logged with SYSLOG_IDENTIFIER=`identifier`.
-pub fn connect_journal(identifier: &str) -> io::Result<OwnedFd> {
+/// Connects a journal stream whose lines are logged with SYSLOG_IDENTIFIER=`identifier`,
+/// naming `unit` as theirs. journald takes that name (from a stream connected by host root
+/// only) when the connecting process is gone by the time it reads a line.
+pub fn connect_journal(identifier: &str, unit: &str) -> io::Result<OwnedFd> {
     let mut stream = UnixStream::connect(JOURNAL_STREAM)?;
     // identifier, unit id, priority, level prefix, forward to syslog, kmsg, console.
-    write!(stream, "{identifier}\n\n6\n1\n0\n0\n0\n")?;
+    write!(stream, "{identifier}\n{unit}\n6\n1\n0\n0\n0\n")?;
     rustix::net::shutdown(&stream, rustix::net::Shutdown::Read)?;
     Ok(OwnedFd::from(stream))
 }

@@ -90,6 +90,8 @@ impl From<&Bind> for SpawnBind {
 pub struct SpawnConfig {
     /// The machine name: the journal identifier of an app's output.
     pub name: String,
+    /// The machine's scope unit, which an app's journal stream names as its unit.
+    pub unit: String,
     pub root: PathBuf,
     pub hostname: String,
     pub machine_id: String,
