@@ -109,6 +109,7 @@ impl From<MachineError> for BusError {
             MachineError::Image(inner) => Self::from(inner),
             MachineError::AlreadyRunning(_)
             | MachineError::AlreadyStarting(_)
+            | MachineError::Busy { .. }
             | MachineError::NotReady(_)
             | MachineError::NotRunning(_)
             | MachineError::Running(_) => Self::InvalidState(message),

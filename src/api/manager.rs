@@ -16,7 +16,8 @@ use zbus::{Connection, interface};
 
 use super::polkit::{Action, authorize};
 use super::{
-    BusError, ImageEntry, ImportResult, MachineEntry, MachineStatus, PortEntry, UsageEntry,
+    BusError, ImageEntry, ImportResult, MachineEntry, MachineStatus, PortEntry, SnapshotEntry,
+    UsageEntry,
 };
 use crate::build;
 use crate::image::{ImageRef, Pool};
@@ -79,23 +80,35 @@ impl Manager {
         Ok((definition, i32::try_from(running.leader).unwrap_or(0)))
     }
 
-    /// The exec helper's configuration for a copy into or out of running machine `name`
-    /// (`verb`: copy-to or copy-from); the caller sets which way it goes.
+    /// The exec helper's configuration for a copy into or out of machine `name` (`verb`:
+    /// copy-to or copy-from); the caller sets which way it goes. A stopped machine is
+    /// claimed until the copy is done (the claim returned): it is not started meanwhile,
+    /// which would mount its volume twice.
     async fn copy_config(
         &self,
         conn: &Connection,
         name: &str,
         verb: &str,
-    ) -> Result<crate::runtime::exec::ExecConfig, BusError> {
-        let (definition, leader) = self.running_machine(conn, name).await?;
-        Ok(lifecycle::exec_config(
+    ) -> Result<(ExecConfig, Option<lifecycle::Claim>), BusError> {
+        let definition = self.machines.get(name)?;
+        let claim = lifecycle::Claim::new(name, "copying files into or out of")?;
+        let leader = match lifecycle::state(conn, name).await? {
+            Some(running) => i32::try_from(running.leader).unwrap_or(0),
+            None => 0,
+        };
+        let mut config = lifecycle::exec_config(
             &definition,
             leader,
             String::new(),
             vec![verb.into()],
             false,
             Vec::new(),
-        ))
+        );
+        if leader != 0 {
+            return Ok((config, None));
+        }
+        config.stopped = Some(lifecycle::stopped_root(&self.machines, &definition));
+        Ok((config, Some(claim)))
     }
 
     /// Starts the exec helper; returns the id WaitExec takes and the terminal's master side.
@@ -298,14 +311,23 @@ fn exit_reply(status: Option<ExitStatus>) -> (i32, String) {
 const UNDER_THE_COPY: &str = ": a running machine's root is changing under the copy";
 
 /// Refuses a change that needs machine `name` stopped while it runs; `then` ends the message.
-async fn require_stopped(conn: &Connection, name: &str, then: &str) -> Result<(), BusError> {
+/// Claims machine `name`, which must be stopped, for `what` ("rebasing", ...): until the
+/// claim is dropped no other request starts it or works on it. `then` ends the message when
+/// it runs.
+async fn require_stopped(
+    conn: &Connection,
+    name: &str,
+    what: &'static str,
+    then: &str,
+) -> Result<lifecycle::Claim, BusError> {
+    let claim = lifecycle::Claim::new(name, what)?;
     if lifecycle::state(conn, name).await?.is_some() {
         return Err(MachineError::InvalidArgument(format!(
             "machine '{name}' is running; stop it first ('berth stop {name}'){then}"
         ))
         .into());
     }
-    Ok(())
+    Ok(claim)
 }
 
 async fn blocking<T: Send + 'static, E: Into<BusError> + Send + 'static>(
@@ -913,7 +935,7 @@ impl Manager {
         }
     }
 
-    /// Copies a file or directory tree into running machine `name`, at `destination` (an
+    /// Copies a file or directory tree into machine `name`, at `destination` (an
     /// absolute path of the machine; into it when it is a directory). `archive` carries a tar
     /// stream of it: one top-level entry, named as the source, then the line `berth copy-to:
     /// end of stream` after the archive's end blocks (`berth copy-to` writes it as the
@@ -921,7 +943,9 @@ impl Manager {
     /// the machine as the machine's root: what it writes is owned by the machine's root,
     /// with the permission bits (not set-ID or sticky bits) and times of the source; an
     /// existing file is replaced, an existing directory is not. A stream that ends early
-    /// copies nothing. Returns the path written. Needs
+    /// copies nothing. A stopped machine's root is made by the helper as a start would make
+    /// it, and a destination its own mounts cover once it runs (/tmp, /run, a bind) is
+    /// refused; the machine is not started meanwhile. Returns the path written. Needs
     /// org.berth.berth1.copy-to-machine.
     #[zbus(out_args("written"))]
     async fn copy_to_machine(
@@ -934,8 +958,8 @@ impl Manager {
     ) -> Result<String, BusError> {
         authorize(conn, &header, Action::CopyToMachine).await?;
         check_machine_path(&destination, "destination", "/root/ or /etc/app.conf")?;
-        let mut config = self.copy_config(conn, &name, "copy-to").await?;
-        tracing::info!(%name, %destination, "copy into machine");
+        let (mut config, _claim) = self.copy_config(conn, &name, "copy-to").await?;
+        tracing::info!(%name, %destination, stopped = config.stopped.is_some(), "copy into machine");
         config.unpack_to = Some(destination);
         let helper = self.helper.clone();
         let written = blocking(move || {
@@ -946,7 +970,8 @@ impl Manager {
         Ok(written.display().to_string())
     }
 
-    /// Copies a file or directory tree out of running machine `name`: the exec helper, inside
+    /// Copies a file or directory tree out of machine `name` (running, or stopped: see
+    /// CopyToMachine): the exec helper, inside
     /// the machine as its root, writes a copy stream of `source` (an absolute path of the
     /// machine, followed if it is a symlink; inside a directory, symlinks are copied as links)
     /// to `archive`, in CopyToMachine's format: one top-level entry, named as the source, then
@@ -963,8 +988,8 @@ impl Manager {
     ) -> Result<(), BusError> {
         authorize(conn, &header, Action::CopyFromMachine).await?;
         check_machine_path(&source, "source", "/etc/hostname or /var/log/")?;
-        let mut config = self.copy_config(conn, &name, "copy-from").await?;
-        tracing::info!(%name, %source, "copy out of machine");
+        let (mut config, _claim) = self.copy_config(conn, &name, "copy-from").await?;
+        tracing::info!(%name, %source, stopped = config.stopped.is_some(), "copy out of machine");
         config.pack_from = Some(source);
         let helper = self.helper.clone();
         blocking(move || {
@@ -1251,6 +1276,7 @@ impl Manager {
     ) -> Result<(), BusError> {
         authorize(conn, &header, Action::RemoveMachine).await?;
         self.machines.get(&name)?;
+        let _claim = lifecycle::Claim::new(&name, "removing")?;
         if lifecycle::state(conn, &name).await?.is_some() {
             return Err(MachineError::Running(name).into());
         }
@@ -1282,7 +1308,7 @@ impl Manager {
     ) -> Result<(MachineEntry, String, Vec<String>), BusError> {
         authorize(conn, &header, Action::RebaseMachine).await?;
         self.machines.get(&name)?;
-        require_stopped(conn, &name, ", then rebase it").await?;
+        let _claim = require_stopped(conn, &name, "rebasing", ", then rebase it").await?;
         let machines = self.machines.clone();
         tracing::info!(%name, %version, "rebasing machine");
         let (definition, storage, warnings) = blocking(move || {
@@ -1310,7 +1336,7 @@ impl Manager {
     ) -> Result<(MachineEntry, String), BusError> {
         authorize(conn, &header, Action::CreateMachine).await?;
         self.machines.get(&source)?;
-        require_stopped(conn, &source, UNDER_THE_COPY).await?;
+        let _claim = require_stopped(conn, &source, "cloning", UNDER_THE_COPY).await?;
         let machines = self.machines.clone();
         tracing::info!(%source, %target, "cloning machine");
         let (definition, storage) =
@@ -1332,7 +1358,7 @@ impl Manager {
     ) -> Result<MachineEntry, BusError> {
         authorize(conn, &header, Action::RenameMachine).await?;
         self.machines.get(&name)?;
-        require_stopped(conn, &name, ", then rename it").await?;
+        let _claim = require_stopped(conn, &name, "renaming", ", then rename it").await?;
         let enabled = systemd::machine_service_state(conn, &name)
             .await
             .is_ok_and(|state| state == "enabled");
@@ -1373,12 +1399,88 @@ impl Manager {
         authorize(conn, &header, Action::CommitMachine).await?;
         self.machines.get(&name)?;
         let target = ImageRef::new(&image, &version)?.to_string();
-        require_stopped(conn, &name, UNDER_THE_COPY).await?;
+        let _claim = require_stopped(conn, &name, "committing", UNDER_THE_COPY).await?;
         let machines = self.machines.clone();
         tracing::info!(%name, %target, "committing machine");
         let report = blocking(move || machines.commit(&name, &target)).await?;
         tracing::info!(image = %report.name, snapshot = report.snapshot, refused = report.refused.len(), "committed machine");
         Ok(report.into())
+    }
+
+    /// Takes a snapshot of machine `name`'s root, named `snapshot` (empty: snapN). A running
+    /// machine is snapshotted only where that is atomic (its root is a btrfs subvolume); a
+    /// machine on a volume of its own gets a copy of its volume file. Returns the snapshot's
+    /// name and how it is stored. Needs org.berth.berth1.snapshot-machine.
+    #[zbus(out_args("snapshot", "storage"))]
+    async fn snapshot_machine(
+        &self,
+        name: String,
+        snapshot: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(String, String), BusError> {
+        authorize(conn, &header, Action::SnapshotMachine).await?;
+        self.machines.get(&name)?;
+        // A stopped machine is not started while its root is copied; a running one's
+        // snapshot is atomic, and its reboot must not be refused meanwhile.
+        let mut claim = Some(lifecycle::Claim::new(&name, "taking a snapshot of")?);
+        let running = lifecycle::state(conn, &name).await?.is_some();
+        if running {
+            claim = None;
+        }
+        let machines = self.machines.clone();
+        tracing::info!(%name, %snapshot, running, "taking a snapshot of machine");
+        let taken = blocking(move || machines.take_snapshot(&name, &snapshot, running)).await?;
+        drop(claim);
+        Ok((taken.name, taken.storage))
+    }
+
+    /// Machine `name`'s snapshots, oldest first. Open to everyone.
+    #[zbus(out_args("snapshots"))]
+    async fn list_snapshots(&self, name: String) -> Result<Vec<SnapshotEntry>, BusError> {
+        let machines = self.machines.clone();
+        let snapshots = blocking(move || machines.snapshots(&name)).await?;
+        Ok(snapshots.into_iter().map(SnapshotEntry::from).collect())
+    }
+
+    /// Replaces stopped machine `name`'s root with a copy of its snapshot `snapshot` (which
+    /// stays), keeping its definition (identity, UID range, settings) but for the image
+    /// version, which becomes the snapshot's. Returns the machine, how its root was made, and
+    /// warnings. Needs org.berth.berth1.restore-machine.
+    #[zbus(out_args("machine", "storage", "warnings"))]
+    async fn restore_machine(
+        &self,
+        name: String,
+        snapshot: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(MachineEntry, String, Vec<String>), BusError> {
+        authorize(conn, &header, Action::RestoreMachine).await?;
+        self.machines.get(&name)?;
+        let _claim = require_stopped(conn, &name, "restoring", ", then restore it").await?;
+        let machines = self.machines.clone();
+        tracing::info!(%name, %snapshot, "restoring machine from a snapshot");
+        let (definition, storage, warnings) =
+            blocking(move || machines.restore_snapshot(&name, &snapshot)).await?;
+        Ok((
+            self.entry(conn, definition).await?,
+            storage.to_owned(),
+            warnings,
+        ))
+    }
+
+    /// Removes machine `name`'s snapshot `snapshot`. Needs org.berth.berth1.snapshot-machine.
+    async fn remove_snapshot(
+        &self,
+        name: String,
+        snapshot: String,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), BusError> {
+        authorize(conn, &header, Action::SnapshotMachine).await?;
+        let machines = self.machines.clone();
+        tracing::info!(%name, %snapshot, "removing a snapshot of machine");
+        blocking(move || machines.remove_snapshot(&name, &snapshot)).await
     }
 
     /// The machines made from an image version that is not the newest any more, or from an

@@ -14,7 +14,9 @@ mod types;
 pub use error::BusError;
 pub use manager::Manager;
 pub use proxy::ManagerProxy;
-pub use types::{ImageEntry, ImportResult, MachineEntry, MachineStatus, PortEntry, UsageEntry};
+pub use types::{
+    ImageEntry, ImportResult, MachineEntry, MachineStatus, PortEntry, SnapshotEntry, UsageEntry,
+};
 
 /// berthd's well-known name on the system bus.
 pub const BUS_NAME: &str = "org.berth.Berth1";

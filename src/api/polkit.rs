@@ -54,13 +54,17 @@ pub enum Action {
     CommitMachine,
     /// Give a stopped machine a new name (rename).
     RenameMachine,
+    /// Take and remove snapshots of a machine's root (snapshot create, snapshot rm).
+    SnapshotMachine,
+    /// Put a stopped machine's root back as a snapshot has it (snapshot restore).
+    RestoreMachine,
     /// Make a machine start at boot, or not (enable, disable).
     EnableMachine,
 }
 
 impl Action {
     /// Every action, in the order of the policy file.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 23] = [
         Self::ImportImage,
         Self::PullImage,
         Self::BuildImage,
@@ -81,6 +85,8 @@ impl Action {
         Self::RebaseMachine,
         Self::CommitMachine,
         Self::RenameMachine,
+        Self::SnapshotMachine,
+        Self::RestoreMachine,
         Self::EnableMachine,
     ];
 
@@ -106,6 +112,8 @@ impl Action {
             Self::RebaseMachine => "org.berth.berth1.rebase-machine",
             Self::CommitMachine => "org.berth.berth1.commit-machine",
             Self::RenameMachine => "org.berth.berth1.rename-machine",
+            Self::SnapshotMachine => "org.berth.berth1.snapshot-machine",
+            Self::RestoreMachine => "org.berth.berth1.restore-machine",
             Self::EnableMachine => "org.berth.berth1.enable-machine",
         }
     }
@@ -132,6 +140,8 @@ impl Action {
             Self::RebaseMachine => "rebase machines",
             Self::CommitMachine => "store machines as images",
             Self::RenameMachine => "rename machines",
+            Self::SnapshotMachine => "take or remove snapshots of machines",
+            Self::RestoreMachine => "restore machines from snapshots",
             Self::EnableMachine => "enable or disable machines at boot",
         }
     }

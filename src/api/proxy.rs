@@ -2,7 +2,9 @@
 
 use zbus::proxy;
 
-use super::{ImageEntry, ImportResult, MachineEntry, MachineStatus, PortEntry, UsageEntry};
+use super::{
+    ImageEntry, ImportResult, MachineEntry, MachineStatus, PortEntry, SnapshotEntry, UsageEntry,
+};
 
 #[proxy(
     interface = "org.berth.Berth1.Manager",
@@ -170,6 +172,18 @@ pub trait Manager {
     fn rename_machine(&self, name: &str, new_name: &str) -> zbus::Result<MachineEntry>;
 
     fn commit_machine(&self, name: &str, image: &str, version: &str) -> zbus::Result<ImportResult>;
+
+    fn snapshot_machine(&self, name: &str, snapshot: &str) -> zbus::Result<(String, String)>;
+
+    fn list_snapshots(&self, name: &str) -> zbus::Result<Vec<SnapshotEntry>>;
+
+    fn restore_machine(
+        &self,
+        name: &str,
+        snapshot: &str,
+    ) -> zbus::Result<(MachineEntry, String, Vec<String>)>;
+
+    fn remove_snapshot(&self, name: &str, snapshot: &str) -> zbus::Result<()>;
 
     fn clone_machine(
         &self,

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use zbus::Type;
 
 use crate::image::{BaseImage, ImageInfo, ImportReport};
-use crate::machine::{Definition, Mode};
+use crate::machine::{Definition, Mode, Snapshot};
 use crate::runtime::ExitStatus;
 use crate::systemd::RunningMachine;
 
@@ -214,4 +214,26 @@ pub struct PortEntry {
     pub ipv6: String,
     pub machine_port: u16,
     pub active: bool,
+}
+
+/// One snapshot of a machine, as `berth snapshot list` shows it: its name, when it was taken
+/// (µs since the epoch), the machine's image then (`NAME@VERSION`), and how it is stored
+/// ("btrfs snapshot", "reflink copy" or "copy").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct SnapshotEntry {
+    pub snapshot: String,
+    pub created_usec: u64,
+    pub image: String,
+    pub storage: String,
+}
+
+impl From<Snapshot> for SnapshotEntry {
+    fn from(s: Snapshot) -> Self {
+        Self {
+            image: s.image_reference(),
+            snapshot: s.name,
+            created_usec: s.created_usec,
+            storage: s.storage,
+        }
+    }
 }

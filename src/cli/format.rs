@@ -1,6 +1,6 @@
 //! Output formatting for the CLI.
 
-use crate::api::{ImageEntry, MachineEntry, MachineStatus, PortEntry, UsageEntry};
+use crate::api::{ImageEntry, MachineEntry, MachineStatus, PortEntry, SnapshotEntry, UsageEntry};
 use crate::machine::RANGE_SIZE;
 
 /// Bytes in the binary units `ls -h` and systemctl use: `512B`, `1.5K`, `271.3M`.
@@ -224,6 +224,22 @@ pub fn ports_table(ports: &[PortEntry]) -> String {
         ],
         &rows,
     )
+}
+
+/// The `berth snapshot list` table.
+pub fn snapshots_table(snapshots: &[SnapshotEntry]) -> String {
+    let rows: Vec<Vec<String>> = snapshots
+        .iter()
+        .map(|s| {
+            vec![
+                s.snapshot.clone(),
+                timestamp(s.created_usec),
+                s.image.clone(),
+                s.storage.clone(),
+            ]
+        })
+        .collect();
+    table(&["SNAPSHOT", "CREATED", "IMAGE", "STORAGE"], &rows)
 }
 
 /// The `berth list` table.

@@ -407,7 +407,7 @@ pub enum Command {
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// Copy a file or directory from the host into a running machine.
+    /// Copy a file or directory from the host into a machine.
     ///
     /// SOURCE is read as you (berth reads only what you may read); DEST is a path of the
     /// machine, by default the same path as SOURCE. When DEST is a directory, SOURCE goes
@@ -417,20 +417,21 @@ pub enum Command {
     /// symlinks (FIFOs, sockets and device nodes fail the copy). An
     /// existing file is replaced at once; an existing directory is not replaced. A copy that
     /// fails leaves nothing behind. Unlike 'machinectl copy-to', it works for machines with
-    /// a private UID range. To copy out of a machine use 'berth copy-from'.
+    /// a private UID range, and for stopped machines (refusing a DEST their own mounts hide
+    /// once they run, such as /tmp). To copy out of a machine use 'berth copy-from'.
     #[command(after_help = "Examples:
   berth copy-to web ./nginx.conf /etc/nginx/nginx.conf
   berth copy-to web ./site /srv/
   berth copy-to web /etc/ssl/certs/corp-ca.pem")]
     CopyTo {
-        /// The machine (running).
+        /// The machine (running or stopped).
         name: String,
         /// A file or directory of the host.
         source: std::path::PathBuf,
         /// Where in the machine (absolute; default: SOURCE's absolute path).
         dest: Option<String>,
     },
-    /// Copy a file or directory out of a running machine to the host.
+    /// Copy a file or directory out of a machine to the host.
     ///
     /// SOURCE is an absolute path of the machine, read there as the machine's root; DEST is a
     /// path of the host, by default the current directory. When DEST is a directory, SOURCE
@@ -445,7 +446,7 @@ pub enum Command {
   berth copy-from web /var/log/nginx ./web-logs
   berth copy-from web /etc/hostname /tmp/web-hostname")]
     CopyFrom {
-        /// The machine (running).
+        /// The machine (running or stopped).
         name: String,
         /// A file or directory of the machine (absolute).
         source: String,
@@ -658,6 +659,69 @@ pub enum Command {
         /// Store it as this version of IMAGE (see import-tar).
         #[arg(long = "version", value_name = "VERSION")]
         image_version: Option<String>,
+    },
+    /// Take, list, restore and remove snapshots of a machine's root.
+    ///
+    /// A snapshot keeps a machine's root as it is, to go back to later ('berth snapshot
+    /// restore'): before an upgrade, say. It is a btrfs snapshot when the root is a subvolume
+    /// (instant, and taken of a running machine too, as a crash would leave it), a reflink
+    /// or plain copy of a stopped machine (or of its volume file) elsewhere.
+    #[command(
+        disable_version_flag = true,
+        subcommand,
+        after_help = "Example:
+  berth snapshot create web before-upgrade
+  berth shell web -- apt-get -y full-upgrade
+  berth stop web && berth snapshot restore web before-upgrade"
+    )]
+    Snapshot(SnapshotCommand),
+}
+
+/// `berth snapshot`'s own verbs.
+#[derive(Debug, Subcommand)]
+#[command(defer = true)]
+pub enum SnapshotCommand {
+    /// Take a snapshot of a machine's root.
+    ///
+    /// A running machine is snapshotted only where its root is a btrfs subvolume (the
+    /// snapshot is atomic); elsewhere stop it first. A machine on a volume of its own
+    /// (--storage volume) gets a copy of its volume file.
+    #[command(disable_version_flag = true)]
+    Create {
+        /// The machine.
+        name: String,
+        /// The snapshot's name (1-64 letters, digits, '.', '_' or '-'; default: snap0,
+        /// snap1, ...).
+        snapshot: Option<String>,
+    },
+    /// List a machine's snapshots, oldest first.
+    #[command(disable_version_flag = true)]
+    List {
+        /// The machine.
+        name: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a stopped machine's root back as a snapshot has it.
+    ///
+    /// Everything in the root is replaced by the snapshot's (which stays, to restore again).
+    /// The machine keeps its definition, hostname, machine-id and UID range; its image version
+    /// becomes the one it had when the snapshot was taken.
+    #[command(disable_version_flag = true)]
+    Restore {
+        /// The machine (stopped).
+        name: String,
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// Remove a snapshot.
+    #[command(disable_version_flag = true)]
+    Rm {
+        /// The machine.
+        name: String,
+        /// The snapshot.
+        snapshot: String,
     },
 }
 

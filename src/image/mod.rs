@@ -24,7 +24,9 @@ use thiserror::Error;
 use crate::name::NameError;
 
 pub use oci::{OciConfig, OciError, OciImage, import_archive};
-pub use pool::{ImageInfo, ImportReport, Pool, clean_staging, copy_tree_to, discard};
+pub use pool::{
+    ImageInfo, ImportReport, Pool, clean_staging, copy_tree_to, discard, prepare_tree, snapshot_to,
+};
 pub use pull::RegistryError;
 pub use record::{AppDefaults, BaseImage, BuildSource, ImageRecord};
 pub use reference::ImageRef;

@@ -549,6 +549,43 @@ pub fn copy_tree_to(
     copy_tree(source, target, durable, false, prepare)
 }
 
+/// Writes into the existing tree at `dir` with `prepare` (a restored machine's identity
+/// files on its volume, say), then syncs it.
+pub fn prepare_tree(
+    dir: &Path,
+    prepare: impl FnOnce(&mut TreeWriter) -> Result<(), ImageError>,
+) -> Result<(), ImageError> {
+    let mut tree = TreeWriter::new(open_directory(dir)?);
+    prepare(&mut tree)?;
+    tree.sync().map_err(ImageError::io("syncing the tree"))?;
+    tree.finish()
+        .map(drop)
+        .map_err(ImageError::io("setting directory times"))
+}
+
+/// Takes a btrfs snapshot of subvolume `source` at `target` (on the same btrfs), or fails:
+/// for a tree that may be changing, such as a running machine's root, of which a copy
+/// would not be consistent.
+pub fn snapshot_to(source: &Path, target: &Path) -> Result<(), ImageError> {
+    let (Some(parent), Some(leaf)) = (target.parent(), target.file_name()) else {
+        return Err(ImageError::io("taking a snapshot")(io::Error::other(
+            "bad target",
+        )));
+    };
+    let path = parent.join(staging_name("copy", &leaf.to_string_lossy()));
+    sys::btrfs::snapshot_subvolume(source, &path).map_err(ImageError::io(format!(
+        "taking a btrfs snapshot of {}",
+        source.display()
+    )))?;
+    Staging {
+        path,
+        subvolume: true,
+        snapshot: true,
+        committed: false,
+    }
+    .commit(target)
+}
+
 /// [`copy_tree_to`]; with `use_spare` (for an image, which changes rarely), a btrfs
 /// snapshot is the image's spare root when a current one waits, and the next spare is made
 /// in the background (see [`super::spare`]).

@@ -758,6 +758,37 @@ fn copy_file(buffer: &mut [u8], src: &File, dst: &File) -> io::Result<u64> {
     Ok(len)
 }
 
+/// Copies the file `source` to the new file `target` (mode 0600; it must not exist yet): a
+/// reflink of the whole file where the filesystem shares data (btrfs, xfs), else its data
+/// with a sparse file's holes kept. Synced; removed again when the copy fails. Returns
+/// "reflink copy" or "copy".
+pub fn copy_whole_file(
+    source: &std::path::Path,
+    target: &std::path::Path,
+) -> io::Result<&'static str> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let src = File::open(source)?;
+    let dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target)?;
+    let copied = (|| {
+        let kind = if rustix::fs::ioctl_ficlone(&dst, &src).is_ok() {
+            "reflink copy"
+        } else {
+            copy_file(&mut vec![0; COPY_BUFFER], &src, &dst)?;
+            "copy"
+        };
+        dst.sync_all()?;
+        Ok(kind)
+    })();
+    if copied.is_err() {
+        let _ = std::fs::remove_file(target);
+    }
+    copied
+}
+
 /// Copies `count` bytes at `at` of `src` to the same offset of `dst`; returns the bytes
 /// copied (fewer only when `src` ended first).
 fn copy_range(buffer: &mut [u8], src: &File, dst: &File, at: u64, count: u64) -> io::Result<u64> {

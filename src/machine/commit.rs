@@ -15,10 +15,7 @@ impl Machines {
     /// defaults. The caller checks that the machine is stopped.
     pub fn commit(&self, name: &str, target: &str) -> Result<ImportReport, MachineError> {
         // No rebase or clone swaps or copies the root meanwhile.
-        let _guard = self
-            .create_lock
-            .lock()
-            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        let _guard = self.lock()?;
         let definition = self.get(name)?;
         let base = self.base_of(&definition);
         let record = ImageRecord {

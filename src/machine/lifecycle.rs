@@ -15,7 +15,7 @@ use super::reapers::Reaping;
 use super::{Definition, MachineError, Machines, Mode, readiness};
 use crate::runtime::{
     self, ExitStatus, Launch, Payload, SpawnBind, SpawnConfig, SpawnFds, StdioMode,
-    exec::{Exec, ExecConfig},
+    exec::{Exec, ExecConfig, StoppedRoot},
 };
 use crate::stopwatch::Stopwatch;
 use crate::systemd::{self, RunningMachine, ScopeSpec, unit_name};
@@ -95,7 +95,7 @@ async fn start_machine(
     let mut watch = Stopwatch::start();
     // One start of a machine at a time: a second, concurrent one is refused here rather than
     // racing the first to systemd.
-    let _starting = Starting::claim(name)?;
+    let _starting = Claim::new(name, "starting")?;
     let definition = machines.get(name)?;
     if state(conn, name).await?.is_some() {
         return Err(MachineError::AlreadyRunning(name.to_owned()));
@@ -318,24 +318,44 @@ impl NameSet {
     }
 }
 
-/// The machines being started by this berthd.
-static STARTING: NameSet = NameSet::new();
+/// The machines this berthd is starting, or working on while they are stopped (a rebase, a
+/// copy of their root...), each with what is being done to it ("starting", "rebasing").
+static CLAIMED: std::sync::Mutex<std::collections::BTreeMap<String, &'static str>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-/// A claim on starting one machine, released when dropped.
-struct Starting(String);
+fn claimed() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<String, &'static str>> {
+    // The map is never left half-changed, so a panic elsewhere doesn't spoil it.
+    CLAIMED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
-impl Starting {
-    fn claim(name: &str) -> Result<Self, MachineError> {
-        if !STARTING.insert(name) {
-            return Err(MachineError::AlreadyStarting(name.to_owned()));
+/// A claim on one machine: while it is held, no other request starts the machine or works
+/// on it while it is stopped. Released when dropped.
+#[derive(Debug)]
+pub struct Claim(String);
+
+impl Claim {
+    /// Claims machine `name` for `what` ("starting", "rebasing", "copying files into", ...).
+    pub fn new(name: &str, what: &'static str) -> Result<Self, MachineError> {
+        let mut claimed = claimed();
+        match claimed.get(name) {
+            Some(&"starting") => Err(MachineError::AlreadyStarting(name.to_owned())),
+            Some(&other) => Err(MachineError::Busy {
+                name: name.to_owned(),
+                what: other,
+            }),
+            None => {
+                claimed.insert(name.to_owned(), what);
+                Ok(Self(name.to_owned()))
+            }
         }
-        Ok(Self(name.to_owned()))
     }
 }
 
-impl Drop for Starting {
+impl Drop for Claim {
     fn drop(&mut self) {
-        STARTING.remove(&self.0);
+        claimed().remove(&self.0);
     }
 }
 
@@ -949,6 +969,37 @@ pub fn exec_config(
         unpack_to: None,
         pack_from: None,
         hangup_unit: None,
+        stopped: None,
+    }
+}
+
+/// How the exec helper makes stopped machine `definition`'s root for a copy: what its own
+/// mounts cover once it runs (as the spawn helper mounts them) is where a copy would hide.
+pub fn stopped_root(machines: &Machines, definition: &Definition) -> StoppedRoot {
+    let mut covered: Vec<(PathBuf, String)> = [
+        ("/proc", "the machine's procfs"),
+        ("/sys", "the machine's sysfs"),
+        ("/dev", "the machine's own /dev (a tmpfs)"),
+        ("/run", "the machine's own /run (a tmpfs)"),
+        ("/tmp", "the machine's own /tmp (a tmpfs)"),
+    ]
+    .into_iter()
+    .map(|(path, what)| (PathBuf::from(path), what.to_owned()))
+    .collect();
+    covered.extend(definition.binds.iter().map(|bind| {
+        (
+            bind.destination.clone(),
+            format!(
+                "the bind of {} (copy into that host directory instead)",
+                bind.source.display()
+            ),
+        )
+    }));
+    StoppedRoot {
+        root: machines.root_of(&definition.name),
+        uid_base: definition.uid_range.base,
+        volume: definition.volume.as_ref().map(|(path, _)| path.clone()),
+        covered,
     }
 }
 
@@ -1000,9 +1051,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_machine_is_started_by_one_request_at_a_time() {
-        let first = Starting::claim("claimed").expect("first claim");
-        let second = Starting::claim("claimed")
+    fn a_machine_is_started_or_worked_on_by_one_request_at_a_time() {
+        let first = Claim::new("claimed", "starting").expect("first claim");
+        let second = Claim::new("claimed", "starting")
             .map(drop)
             .expect_err("second claim");
         assert!(
@@ -1011,9 +1062,18 @@ mod tests {
                 .contains("being started by another request"),
             "{second}"
         );
-        let other = Starting::claim("another").expect("another machine");
+        let other = Claim::new("another", "rebasing").expect("another machine");
+        let start = Claim::new("another", "starting")
+            .map(drop)
+            .expect_err("start while rebased");
+        assert!(
+            start
+                .to_string()
+                .contains("machine 'another' is busy: another request is rebasing it"),
+            "{start}"
+        );
         drop(first);
-        drop(Starting::claim("claimed").expect("claim after release"));
+        drop(Claim::new("claimed", "starting").expect("claim after release"));
         drop(other);
     }
 

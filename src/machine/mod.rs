@@ -16,6 +16,7 @@ pub mod readiness;
 mod reapers;
 mod rebase;
 mod rename;
+mod snapshot;
 mod uid_range;
 pub mod usage;
 pub mod volume;
@@ -30,6 +31,7 @@ use thiserror::Error;
 
 pub use definition::{Bind, Definition, DefinitionError, Mode, is_machine_id};
 pub use rebase::Outdated;
+pub use snapshot::Snapshot;
 pub use uid_range::{FIRST_BASE, RANGE_SIZE, UidRange};
 
 use crate::image::tree::{Content, Metadata, TreePath};
@@ -59,6 +61,8 @@ pub enum MachineError {
         "machine '{0}' is being started by another request; 'berth status {0}' shows it once it runs"
     )]
     AlreadyStarting(String),
+    #[error("machine '{name}' is busy: another request is {what} it; try again once that is done")]
+    Busy { name: String, what: &'static str },
     #[error("machine '{0}' is not running; 'berth start {0}' starts it")]
     NotRunning(String),
     #[error("machine '{0}' is running; stop it first with 'berth stop {0}'")]
@@ -145,6 +149,13 @@ impl Machines {
             pool,
             create_lock: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Serializes changes to the machine store (see `create_lock`).
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, MachineError> {
+        self.create_lock
+            .lock()
+            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))
     }
 
     pub fn root_of(&self, name: &str) -> PathBuf {
@@ -268,10 +279,7 @@ impl Machines {
         }
 
         watch.lap("checks");
-        let _guard = self
-            .create_lock
-            .lock()
-            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        let _guard = self.lock()?;
         let definition_path = self.definition_path(&request.name);
         let root = self.root_of(&request.name);
         if definition_path.exists() || root.symlink_metadata().is_ok() {
@@ -593,10 +601,7 @@ impl Machines {
         name: &str,
         properties: &[crate::systemd::properties::Property],
     ) -> Result<Definition, MachineError> {
-        let _guard = self
-            .create_lock
-            .lock()
-            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        let _guard = self.lock()?;
         let mut definition = self.get(name)?;
         definition.properties =
             crate::systemd::properties::merge(&definition.properties, properties);
@@ -621,10 +626,7 @@ impl Machines {
         if let Some(locale) = &locale {
             guest_etc::validate_locale(locale)?;
         }
-        let _guard = self
-            .create_lock
-            .lock()
-            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        let _guard = self.lock()?;
         let mut definition = self.get(name)?;
         let mounted = match &definition.volume {
             Some(_) if running => {
@@ -721,6 +723,7 @@ impl Machines {
             image::discard(&root)?;
         }
         watch.lap("root");
+        self.remove_snapshots(name)?;
         fs::remove_file(self.definition_path(name)).map_err(|source| MachineError::Io {
             context: format!("removing {}", self.definition_path(name).display()),
             source,
@@ -732,7 +735,7 @@ impl Machines {
 
     /// Deletes roots a crash left half-made or half-deleted.
     pub fn clean_stale(&self) -> usize {
-        image::clean_staging(&self.roots)
+        image::clean_staging(&self.roots) + self.clean_stale_snapshots()
     }
 
     /// Deletes the spare roots of images that were removed or replaced (they would hold

@@ -8,6 +8,7 @@
 //! root is replaced by the new image's tree.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{CWD, RenameFlags};
 
@@ -36,10 +37,7 @@ impl Machines {
         name: &str,
         to: Option<&str>,
     ) -> Result<(Definition, &'static str, Vec<String>), MachineError> {
-        let _guard = self
-            .create_lock
-            .lock()
-            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        let _guard = self.lock()?;
         let mut definition = self.get(name)?;
         let target = match to {
             Some(v) => ImageRef::new(&definition.image, v)?.to_string(),
@@ -73,34 +71,14 @@ impl Machines {
         warnings: &mut Vec<String>,
     ) -> Result<&'static str, MachineError> {
         let name = &definition.name;
-        let created = now_usec();
-        let identity = identity_files(definition);
-        let etc = definition.guest_etc();
-        let prepare = |tree: &mut image::tree::TreeWriter| {
-            super::write_identity(tree, &identity, created)?;
-            *warnings = guest_etc::apply(tree, &etc, mtime_of(created));
-            Ok(())
-        };
+        let prepare = root_preparation(definition, warnings);
         match &definition.volume {
             None => {
-                let root = self.root_of(name);
-                let staging = self
-                    .roots
-                    .join(format!(".#berth-rebase-{name}-{}", std::process::id()));
+                let staging = self.staging_root("rebase", name);
                 let kind = self
                     .pool
                     .copy_image(&image.reference(), &staging, true, prepare)?;
-                // Atomic: the machine has either its old root or its new one.
-                if let Err(e) =
-                    rustix::fs::renameat_with(CWD, &staging, CWD, &root, RenameFlags::EXCHANGE)
-                {
-                    let _ = image::discard(&staging);
-                    return Err(MachineError::Io {
-                        context: format!("swapping in the new root of machine '{name}'"),
-                        source: e.into(),
-                    });
-                }
-                image::discard(&staging)?;
+                self.swap_in_root(name, &staging)?;
                 Ok(kind)
             }
             Some((path, size)) => {
@@ -108,11 +86,7 @@ impl Machines {
                 let _ = fs::remove_file(&new);
                 volume::create(&new, *size, name)?;
                 let filled = (|| {
-                    let mounted = volume::Mounted::new(
-                        &new,
-                        self.roots
-                            .join(format!(".#berth-rebase-{name}-{}", std::process::id())),
-                    )?;
+                    let mounted = volume::Mounted::new(&new, self.staging_root("rebase", name))?;
                     self.pool
                         .copy_image_into(&image.reference(), &mounted.dir, prepare)?;
                     mounted.finish()?;
@@ -127,6 +101,28 @@ impl Machines {
                 filled.map(|()| "volume")
             }
         }
+    }
+
+    /// A staging path in the roots directory for a new root of machine `name`, which berthd's
+    /// start-up cleanup removes if a crash leaves it.
+    pub(super) fn staging_root(&self, purpose: &str, name: &str) -> PathBuf {
+        self.roots
+            .join(format!(".#berth-{purpose}-{name}-{}", std::process::id()))
+    }
+
+    /// Swaps the tree at `staging` in as stopped machine `name`'s root, atomically (the
+    /// machine has either its old root or its new one), then deletes the old root.
+    pub(super) fn swap_in_root(&self, name: &str, staging: &Path) -> Result<(), MachineError> {
+        let root = self.root_of(name);
+        if let Err(e) = rustix::fs::renameat_with(CWD, staging, CWD, &root, RenameFlags::EXCHANGE) {
+            let _ = image::discard(staging);
+            return Err(MachineError::Io {
+                context: format!("swapping in the new root of machine '{name}'"),
+                source: e.into(),
+            });
+        }
+        image::discard(staging)?;
+        Ok(())
     }
 
     /// Copies stopped machine `source` as new machine `target`: the same image record,
@@ -146,10 +142,7 @@ impl Machines {
             crate::name::validate_hostname("host", hostname)?;
             hostname.to_owned()
         };
-        let _guard = self
-            .create_lock
-            .lock()
-            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        let _guard = self.lock()?;
         let original = self.get(source)?;
         if original.volume.is_some() {
             return Err(MachineError::InvalidArgument(format!(
@@ -263,6 +256,22 @@ impl Machines {
             }
         }
         Ok(outdated)
+    }
+}
+
+/// What goes into a machine's new root (from a rebase or a restore): its identity files and
+/// its guest /etc settings; `warnings` gets what the guest lacks.
+pub(super) fn root_preparation<'a>(
+    definition: &Definition,
+    warnings: &'a mut Vec<String>,
+) -> impl FnOnce(&mut image::tree::TreeWriter) -> Result<(), image::ImageError> + 'a {
+    let created = now_usec();
+    let identity = identity_files(definition);
+    let etc = definition.guest_etc();
+    move |tree| {
+        super::write_identity(tree, &identity, created)?;
+        *warnings = guest_etc::apply(tree, &etc, mtime_of(created));
+        Ok(())
     }
 }
 

@@ -1,8 +1,8 @@
 //! `berth rename`: a stopped machine under a new name.
 //!
-//! What is named after the machine moves with it: its definition, its root directory and its
-//! volume file. Its hostname, machine-id, UID range, addresses and everything else stay; so
-//! does whatever the guest keeps inside its root.
+//! What is named after the machine moves with it: its definition, its root directory, its
+//! volume file and its snapshots. Its hostname, machine-id, UID range, addresses and
+//! everything else stay; so does whatever the guest keeps inside its root.
 
 use std::path::{Path, PathBuf};
 
@@ -21,10 +21,7 @@ impl Machines {
                 "machine '{name}' already has that name; give another one"
             )));
         }
-        let _guard = self
-            .create_lock
-            .lock()
-            .map_err(|_| MachineError::InvalidArgument("internal lock poisoned".into()))?;
+        let _guard = self.lock()?;
         let mut definition = self.get(name)?;
         if self.definition_path(new_name).exists()
             || self.root_of(new_name).symlink_metadata().is_ok()
@@ -37,6 +34,7 @@ impl Machines {
             moves.push((path.clone(), renamed.clone()));
             definition.volume = Some((renamed, *size));
         }
+        moves.extend(self.snapshots_moves(name, new_name));
         let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
         for (from, to) in moves {
             if let Err(e) = move_noreplace(&from, &to) {

@@ -289,3 +289,157 @@ fn rename_moves_definition_and_root_and_keeps_the_rest() {
     );
     assert!(!f.root.join("roots/web").exists());
 }
+
+#[test]
+fn snapshots_are_taken_restored_renamed_and_removed_with_the_machine() {
+    let f = fixture();
+    let web = f.machines.create(&request("web")).expect("web").0;
+    let mark = f.root.join("roots/web/etc/mark");
+    fs::write(&mark, b"before").expect("mark");
+    let before = f
+        .machines
+        .take_snapshot("web", "before", false)
+        .expect("snapshot");
+    assert_eq!(
+        (before.name.as_str(), before.image.as_str()),
+        ("before", "deb")
+    );
+    fs::write(&mark, b"after").expect("mark");
+    fs::write(f.root.join("roots/web/etc/new"), b"new").expect("new");
+    let unnamed = f
+        .machines
+        .take_snapshot("web", "", false)
+        .expect("snapshot");
+    assert_eq!(unnamed.name, "snap0");
+    let names = |m: &str| -> Vec<String> {
+        f.machines
+            .snapshots(m)
+            .expect("list")
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    };
+    assert_eq!(names("web"), ["before", "snap0"]);
+
+    // Bad input, each named; nothing half-made is left.
+    for (machine, snapshot, why) in [
+        ("web", "before", "already has a snapshot named 'before'"),
+        ("web", "a/b", "contains '/'"),
+        ("web", ".hidden", "must not start with '.'"),
+        ("ghost", "x", "no machine named 'ghost'"),
+    ] {
+        let e = f
+            .machines
+            .take_snapshot(machine, snapshot, false)
+            .expect_err(snapshot)
+            .to_string();
+        assert!(e.contains(why), "{snapshot}: {e}");
+    }
+    let e = f
+        .machines
+        .take_snapshot("web", "live", true)
+        .expect_err("running, not a subvolume")
+        .to_string();
+    assert!(
+        e.contains("is running and its root is not a btrfs subvolume"),
+        "{e}"
+    );
+    for e in [
+        f.machines.restore_snapshot("web", "nope").map(drop),
+        f.machines.remove_snapshot("web", "nope"),
+    ] {
+        let e = e.expect_err("unknown snapshot").to_string();
+        assert!(e.contains("has no snapshot named 'nope'"), "{e}");
+    }
+    let leftovers: Vec<_> = fs::read_dir(f.root.join("roots/.snapshots/web"))
+        .expect("snapshots dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".#"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Restore: the snapshot's files, the machine's identity (whatever the snapshot held).
+    fs::write(
+        f.root.join("roots/.snapshots/web/before/etc/hostname"),
+        b"stale\n",
+    )
+    .expect("stale hostname");
+    let (restored, _, _) = f
+        .machines
+        .restore_snapshot("web", "before")
+        .expect("restore");
+    assert_eq!(restored.machine_id, web.machine_id);
+    assert_eq!(fs::read(&mark).expect("mark"), b"before");
+    assert!(!f.root.join("roots/web/etc/new").exists());
+    assert_eq!(
+        fs::read_to_string(f.root.join("roots/web/etc/hostname")).expect("hostname"),
+        "web\n"
+    );
+    // The snapshot stays as it was, to restore again.
+    assert_eq!(
+        fs::read(f.root.join("roots/.snapshots/web/before/etc/mark")).expect("kept"),
+        b"before"
+    );
+
+    // Crash leftovers: a tree without its info file, an info file without its tree.
+    fs::create_dir(f.root.join("roots/.snapshots/web/half")).expect("half");
+    fs::write(
+        f.root.join("roots/.snapshots/web/.gone.info"),
+        b"Created=1\nImage=deb\n",
+    )
+    .expect("gone");
+    assert_eq!(f.machines.clean_stale(), 2);
+    assert_eq!(names("web"), ["before", "snap0"]);
+
+    f.machines.rename("web", "www").expect("rename");
+    assert_eq!(names("www"), ["before", "snap0"]);
+    assert!(!f.root.join("roots/.snapshots/web").exists());
+    f.machines.remove_snapshot("www", "snap0").expect("rm");
+    assert_eq!(names("www"), ["before"]);
+    f.machines.remove("www").expect("remove");
+    assert!(!f.root.join("roots/.snapshots/www").exists());
+}
+
+#[test]
+fn a_volume_machines_snapshot_is_a_copy_of_its_volume() {
+    let f = fixture();
+    f.machines.create(&request("web")).expect("web");
+    let volume = f.root.join("volumes/web.ext4");
+    fs::create_dir_all(volume.parent().expect("parent")).expect("volumes");
+    // A sparse "volume": its hole stays a hole in the copy.
+    let file = fs::File::create(&volume).expect("volume");
+    file.set_len(64 << 20).expect("size");
+    std::os::unix::fs::FileExt::write_all_at(&file, b"ext4 data", 1 << 20).expect("data");
+    let mut definition = f.machines.get("web").expect("web");
+    definition.volume = Some((volume.clone(), 64 << 20));
+    f.machines.write_definition(&definition).expect("write");
+    let e = f
+        .machines
+        .take_snapshot("web", "", true)
+        .expect_err("running")
+        .to_string();
+    assert!(
+        e.contains("is running and it runs on a volume of its own"),
+        "{e}"
+    );
+    let taken = f
+        .machines
+        .take_snapshot("web", "", false)
+        .expect("snapshot");
+    assert!(
+        taken.storage.ends_with("of the volume"),
+        "{}",
+        taken.storage
+    );
+    let copy = f.root.join("volumes/.snapshots/web/snap0.ext4");
+    let meta = fs::metadata(&copy).expect("copy");
+    assert_eq!(meta.len(), 64 << 20);
+    assert!(meta.blocks() * 512 < 8 << 20, "the hole was filled");
+    assert_eq!(f.machines.snapshots("web").expect("list").len(), 1);
+    f.machines.rename("web", "www").expect("rename");
+    assert!(f.root.join("volumes/.snapshots/www/snap0.ext4").is_file());
+    f.machines.remove_snapshot("www", "snap0").expect("rm");
+    assert!(!f.root.join("volumes/.snapshots/www/snap0.ext4").exists());
+    assert!(f.machines.snapshots("www").expect("list").is_empty());
+}

@@ -1,5 +1,5 @@
 //! `berth copy-to` and `berth copy-from`: a file or directory tree copied into or out of a
-//! running machine, as a tar stream.
+//! machine, as a tar stream.
 //!
 //! The client writes a tar stream of the source as the calling user (so it holds only what
 //! the caller may read): one top-level entry, named as the source, then [`END_MARK`]. berthd
@@ -10,6 +10,10 @@
 //! bits), times are kept. The stream is unpacked into a temporary directory beside the
 //! target and renamed into place only once it is complete, so a copy that fails leaves
 //! nothing behind and an existing file is replaced at once.
+//!
+//! A stopped machine's root is made by the helper itself (its volume mounted, the root
+//! idmapped, entered as the machine's root: see `helper::enter_stopped_root`), and a copy
+//! into a place the machine's own mounts will cover (/tmp, /run, a --bind) is refused.
 //!
 //! `berth copy-from` is the same the other way: the helper's child, the machine's root,
 //! writes the stream of a path of the machine to a socket the client passed, and the client
@@ -179,13 +183,17 @@ fn run_helper(helper: &Path, config: &ExecConfig, archive: OwnedFd) -> Result<St
 /// An error goes to `stdio[2]`. Returns the exit code.
 pub fn child_main(config: &ExecConfig, stdio: [OwnedFd; 3]) -> i32 {
     let [stream, output, errors] = stdio;
+    let covered = config.stopped.as_ref().map_or(&[][..], |s| &s.covered[..]);
     let result = match (&config.unpack_to, &config.pack_from) {
-        (Some(destination), _) => unpack(
-            fs::File::from(stream),
-            Path::new(destination),
-            Side::Machine,
-        )
-        .map(|written| written.display().to_string()),
+        (Some(destination), _) => check_uncovered(Path::new(destination), covered)
+            .and_then(|()| {
+                unpack(
+                    fs::File::from(stream),
+                    Path::new(destination),
+                    Side::Machine,
+                )
+            })
+            .map(|written| written.display().to_string()),
         (None, Some(source)) => {
             pack(Path::new(source), SocketWriter(stream)).map(|()| String::new())
         }
@@ -212,6 +220,38 @@ pub fn child_main(config: &ExecConfig, stdio: [OwnedFd; 3]) -> i32 {
                 CopyError::Failed(_) => 1,
             }
         }
+    }
+}
+
+/// For a stopped machine: refuses a `destination` that its own mounts (`covered`: each mount
+/// point with what covers it) will hide once it runs. Symlinks on the way are followed,
+/// inside the machine's root, as the copy would follow them.
+fn check_uncovered(destination: &Path, covered: &[(PathBuf, String)]) -> Result<(), CopyError> {
+    let mut existing = destination.to_path_buf();
+    let mut rest = Vec::new();
+    while fs::symlink_metadata(&existing).is_err() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_owned());
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = fs::canonicalize(&existing).unwrap_or(existing);
+    resolved.extend(rest.iter().rev());
+    match covered
+        .iter()
+        .find(|(mount_point, _)| resolved.starts_with(mount_point))
+    {
+        Some((mount_point, what)) => Err(CopyError::Path(format!(
+            "'{}' is below {}, which {what} covers once the machine runs: what is copied \
+             there now would be hidden; start the machine and copy then, or choose another \
+             place",
+            destination.display(),
+            mount_point.display()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -846,6 +886,27 @@ mod tests {
         assert_eq!(&data, b"data");
         // Far fewer 512-byte blocks than 64 MiB takes (on a filesystem with holes).
         assert!(meta.blocks() < 1024, "{} blocks", meta.blocks());
+    }
+
+    #[test]
+    fn a_place_the_running_machines_mounts_cover_is_refused_also_through_a_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = dir.path().join("run");
+        fs::create_dir(&run).expect("run");
+        std::os::unix::fs::symlink(&run, dir.path().join("var-run")).expect("symlink");
+        let covered = [(run.clone(), "the machine's own /run (a tmpfs)".to_owned())];
+        for destination in [run.join("x"), dir.path().join("var-run/new/x"), run.clone()] {
+            let e = check_uncovered(&destination, &covered).expect_err("covered");
+            assert!(
+                e.to_string().contains(&format!(
+                    "is below {}, which the machine's own /run (a tmpfs) covers",
+                    run.display()
+                )),
+                "{e}"
+            );
+        }
+        check_uncovered(&dir.path().join("etc/x"), &covered).expect("not covered");
+        check_uncovered(&dir.path().join("running"), &covered).expect("a name sharing a prefix");
     }
 
     #[test]

@@ -69,6 +69,23 @@ pub struct ExecConfig {
     /// itself, would have its service stopped, with SIGTERM first).
     #[serde(default)]
     pub hangup_unit: Option<String>,
+    /// A copy into or out of a stopped machine: the helper makes its root itself instead of
+    /// entering the namespaces of a running machine's leader.
+    #[serde(default)]
+    pub stopped: Option<StoppedRoot>,
+}
+
+/// A stopped machine's root, which the exec helper makes for a copy as the machine would
+/// have it (see `helper::enter_stopped_root`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoppedRoot {
+    pub root: PathBuf,
+    pub uid_base: u32,
+    /// The machine's own filesystem, mounted on `root`.
+    pub volume: Option<PathBuf>,
+    /// Where the machine's own mounts cover its root once it runs (/tmp, /run, a --bind's
+    /// destination), each with what covers it: a copy there would be hidden.
+    pub covered: Vec<(PathBuf, String)>,
 }
 
 /// A command running in a machine.
@@ -225,30 +242,13 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
     if config.command.first().is_none_or(String::is_empty) {
         return Err(RuntimeError::Exec("no command to run".into()));
     }
-    join_cgroup(&config.scope_cgroup, config.join_payload)?;
-    let leader = rustix::process::Pid::from_raw(config.leader)
-        .ok_or_else(|| RuntimeError::Exec(format!("bad leader PID {}", config.leader)))?;
-    let pidfd = step(
-        "opening the machine's leader",
-        rustix::process::pidfd_open(leader, rustix::process::PidfdFlags::empty())
-            .map_err(io::Error::from),
-    )?;
-    // A machine on the host's network has no namespace of its own to enter (and the host's
-    // isn't the machine's root's to join).
-    let own_network = netns_of(&format!("/proc/{leader}/ns/net")) != netns_of("/proc/self/ns/net");
-    let mut namespaces = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWCGROUP;
-    if own_network {
-        namespaces |= CloneFlags::CLONE_NEWNET;
-    }
-    step(
-        "entering the machine's namespaces (needs kernel 5.8+)",
-        nix::sched::setns(&pidfd, namespaces).map_err(io::Error::from),
-    )?;
+    let own_network = match &config.stopped {
+        Some(stopped) => {
+            super::helper::enter_stopped_root(stopped)?;
+            false
+        }
+        None => enter_running(&config)?,
+    };
     // Become the machine's root, so what it creates (the terminal) is the machine's.
     let root_uid = Uid::from_raw(0);
     let root_gid = Gid::from_raw(0);
@@ -334,6 +334,36 @@ fn helper(socket: &UnixStream) -> Result<ExitStatus, RuntimeError> {
         &all,
         hangup_unit.as_ref().map(|f| f as &dyn Fn()),
     ))
+}
+
+/// Joins running machine `config.leader`'s cgroup and enters its namespaces; returns whether
+/// it has a network namespace of its own.
+fn enter_running(config: &ExecConfig) -> Result<bool, RuntimeError> {
+    join_cgroup(&config.scope_cgroup, config.join_payload)?;
+    let leader = rustix::process::Pid::from_raw(config.leader)
+        .ok_or_else(|| RuntimeError::Exec(format!("bad leader PID {}", config.leader)))?;
+    let pidfd = step(
+        "opening the machine's leader",
+        rustix::process::pidfd_open(leader, rustix::process::PidfdFlags::empty())
+            .map_err(io::Error::from),
+    )?;
+    // A machine on the host's network has no namespace of its own to enter (and the host's
+    // isn't the machine's root's to join).
+    let own_network = netns_of(&format!("/proc/{leader}/ns/net")) != netns_of("/proc/self/ns/net");
+    let mut namespaces = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
+    if own_network {
+        namespaces |= CloneFlags::CLONE_NEWNET;
+    }
+    step(
+        "entering the machine's namespaces (needs kernel 5.8+)",
+        nix::sched::setns(&pidfd, namespaces).map_err(io::Error::from),
+    )?;
+    Ok(own_network)
 }
 
 /// SIGHUP to every process of `unit`, by the machine's own systemctl (a child that

@@ -189,18 +189,7 @@ fn outer(
     let base = config.uid_base;
     // Reported with the PID, for berthd's log of where a start's time goes.
     let mut watch = crate::stopwatch::Stopwatch::start();
-    step(
-        "unsharing the mount namespace",
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(io::Error::from),
-    )?;
-    // First, or every mount below would propagate to the host.
-    errno(
-        "making / a slave mount",
-        rustix::mount::mount_change(
-            "/",
-            MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
-        ),
-    )?;
+    unshare_mount_namespace(nix::sched::CloneFlags::empty())?;
     watch.lap("mount namespace");
     if let Some(volume) = &config.volume {
         mount_volume(volume, root)?;
@@ -343,6 +332,22 @@ fn outer(
 
 /// Mounts the machine's own filesystem on its root, in this mount namespace only: when the
 /// machine ends, so does the mount (and the loop device, which mount sets to autoclear).
+/// Unshares a mount namespace (and the namespaces in `also`) whose mounts don't reach the
+/// host's: made a slave first, or every mount after it would propagate to the host.
+fn unshare_mount_namespace(also: nix::sched::CloneFlags) -> Result<(), RuntimeError> {
+    step(
+        "unsharing the mount namespace",
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS | also).map_err(io::Error::from),
+    )?;
+    errno(
+        "making / a slave mount",
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
+        ),
+    )
+}
+
 fn mount_volume(volume: &Path, root: &Path) -> Result<(), RuntimeError> {
     // A loop device with direct IO, as systemd-nspawn --image uses: the machine's writes go
     // to the disk in the machine's own IO cgroup (so IOWeight and bandwidth limits apply to
@@ -416,7 +421,11 @@ fn tool(program: &str, args: &[&str], path: &Path) -> Result<String, RuntimeErro
 /// Replaces the root with an idmapped mount of itself: on-disk owner N shows as host UID
 /// base+N, so the image is never chowned.
 fn idmap_root(root: &Path, base: u32) -> Result<(), RuntimeError> {
-    let userns = throwaway_userns(base)?;
+    idmap_root_with(root, &throwaway_userns(base)?)
+}
+
+/// Mounts `root` over itself, idmapped with the map of user namespace `userns`.
+fn idmap_root_with(root: &Path, userns: &OwnedFd) -> Result<(), RuntimeError> {
     let tree = errno(
         "cloning the root mount",
         rustix::mount::open_tree(
@@ -439,6 +448,28 @@ fn idmap_root(root: &Path, base: u32) -> Result<(), RuntimeError> {
             MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
         ),
     )
+}
+
+/// For a copy into or out of a stopped machine (the exec helper, single-threaded): gives
+/// this process the machine's root as the machine has it, and nothing else. In mount and
+/// network namespaces of its own, the machine's volume is mounted and its root idmapped to
+/// its UID range, as for a start; then the process enters a user namespace with the
+/// machine's map and changes its root to the machine's. Becoming root there (the caller
+/// does, as for a running machine) makes it the machine's root, no more.
+pub(super) fn enter_stopped_root(stopped: &super::exec::StoppedRoot) -> Result<(), RuntimeError> {
+    unshare_mount_namespace(nix::sched::CloneFlags::CLONE_NEWNET)?;
+    if let Some(volume) = &stopped.volume {
+        mount_volume(volume, &stopped.root)?;
+    }
+    let userns = throwaway_userns(stopped.uid_base)?;
+    idmap_root_with(&stopped.root, &userns)?;
+    errno("entering the root", rustix::process::chdir(&stopped.root))?;
+    step(
+        "entering the machine's user namespace",
+        nix::sched::setns(&userns, nix::sched::CloneFlags::CLONE_NEWUSER).map_err(io::Error::from),
+    )?;
+    errno("changing the root", rustix::process::chroot("."))?;
+    errno("entering /", rustix::process::chdir("/"))
 }
 
 /// A user namespace with the machine's map, held by a short-lived child, for mount_setattr.

@@ -36,7 +36,7 @@ test_12_help_is_complete() {
     local top=$OUT verb
     for verb in import-tar import-fs images rmi create list start stop rm run exec shell kill restart \
         status logs set top doctor enable disable import-oci export pull build rebuild rebase clone ports commit rename \
-        copy-to copy-from; do
+        copy-to copy-from snapshot; do
         grep -q "^  $verb " "$top" || fail "berth --help lacks $verb"
         expect_ok berth "$verb" --help
         grep -q "Usage: berth $verb" "$OUT"

@@ -358,8 +358,22 @@ test_76_copy_to_puts_files_into_a_running_machine() {
     touch -d 2020-01-02 "$src/app.conf"
     echo hello >"$src/site/sub/index.html"
     ln -s sub/index.html "$src/site/link"
-    expect_fail "machine 'cp1' is not running" berth copy-to cp1 "$src/app.conf" /etc/
+    # Into the stopped machine: the machine root's as well (0 on its disk, which the running
+    # machine sees as its 0); a place its own mounts cover once it runs is refused, also
+    # through a symlink of the machine's (Debian's /var/run -> /run).
+    expect_ok berth copy-to cp1 "$src/app.conf" /etc/stopped.conf
+    grep -qx "Copied $src/app.conf to cp1:/etc/stopped.conf." "$OUT" || fail "no report of the stopped copy"
+    [[ $(stat -c '%u:%g %a' /var/lib/berth/machines/cp1/etc/stopped.conf) == "0:0 750" ]] \
+        || fail "stopped copy on disk: $(stat -c '%u:%g %a' /var/lib/berth/machines/cp1/etc/stopped.conf)"
+    expect_fail "'/tmp/' is below /tmp, which the machine's own /tmp \(a tmpfs\) covers once the machine runs" \
+        berth copy-to cp1 "$src/app.conf" /tmp/
+    expect_fail "'/var/run/app.conf' is below /run, which the machine's own /run \(a tmpfs\) covers" \
+        berth copy-to cp1 "$src/app.conf" /var/run/app.conf
+    [[ ! -e /var/lib/berth/machines/cp1/tmp/app.conf && ! -e /var/lib/berth/machines/cp1/run/app.conf ]] \
+        || fail "a refused copy into the stopped machine was written"
     expect_ok berth start cp1
+    [[ $(berth exec cp1 -- stat -c '%u:%g %a' /etc/stopped.conf) == "0:0 750" ]] \
+        || fail "stopped copy seen running: $(berth exec cp1 -- stat -c '%u:%g %a' /etc/stopped.conf)"
 
     # A file into a directory: owned by the machine's root (0 inside, its own UID outside),
     # its permission bits without the set-ID bit, its time kept.
@@ -454,7 +468,10 @@ test_78_copy_from_takes_files_out_of_a_running_machine() {
     local dst=/var/tmp/copy-from left
     rm -rf "$dst"
     mkdir -p "$dst"
-    expect_fail "machine 'cf1' is not running" berth copy-from cf1 /etc/hostname "$dst/"
+    # Out of the stopped machine: its files as they are on its disk.
+    expect_ok berth copy-from cf1 /etc/hostname "$dst/"
+    [[ $(cat "$dst/hostname") == cf1 ]] || fail "copy from the stopped machine: $(cat "$dst/hostname")"
+    rm -f "$dst/hostname"
     expect_ok berth start cf1
     berth exec cf1 -- sh -c 'mkdir -p /srv/site/sub && echo hello >/srv/site/sub/index.html &&
         ln -s /etc/shadow /srv/site/link && echo "port = 80" >/etc/app.conf &&

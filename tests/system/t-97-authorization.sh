@@ -53,6 +53,8 @@ test_97_each_change_needs_its_own_polkit_action() {
     refused rebase-machine berth rebase authz
     refused commit-machine berth commit authz authz-img
     refused rename-machine berth rename authz authz-new
+    refused snapshot-machine berth snapshot create authz
+    refused restore-machine berth snapshot restore authz snap0
     refused enable-machine berth enable authz
     refused enable-machine berth disable authz
 
@@ -60,6 +62,7 @@ test_97_each_change_needs_its_own_polkit_action() {
     assert_no_image authz-img
     [[ -d /var/lib/machines/deb ]] || fail "image deb removed"
     [[ ! -e /etc/berth/machines/authz-new.machine ]] || fail "authz-new created"
+    [[ ! -e /var/lib/berth/machines/.snapshots/authz ]] || fail "a snapshot of authz was taken"
     [[ -z $(ls -A "$files/out") ]] || fail "export wrote $(ls "$files/out")"
     [[ $(machinectl show authz-up -p State --value) == running ]] || fail "authz-up stopped"
     [[ -z $(berth exec authz-up -- ls /tmp) ]] || fail "copy-to wrote into authz-up"
@@ -73,7 +76,7 @@ test_97_each_change_needs_its_own_polkit_action() {
     for id in import-image pull-image build-image export-image remove-image create-machine \
         start-machine run-machine stop-machine kill-machine restart-machine exec-machine \
         shell-machine copy-to-machine copy-from-machine set-properties remove-machine rebase-machine \
-        commit-machine rename-machine enable-machine; do
+        commit-machine rename-machine snapshot-machine restore-machine enable-machine; do
         grep -q "\"org.berth.berth1.$id\"" <<<"$declared" || fail "polkit doesn't know $id"
     done
 

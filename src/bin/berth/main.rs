@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use berth::api::{BUS_NAME, ImportResult, ManagerProxy};
-use berth::cli::{Cli, Command, format};
+use berth::cli::{Cli, Command, SnapshotCommand, format};
 use clap::Parser;
 
 mod build;
@@ -641,6 +641,40 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 machine.hostname,
                 machine.machine_id
             );
+        }
+        Command::Snapshot(SnapshotCommand::Create { name, snapshot }) => {
+            let (snapshot, storage) = manager
+                .snapshot_machine(&name, snapshot.as_deref().unwrap_or(""))
+                .await?;
+            println!(
+                "Took snapshot '{snapshot}' of machine '{name}' ({storage}). 'berth snapshot restore {name} {snapshot}' puts the machine back to it."
+            );
+        }
+        Command::Snapshot(SnapshotCommand::List { name, json }) => {
+            let snapshots = manager.list_snapshots(&name).await?;
+            print_listing(
+                &snapshots,
+                json,
+                &format!(
+                    "Machine '{name}' has no snapshots. 'berth snapshot create {name}' takes one."
+                ),
+                format::snapshots_table,
+            )?;
+        }
+        Command::Snapshot(SnapshotCommand::Restore { name, snapshot }) => {
+            let (machine, storage, warnings) = manager.restore_machine(&name, &snapshot).await?;
+            print_warnings(&warnings);
+            println!(
+                "Restored machine '{name}' from snapshot '{snapshot}' ({storage}, image '{}'); its machine-id {}, UIDs {}-{} and binds are unchanged. 'berth start {name}' starts it.",
+                machine.image,
+                machine.machine_id,
+                machine.uid_base,
+                machine.uid_base + (berth::machine::RANGE_SIZE - 1),
+            );
+        }
+        Command::Snapshot(SnapshotCommand::Rm { name, snapshot }) => {
+            manager.remove_snapshot(&name, &snapshot).await?;
+            println!("Removed snapshot '{snapshot}' of machine '{name}'.");
         }
         Command::Ports { name, json } => {
             let ports = manager.list_ports(name.as_deref().unwrap_or("")).await?;
