@@ -310,7 +310,6 @@ fn exit_reply(status: Option<ExitStatus>) -> (i32, String) {
 /// Why a machine is copied only while stopped.
 const UNDER_THE_COPY: &str = ": a running machine's root is changing under the copy";
 
-/// Refuses a change that needs machine `name` stopped while it runs; `then` ends the message.
 /// Claims machine `name`, which must be stopped, for `what` ("rebasing", ...): until the
 /// claim is dropped no other request starts it or works on it. `then` ends the message when
 /// it runs.

@@ -891,6 +891,10 @@ pub(super) fn remove_tree(path: &Path) -> io::Result<()> {
     if crate::sys::btrfs::is_subvolume(path) && crate::sys::btrfs::delete_subvolume(path).is_ok() {
         return Ok(());
     }
+    // A staged file (a volume's copy for a snapshot) is no tree.
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+        return fs::remove_file(path);
+    }
     match fs::remove_dir_all(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,

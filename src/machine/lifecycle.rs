@@ -289,7 +289,7 @@ async fn start_machine(
     Ok(Started { running, terminal })
 }
 
-/// Machine names shared by berthd's tasks (one set per purpose below).
+/// Machine names shared by berthd's tasks.
 struct NameSet(std::sync::Mutex<std::collections::BTreeSet<String>>);
 
 impl NameSet {

@@ -389,7 +389,12 @@ fn snapshots_are_taken_restored_renamed_and_removed_with_the_machine() {
         b"Created=1\nImage=deb\n",
     )
     .expect("gone");
-    assert_eq!(f.machines.clean_stale(), 2);
+    // ... and a volume's copy cut short (a file, not a tree).
+    fs::create_dir_all(f.root.join("volumes/.snapshots/web")).expect("volume snapshots");
+    let staged = f.root.join("volumes/.snapshots/web/.#berth-copy-cut.ext4");
+    fs::write(&staged, b"half").expect("staged");
+    assert_eq!(f.machines.clean_stale(), 3);
+    assert!(!staged.exists());
     assert_eq!(names("web"), ["before", "snap0"]);
 
     f.machines.rename("web", "www").expect("rename");
