@@ -1366,17 +1366,11 @@ impl Manager {
         let (old, new) = (name.clone(), new_name.clone());
         let definition = blocking(move || machines.rename(&old, &new)).await?;
         lifecycle::rename_status(&name, &new_name);
-        if enabled {
-            let moved = async {
-                systemd::disable_machine_service(conn, &name).await?;
-                systemd::enable_machine_service(conn, &new_name).await
-            };
-            if let Err(e) = moved.await {
-                return Err(BusError::Failed(format!(
-                    "renamed machine '{name}' to '{new_name}', but could not move its start at \
-                     boot ({e}); run 'berth disable {name}' and 'berth enable {new_name}'"
-                )));
-            }
+        if enabled && let Err(e) = systemd::move_machine_service(conn, &name, &new_name).await {
+            return Err(BusError::Failed(format!(
+                "renamed machine '{name}' to '{new_name}', but could not move its start at \
+                 boot ({e}); run 'berth disable {name}' and 'berth enable {new_name}'"
+            )));
         }
         self.entry(conn, definition).await
     }

@@ -274,6 +274,24 @@ pub async fn disable_machine_service(
     Ok(changes)
 }
 
+/// Moves the start at boot of a renamed machine from `berth@OLD.service` to
+/// `berth@NEW.service`, with one reload for both changes (a reload re-reads every unit).
+pub async fn move_machine_service(
+    conn: &Connection,
+    old: &str,
+    new: &str,
+) -> Result<(), SystemdError> {
+    let systemd = SystemdProxy::new(conn).await?;
+    systemd
+        .disable_unit_files(vec![unit_name::machine_service(old)], false)
+        .await?;
+    systemd
+        .enable_unit_files(vec![unit_name::machine_service(new)], false, false)
+        .await?;
+    systemd.reload().await?;
+    Ok(())
+}
+
 /// `enabled`, `disabled`, ... of `berth@NAME.service`.
 pub async fn machine_service_state(conn: &Connection, name: &str) -> Result<String, SystemdError> {
     let systemd = SystemdProxy::new(conn).await?;

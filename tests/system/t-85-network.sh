@@ -17,8 +17,17 @@ fetch() {
 fetch_once() {
     local url=$1 netns=${2:-} run=()
     [[ -n $netns ]] && run=(ip netns exec "$netns")
-    "${run[@]}" python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('$url', timeout=3).read().decode())" \
-        2>/dev/null
+    # An HTTP/1.0 GET by bash's /dev/tcp: python3 takes seconds to start under TCG, and the
+    # VM's busybox (static) crashes in wget to an IPv4 address.
+    # shellcheck disable=SC2016
+    "${run[@]}" timeout 5 bash -c '
+        [[ $1 =~ ^http://(\[([^]]+)\]|([^:/]+)):([0-9]+)(/.*)?$ ]] || exit 2
+        host=${BASH_REMATCH[2]:-${BASH_REMATCH[3]}} port=${BASH_REMATCH[4]} path=${BASH_REMATCH[5]:-/}
+        exec 3<>"/dev/tcp/$host/$port" || exit 1
+        printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$path" "$host" >&3
+        IFS= read -r status <&3 && [[ $status == "HTTP/1."?" 200"* ]] || exit 1
+        while IFS= read -r line <&3 && [[ $line != $'"'"'\r'"'"' && -n $line ]]; do :; done
+        while IFS= read -r line <&3 || [[ -n $line ]]; do printf "%s\n" "$line"; done' _ "$url" 2>/dev/null
 }
 
 # The address of a running machine's host0, read inside its network namespace.
