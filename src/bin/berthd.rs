@@ -52,18 +52,20 @@ async fn run() -> anyhow::Result<()> {
         tracing::info!(cleaned, "removed leftovers of interrupted imports");
     }
     let connection = zbus::connection::Builder::system()
-        .name(BUS_NAME)
         .serve_at(OBJECT_PATH, Manager::new(pool, machines.clone(), helper))
         .build()
         .await
-        .with_context(|| {
-            format!("cannot serve {BUS_NAME} on the system bus (is another berthd running?)")
-        })?;
+        .context("cannot connect to the system bus")?;
     if let Err(e) = berth::systemd::keep_job_signals(&connection).await {
         tracing::warn!("cannot subscribe to systemd's job signals: {e}");
     }
     let server_binary = helper_path.clone();
     tokio::task::spawn_blocking(move || berth::runtime::prepare_spawn_server(&server_binary));
+    // Before the name: no client's request meets what berthd's previous run left half-done.
+    berth::machine::lifecycle::stop_empty_scopes(&connection, &machines).await;
+    connection.request_name(BUS_NAME).await.with_context(|| {
+        format!("cannot serve {BUS_NAME} on the system bus (is another berthd running?)")
+    })?;
     berth::machine::lifecycle::adopt(&connection, &machines).await;
     berth::machine::network::restore(&connection, &machines).await;
     sd_notify::notify(&[NotifyState::Ready]).context("notifying systemd of readiness")?;

@@ -937,6 +937,29 @@ pub async fn adopt(conn: &Connection, machines: &Machines) {
     }
 }
 
+/// After berthd starts, before it serves requests: stops the machine scopes that run with no
+/// process in them. A start cut off by a crash of berthd leaves one when systemd attaches the
+/// spawn helper while it is exiting (it exits when berthd dies): the kernel then moves nothing
+/// and reports success, the scope runs empty, and systemd, never told that it emptied, keeps
+/// it. Its unit name would refuse the machine's next start.
+pub async fn stop_empty_scopes(conn: &Connection, machines: &Machines) {
+    let Ok(definitions) = machines.list() else {
+        return;
+    };
+    for definition in definitions {
+        let name = definition.name;
+        let unit = unit_name::machine_scope(&name);
+        let cgroup = scope_cgroup(&unit);
+        if !cgroup.exists() || scope_populated(&cgroup) {
+            continue;
+        }
+        tracing::info!(%name, %unit, "stopping the empty scope of a start that berthd did not finish");
+        if let Err(e) = systemd::stop_scope(conn, &unit).await {
+            tracing::warn!(%name, %unit, "cannot stop the empty scope of an unfinished start: {e}");
+        }
+    }
+}
+
 async fn blocking_machine<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, MachineError> + Send + 'static,
 ) -> Result<T, MachineError> {
