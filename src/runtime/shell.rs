@@ -71,9 +71,17 @@ pub fn systemd_run_command(
         // systemd sets SHELL from the user's passwd entry; -l makes it a login shell.
         argv.extend(["/bin/sh", "-c", "exec \"$SHELL\" -l"].map(str::to_owned));
     } else {
-        argv.extend(command.iter().cloned());
+        argv.extend(command.iter().map(|arg| escape_dollars(arg)));
     }
     argv
+}
+
+/// `arg` as systemd passes it on literally: the service manager expands `$NAME`, `${NAME}`
+/// and `$$` in a service's command line (systemd-run's --expand-environment=no, from v254 on,
+/// is not there in older guests), so each `$` is doubled. `berth shell m -- sh -c 'echo $$'`
+/// then gets the shell's PID, as on a terminal.
+fn escape_dollars(arg: &str) -> String {
+    arg.replace('$', "$$")
 }
 
 #[cfg(test)]
@@ -104,6 +112,16 @@ mod tests {
             );
         }
         assert_eq!(argv[argv.len() - 4..], ["--", "sh", "-c", "exit 42"]);
+    }
+
+    #[test]
+    fn dollars_in_the_command_reach_it_as_they_are() {
+        let command = ["/bin/echo", "$HOME", "${HOME}", "$$", "a$b$"].map(str::to_owned);
+        let argv = systemd_run_command("", &command, false, &[], "berth-shell-1.service");
+        assert_eq!(
+            argv[argv.len() - 5..],
+            ["/bin/echo", "$$HOME", "$${HOME}", "$$$$", "a$$b$$"]
+        );
     }
 
     #[test]

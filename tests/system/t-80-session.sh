@@ -61,6 +61,11 @@ test_80_boot_machine_shell_timezone_locale_packages() {
     [[ $(TERM=xterm-256color COLORTERM=truecolor berth shell sess -- sh -c 'echo $TERM $COLORTERM') == "xterm-256color truecolor" ]] \
         || fail "TERM/COLORTERM not passed"
     [[ $(echo piped-in | berth shell sess -- cat) == piped-in ]] || fail "stdin not piped"
+    # The command's arguments reach it as given: systemd expands '$' in a service's command
+    # line, so berth passes each one on escaped.
+    out=$(berth shell sess -- /bin/echo '$HOME' '${HOME}' '$$' 'a$b')
+    [[ $out == '$HOME ${HOME} $$ a$b' ]] || fail "the arguments were changed on the way: '$out'"
+    [[ $(berth shell sess -- sh -c 'echo $$') =~ ^[0-9]+$ ]] || fail "\$\$ did not reach the shell"
     # On a terminal: a pty of the machine, with the caller's window size and TERM.
     out=$(script -qec "stty rows 42 cols 123; TERM=xterm-256color berth shell sess -- sh -c 'tty; stty size; echo T=\$TERM'" /dev/null)
     echo "$out"
