@@ -28,7 +28,8 @@ pub(super) fn open_in_root(root: &Path, path: &str) -> Result<OwnedFd, io::Error
     Ok(rustix::fs::openat2(
         &root,
         relative,
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        // NONBLOCK: a FIFO the running build machine put there must not hang the build.
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )?)
@@ -42,9 +43,21 @@ pub(super) fn tree_path(path: &str) -> Result<TreePath, String> {
 /// The UID and GID of COPY --chown's `USER[:GROUP]`, looked up in the root's own /etc/passwd
 /// and /etc/group (numbers need not be there).
 pub(super) fn owner(root: &Path, spec: &str) -> Result<(u32, u32), String> {
+    // The guest's own files: only a regular file is read, and at most 4 MiB of it.
     let read = |path: &str| {
         open_in_root(root, path)
-            .and_then(|fd| io::read_to_string(File::from(fd)))
+            .and_then(|fd| {
+                let regular = rustix::fs::fstat(&fd)
+                    .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
+                let mut text = String::new();
+                if regular {
+                    io::Read::read_to_string(
+                        &mut io::Read::take(File::from(fd), 4 << 20),
+                        &mut text,
+                    )?;
+                }
+                Ok(text)
+            })
             .unwrap_or_default()
     };
     let user = User::find_spec(&read("etc/passwd"), &read("etc/group"), spec)

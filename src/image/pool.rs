@@ -725,7 +725,9 @@ impl Pool {
         let dir = path.parent().unwrap_or(&self.records).to_owned();
         let context = || format!("writing the image record in {}", dir.display());
         fs::create_dir_all(&dir).map_err(ImageError::io(context()))?;
-        let tmp = dir.join(format!(".{name}.json.tmp"));
+        // One temporary file per record: two versions of a name may be imported at once.
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+        let tmp = dir.join(format!(".{}.tmp", file.as_deref().unwrap_or(name)));
         let text = serde_json::to_vec_pretty(record).map_err(io::Error::other);
         text.and_then(|text| fs::write(&tmp, text))
             .and_then(|()| fs::rename(&tmp, &path))

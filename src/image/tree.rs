@@ -409,25 +409,31 @@ impl TreeWriter {
         let (name, parent) = self.entry_parent(path)?;
         self.clear(&parent, name)?;
         rustix::fs::mknodat(&parent, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)?;
-        rustix::fs::chownat(
+        // Everything after goes through a descriptor of the FIFO just made, never by its name:
+        // a tree that is in use (a build's COPY into its running machine) may have had it
+        // replaced by a symlink to a host file since, and chmod would follow that.
+        let fifo = rustix::fs::openat(
             &parent,
             name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        if FileType::from_raw_mode(rustix::fs::fstat(&fifo)?.st_mode) != FileType::Fifo {
+            return Err(Errno::EXIST.into());
+        }
+        rustix::fs::chownat(
+            &fifo,
+            "",
             Some(rustix::fs::Uid::from_raw(meta.uid)),
             Some(rustix::fs::Gid::from_raw(meta.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
+            AtFlags::EMPTY_PATH,
         )?;
-        rustix::fs::chmodat(
-            &parent,
-            name,
+        // (fchmod refuses an O_PATH descriptor; its /proc link is the FIFO itself.)
+        rustix::fs::chmod(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fifo)),
             Mode::from_raw_mode(meta.mode & 0o7777),
-            AtFlags::empty(),
         )?;
-        rustix::fs::utimensat(
-            &parent,
-            name,
-            &timestamps(meta.mtime),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+        rustix::fs::utimensat(&fifo, "", &timestamps(meta.mtime), AtFlags::EMPTY_PATH)?;
         Ok(())
     }
 
@@ -888,6 +894,25 @@ mod tests {
             .expect("a symlink: nothing below it to remove");
         assert_eq!(std::fs::read(outside.join("secret")).expect("secret"), b"s");
         assert_eq!(std::fs::read(root.join("keep")).expect("keep"), b"k");
+    }
+
+    #[test]
+    fn a_fifo_gets_its_mode_owner_and_time() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut tree = writer(dir.path());
+        let meta = Metadata {
+            mode: 0o640,
+            uid: 0,
+            gid: 0,
+            mtime: 1_000_000,
+            xattrs: Vec::new(),
+        };
+        tree.fifo(&path("pipe"), &meta).expect("fifo");
+        let made = std::fs::symlink_metadata(dir.path().join("pipe")).expect("stat");
+        assert!(made.file_type().is_fifo());
+        assert_eq!(made.mode() & 0o7777, 0o640);
+        assert_eq!(made.mtime(), 1_000_000);
     }
 
     #[test]
