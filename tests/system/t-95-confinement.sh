@@ -46,6 +46,14 @@ test_95_root_in_a_machine_cannot_reach_the_host() {
         has_cap "$bnd" 21 || fail "PID $pid lost CAP_SYS_ADMIN of its namespace ($bnd)"
     done
 
+    # berth's init (PID 1, a process of the host's root) holds descriptors of the host (its
+    # exit-status file, its socket to berthd): root in the machine can't list or open them,
+    # nor read its environment or follow its root.
+    expect_fail "Permission denied" in_machine hg 'ls /proc/1/fd/'
+    expect_fail "Permission denied" in_machine hg 'for fd in 3 4 5 6; do echo spoof >/proc/1/fd/$fd; done'
+    expect_fail "Permission denied" in_machine hg 'cat /proc/1/environ'
+    expect_fail "Permission denied" in_machine hg 'ls /proc/1/root/'
+
     # No host process is visible.
     pids=$(in_machine hg 'ls -d /proc/[0-9]* | wc -l')
     ((pids < 10)) || fail "the machine sees $pids processes"
