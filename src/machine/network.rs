@@ -76,6 +76,7 @@ async fn prepare_host(machines: &Machines) -> Result<(), MachineError> {
 /// the host's network; loopback for `none`; for a private machine the veth pair to
 /// `berth0`, its addresses and routes inside, and its masquerading.
 pub async fn attach(
+    conn: &Connection,
     machines: &Machines,
     definition: &Definition,
     pid: i32,
@@ -88,6 +89,9 @@ pub async fn attach(
             Ok(())
         }
         Network::Private => {
+            for forward in &definition.ports {
+                crate::net::port::check_host_port_free(forward)?;
+            }
             prepare_host(machines).await?;
             let addresses = MachineAddresses::of(&definition.name, definition.uid_range);
             let host = Netlink::host()?;
@@ -103,9 +107,12 @@ pub async fn attach(
                 .await?;
             if let Some(rules) = rules(definition) {
                 let added = rules.clone();
-                nft_blocking(move || nft::apply_machine(&added, true))
-                    .await
-                    .map_err(|e| forward_conflict(machines, definition, e))?;
+                if let Err(e) = nft_blocking(move || nft::apply_machine(&added, true)).await {
+                    if nft_blocking(|| Ok(nft::has_table())).await.unwrap_or(true) {
+                        return Err(forward_conflict(machines, definition, e));
+                    }
+                    rewrite_flushed_table(conn, machines, rules.clone()).await?;
+                }
                 if let Err(e) = proxy::start(&definition.name, addresses.ipv6, &definition.ports) {
                     let _ = nft_blocking(move || nft::apply_machine(&rules, false)).await;
                     return Err(e.into());
@@ -127,6 +134,28 @@ pub async fn attach(
             Ok(())
         }
     }
+}
+
+/// berth's table after someone flushed the ruleset (nftables.service does at each start and
+/// reload): written again with every private machine that runs now and `starting`, whose
+/// elements it was about to add.
+async fn rewrite_flushed_table(
+    conn: &Connection,
+    machines: &Machines,
+    starting: nft::MachineRules,
+) -> Result<(), MachineError> {
+    tracing::warn!(
+        "berth's nftables table is gone (the ruleset was flushed?); writing it again from the \
+         running machines"
+    );
+    let definitions = machines.list_readable();
+    let mut running: Vec<nft::MachineRules> = running_private(conn, &definitions)
+        .await
+        .into_iter()
+        .map(|(_, rules, _)| rules)
+        .collect();
+    running.push(starting);
+    Ok(nft_blocking(move || nft::write_table(&running)).await?)
 }
 
 /// An nftables refusal to add a forward another running machine has, said plainly.
@@ -174,39 +203,38 @@ async fn detach_when_gone(definition: Definition, leader: u32) {
     }
 }
 
-/// At berthd's start: berth's table rewritten from the private machines that run now, so
-/// nothing of machines that went away while berthd was down stays behind.
-pub async fn restore(conn: &Connection, machines: &Machines) {
-    let Ok(definitions) = machines.list() else {
-        return;
-    };
-    if !definitions.iter().any(|d| d.network == Network::Private) {
-        return;
-    }
-    let mut running: Vec<nft::MachineRules> = Vec::new();
-    let mut relays = Vec::new();
-    let mut private_running = false;
-    for definition in &definitions {
+/// The private machines among `definitions` that run now, with their PID 1s.
+async fn running_private<'a>(
+    conn: &Connection,
+    definitions: &'a [Definition],
+) -> Vec<(&'a Definition, nft::MachineRules, u32)> {
+    let mut running = Vec::new();
+    for definition in definitions {
         let Some(rules) = rules(definition) else {
             continue;
         };
-        let leader = match super::lifecycle::state(conn, &definition.name).await {
-            Ok(Some(running)) => Some(running.leader),
-            _ => None,
-        };
-        let is_running = leader.is_some();
-        private_running |= is_running;
-        if let Some(leader) = leader {
-            tokio::spawn(detach_when_gone(definition.clone(), leader));
+        if let Ok(Some(machine)) = super::lifecycle::state(conn, &definition.name).await {
+            running.push((definition, rules, machine.leader));
         }
-        if is_running {
-            relays.push((
-                definition.name.clone(),
-                rules.ipv6,
-                definition.ports.clone(),
-            ));
-            running.push(rules);
-        }
+    }
+    running
+}
+
+/// At berthd's start: berth's table rewritten from the private machines that run now, so
+/// nothing of machines that went away while berthd was down stays behind.
+pub async fn restore(conn: &Connection, machines: &Machines, definitions: &[Definition]) {
+    let mut running: Vec<nft::MachineRules> = Vec::new();
+    let mut relays = Vec::new();
+    let private = running_private(conn, definitions).await;
+    let private_running = !private.is_empty();
+    for (definition, rules, leader) in private {
+        tokio::spawn(detach_when_gone(definition.clone(), leader));
+        relays.push((
+            definition.name.clone(),
+            rules.ipv6,
+            definition.ports.clone(),
+        ));
+        running.push(rules);
     }
     if running.is_empty() && !nft::has_table() {
         return;

@@ -21,6 +21,10 @@ const CLASS_IN: u16 = 1;
 /// Seconds a machine's answer may be cached: short, machines come and go.
 const TTL: u32 = 5;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(4);
+/// Forwarded queries that wait for an upstream at once, each with a socket of its own: more
+/// get SERVFAIL straight away, so a flood of queries from a machine can't use up berthd's
+/// descriptors (which its machines' starts need too).
+static FORWARDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
 
 /// Binds the server on the bridge's addresses and serves in the background. An address
 /// that can't be bound (another DNS server holds port 53 on all addresses) is logged.
@@ -54,22 +58,24 @@ async fn serve(socket: Arc<UdpSocket>, resolver: Resolver) {
             }
         };
         let query = buffer[..n].to_vec();
-        match answer(&query, &*resolver) {
-            Some(reply) => {
-                let _ = socket.send_to(&reply, client).await;
-            }
-            None => {
-                let socket = socket.clone();
-                tokio::spawn(async move {
-                    let reply = forward(&query)
-                        .await
-                        .unwrap_or_else(|| failure(&query).unwrap_or_default());
-                    if !reply.is_empty() {
-                        let _ = socket.send_to(&reply, client).await;
-                    }
-                });
-            }
+        if let Some(reply) = answer(&query, &*resolver) {
+            let _ = socket.send_to(&reply, client).await;
+            continue;
         }
+        // What isn't a query (no question that parses) goes nowhere.
+        let Some(servfail) = failure(&query) else {
+            continue;
+        };
+        let Ok(permit) = FORWARDS.try_acquire() else {
+            let _ = socket.send_to(&servfail, client).await;
+            continue;
+        };
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let reply = forward(&query).await.unwrap_or(servfail);
+            drop(permit);
+            let _ = socket.send_to(&reply, client).await;
+        });
     }
 }
 

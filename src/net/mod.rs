@@ -45,6 +45,13 @@ pub enum NetError {
     Netlink { context: String, message: String },
     #[error("nftables: {0}")]
     Nft(String),
+    #[error(
+        "host port {port}/{protocol} is in use by a service of the host ('ss -lntup sport = \
+         :{port}' shows which), and the forward would take its traffic away; stop that \
+         service, or forward another host port: --port {protocol}:OTHER:{machine}",
+        port = .0.host_port, protocol = .0.protocol.as_str(), machine = .0.machine_port
+    )]
+    PortInUse(PortForward),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 
 use super::NetError;
-use super::addressing::{BRIDGE, IPV4_NETWORK, IPV4_PREFIX};
+use super::addressing::{BRIDGE, IPV4_GATEWAY, IPV4_NETWORK, IPV4_PREFIX, IPV6_GATEWAY};
 use super::port::{PortForward, Protocol};
 
 pub const TABLE: &str = "inet berth";
@@ -109,6 +109,13 @@ pub fn table_script(machines: &[MachineRules]) -> String {
          \t\tiifname \"{BRIDGE}\" accept\n\
          \t\toifname \"{BRIDGE}\" ct state established,related accept\n\
          \t\toifname \"{BRIDGE}\" ct status dnat accept\n\
+         \t\toifname \"{BRIDGE}\" drop\n\
+         \t}}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{BRIDGE}\" ip daddr 127.0.0.0/8 ct state != {{ established, related }} drop\n\
+         \t\tiifname != {{ \"lo\", \"{BRIDGE}\" }} ip daddr {IPV4_GATEWAY} meta l4proto {{ tcp, udp }} th dport 53 drop\n\
+         \t\tiifname != {{ \"lo\", \"{BRIDGE}\" }} ip6 daddr {IPV6_GATEWAY} meta l4proto {{ tcp, udp }} th dport 53 drop\n\
          \t}}\n\
          }}\n"
     )
@@ -235,6 +242,23 @@ mod tests {
         ));
         assert!(script.contains("elements = { 5353 : 10.89.0.2 . 53 }"));
         assert!(script.contains("ip saddr @masquerade4 oifname != \"berth0\" masquerade"));
+        // Only forwarded connections (and replies) go into berth0 from elsewhere; nothing
+        // from berth0 reaches the host's 127.0.0.1; no one outside gets berthd's DNS.
+        assert!(
+            script.contains(
+                "oifname \"berth0\" ct status dnat accept\n\t\toifname \"berth0\" drop\n"
+            )
+        );
+        assert!(script.contains(
+            "iifname \"berth0\" ip daddr 127.0.0.0/8 ct state != { established, related } drop"
+        ));
+        assert!(script.contains(
+            "iifname != { \"lo\", \"berth0\" } ip daddr 10.89.0.1 meta l4proto { tcp, udp } th dport 53 drop"
+        ));
+        assert!(
+            script
+                .contains("ip6 daddr fd89:6265:7274::1 meta l4proto { tcp, udp } th dport 53 drop")
+        );
         let empty = table_script(&[]);
         assert!(empty.contains("set masquerade6 { type ipv6_addr; }"));
         assert!(empty.contains("map udp4 { type inet_service : ipv4_addr . inet_service; }"));

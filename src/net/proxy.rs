@@ -17,6 +17,12 @@ use super::port::{PortForward, Protocol};
 
 /// A UDP client's relay ends after this long without traffic.
 const UDP_IDLE: Duration = Duration::from_secs(60);
+/// Relayed TCP connections (two descriptors each) and UDP clients (one each) at once, over
+/// all forwards: beyond, a new connection is closed and a new client's datagram dropped, so
+/// that clients from outside (an IPv6 /64 has many addresses) can't use up berthd's
+/// descriptors, which its machines' starts need too.
+static TCP_CONNECTIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(256);
+static UDP_CLIENTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(128);
 
 /// The relays of each running machine.
 static RELAYS: Mutex<Option<HashMap<String, Vec<JoinHandle<()>>>>> = Mutex::new(None);
@@ -111,10 +117,14 @@ async fn relay_tcp(listener: TcpListener, target: SocketAddr) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(permit) = TCP_CONNECTIONS.try_acquire() else {
+            continue;
+        };
         tokio::spawn(async move {
             if let Ok(mut machine) = TcpStream::connect(target).await {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut machine).await;
             }
+            drop(permit);
         });
     }
 }
@@ -135,6 +145,9 @@ async fn relay_udp(socket: UdpSocket, target: SocketAddr) {
         let upstream = match existing {
             Some(upstream) => upstream,
             None => {
+                let Ok(permit) = UDP_CLIENTS.try_acquire() else {
+                    continue;
+                };
                 let Ok(upstream) = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).await else {
                     continue;
                 };
@@ -146,12 +159,12 @@ async fn relay_udp(socket: UdpSocket, target: SocketAddr) {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(client, upstream.clone());
-                tokio::spawn(replies(
-                    upstream.clone(),
-                    socket.clone(),
-                    client,
-                    sessions.clone(),
-                ));
+                let (listener, sessions) = (socket.clone(), sessions.clone());
+                let relay = upstream.clone();
+                tokio::spawn(async move {
+                    replies(relay, listener, client, sessions).await;
+                    drop(permit);
+                });
                 upstream
             }
         };

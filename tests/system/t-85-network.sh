@@ -182,3 +182,85 @@ test_85_network_none_and_private_machines_by_name() {
     ip netns del other
     ip link del dummy0
 }
+
+# What a private machine's network keeps closed: other hosts reach a machine only through its
+# forwards (not straight at its address) and get no DNS from berthd; root in a machine can't
+# reach the host's localhost-only services (route_localnet is on for berth0, which the
+# kernel would otherwise let a crafted frame to 127.0.0.1 through); a forward of a host port
+# that a host service has is refused at start.
+test_86_private_networks_keep_closed_what_they_should() {
+    [[ -d /var/lib/machines/deb ]] || expect_ok berth import-tar "$GUEST_TAR" deb
+    local www=/var/tmp/www86 bb=/bin/busybox:/usr/local/bin/busybox:ro ip leader gw_mac out pid
+    mkdir -p "$www"
+    echo "hello from pc" >"$www/hello"
+    expect_ok berth create pc --image deb --network private --port 8090:80 --bind "$bb" --bind "$www:/srv/www:ro" \
+        -- /usr/local/bin/busybox httpd -f -p 80 -h /srv/www
+    expect_ok berth start pc
+    ip=$(machine_ipv4 pc)
+    leader=$(machinectl show pc -p Leader --value)
+
+    # Another host that routes berth's pool through this one.
+    ip netns add lan
+    ip link add vlan0 type veth peer name eth0 netns lan
+    ip addr add 203.0.113.1/24 dev vlan0
+    ip link set vlan0 up
+    ip netns exec lan ip addr add 203.0.113.2/24 dev eth0
+    ip netns exec lan ip link set eth0 up
+    ip netns exec lan ip link set lo up
+    ip netns exec lan ip route add 10.89.0.0/16 via 203.0.113.1
+    [[ $(fetch "http://203.0.113.1:8090/hello" lan) == "hello from pc" ]] || fail "the forward did not answer the other host"
+    [[ $(fetch "http://$ip:80/hello") == "hello from pc" ]] || fail "the host itself did not reach pc at $ip"
+    ! fetch_once "http://$ip:80/hello" lan >/dev/null || fail "another host reached pc's port 80 straight at $ip"
+    out=$("$here/udp-probe" dns 10.89.0.1 pc)
+    [[ $out == "answers: 1" ]] || fail "berthd's DNS did not answer the host itself: $out"
+    out=$(ip netns exec lan "$here/udp-probe" dns 10.89.0.1 pc)
+    [[ $out == "no answer" ]] || fail "berthd's DNS answered another host: $out"
+
+    # A frame from inside pc to 127.0.0.1, through berth0's MAC: dropped. The same frame to the
+    # bridge's own address arrives (so the probe itself works).
+    gw_mac=$(cat /sys/class/net/berth0/address)
+    "$here/udp-probe" listen 127.0.0.1 9999 8 >"$LOGDIR/localhost.udp" &
+    pid=$!
+    "$here/udp-probe" listen 10.89.0.1 9998 8 >"$LOGDIR/gateway.udp" &
+    local pid2=$!
+    for _ in $(seq 100); do
+        grep -q listening "$LOGDIR/localhost.udp" && grep -q listening "$LOGDIR/gateway.udp" && break
+        sleep 0.1
+    done
+    nsenter -t "$leader" -n "$here/udp-probe" raw host0 "$gw_mac" "$ip" 127.0.0.1 9999 to-localhost
+    nsenter -t "$leader" -n "$here/udp-probe" raw host0 "$gw_mac" "$ip" 10.89.0.1 9998 to-gateway
+    wait "$pid" "$pid2"
+    cat "$LOGDIR/localhost.udp" "$LOGDIR/gateway.udp"
+    grep -q "got 'to-gateway' from $ip" "$LOGDIR/gateway.udp" || fail "the probe's frame to the gateway did not arrive"
+    ! grep -q "to-localhost" "$LOGDIR/localhost.udp" || fail "a machine reached a service on the host's 127.0.0.1"
+
+    # A forward of a port that a host service listens on (and of berthd's own DNS port) is
+    # refused at start, naming the port; nothing of the machine runs.
+    /bin/busybox nc -l -p 8091 >/dev/null 2>&1 &
+    pid=$!
+    sleep 1
+    expect_ok berth create pin --image deb --network private --port 8091:80 -- sleep infinity
+    expect_fail "host port 8091/tcp is in use by a service of the host" berth start pin
+    ! ip link show ve-pin >/dev/null 2>&1 || fail "a refused start left ve-pin"
+    ! machinectl show pin >/dev/null 2>&1 || fail "a refused start left pin registered"
+    expect_ok nft list table inet berth
+    ! grep -q "8091 :" "$OUT" || fail "a refused start left its forward in the table"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    expect_ok berth start pin
+    expect_ok berth rm --force pin
+    expect_ok berth create pdns --image deb --network private --port udp:53:5353 -- sleep infinity
+    expect_fail "host port 53/udp is in use" berth start pdns
+    expect_ok berth rm pdns
+
+    # A flushed ruleset (nftables.service flushes at each start and reload) takes berth's
+    # table too: the next private start writes it again, with pc's elements.
+    nft flush ruleset
+    expect_ok berth run --rm --image deb --network private -- true
+    expect_ok nft list table inet berth
+    grep -q "8090 : $ip . 80" "$OUT" || fail "pc's forward was not written again after a flush"
+    [[ $(fetch "http://127.0.0.1:8090/hello") == "hello from pc" ]] || fail "pc's forward does not answer after a flush"
+
+    ip netns del lan
+    expect_ok berth rm --force pc
+}
