@@ -781,6 +781,13 @@ impl Manager {
             lifecycle::start(conn, &self.machines, self.helper.clone(), &name, attach).await;
         let Started { terminal, .. } = match started {
             Ok(started) => started,
+            // Another client started (or is starting, renaming...) the machine between its
+            // create and this start: it is theirs now, not this run's to remove.
+            Err(
+                e @ (MachineError::AlreadyRunning(_)
+                | MachineError::AlreadyStarting(_)
+                | MachineError::Busy { .. }),
+            ) => return Err(e.into()),
             Err(e) => {
                 let machines = self.machines.clone();
                 let removing = name.clone();
@@ -1101,6 +1108,11 @@ impl Manager {
             check_properties(conn, &resources).await?
         };
         Machines::check_devices(&parsed)?;
+        // Writing the guest's /etc (a volume machine's is mounted for it) must not meet a
+        // start, a removal or another change of the same machine.
+        let _claim = (timezone.is_some() || locale.is_some())
+            .then(|| lifecycle::Claim::new(&name, "changing the timezone or locale of"))
+            .transpose()?;
         let running = lifecycle::state(conn, &name).await?;
         let mut warnings = Vec::new();
         if timezone.is_some() || locale.is_some() {

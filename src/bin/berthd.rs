@@ -61,13 +61,15 @@ async fn run() -> anyhow::Result<()> {
     }
     let server_binary = helper_path.clone();
     tokio::task::spawn_blocking(move || berth::runtime::prepare_spawn_server(&server_binary));
-    // Before the name: no client's request meets what berthd's previous run left half-done.
-    berth::machine::lifecycle::stop_empty_scopes(&connection, &machines).await;
+    // Before the name: no client's request meets what berthd's previous run left half-done,
+    // nor a network table that is being rewritten.
+    let definitions = machines.list_readable();
+    berth::machine::lifecycle::stop_empty_scopes(&connection, &definitions).await;
+    berth::machine::lifecycle::adopt(&connection, &machines, &definitions);
+    berth::machine::network::restore(&connection, &machines, &definitions).await;
     connection.request_name(BUS_NAME).await.with_context(|| {
         format!("cannot serve {BUS_NAME} on the system bus (is another berthd running?)")
     })?;
-    berth::machine::lifecycle::adopt(&connection, &machines).await;
-    berth::machine::network::restore(&connection, &machines).await;
     sd_notify::notify(&[NotifyState::Ready]).context("notifying systemd of readiness")?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "berthd ready");
 

@@ -78,7 +78,7 @@ pub enum DefinitionError {
 }
 
 impl Bind {
-    /// Parses `SRC:DST[:ro|rw]`; both paths absolute, no `..`.
+    /// Parses `SRC:DST[:ro|rw]`; both paths absolute, no `..`, no control characters.
     pub fn parse(text: &str) -> Result<Self, DefinitionError> {
         let bad = || DefinitionError::BadBind(text.to_owned());
         let parts: Vec<&str> = text.split(':').collect();
@@ -88,7 +88,9 @@ impl Bind {
             [s, d, "rw"] => (*s, *d, false),
             _ => return Err(bad()),
         };
-        let ok = |p: &str| p.starts_with('/') && !p.split('/').any(|c| c == "..");
+        let ok = |p: &str| {
+            p.starts_with('/') && !p.split('/').any(|c| c == "..") && !p.contains(char::is_control)
+        };
         if !ok(source) || !ok(destination) {
             return Err(bad());
         }
@@ -541,6 +543,8 @@ mod tests {
             "/a:/b:xx",
             "/a/../etc:/b",
             "/a:/b:ro:x",
+            "/a:/b\n[Machine]\nVolume=/etc/shadow",
+            "/a\r:/b",
         ] {
             assert!(Bind::parse(bad).is_err(), "{bad}");
         }

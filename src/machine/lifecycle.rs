@@ -218,7 +218,7 @@ async fn start_machine(
     };
     watch.lap("scope");
     super::crash_points::reached("scope");
-    if let Err(e) = super::network::attach(machines, &definition, launch.pid).await {
+    if let Err(e) = super::network::attach(conn, machines, &definition, launch.pid).await {
         launch.abort();
         stop_failed_scope(conn, &unit).await;
         return Err(e);
@@ -596,13 +596,7 @@ pub async fn kill(
 /// Stops every running machine cleanly, side by side, each as [`stop`] does with `timeout`:
 /// berthd does this when the host shuts down, before systemd stops the machines' scopes.
 pub async fn stop_all(conn: &Connection, machines: &Machines, timeout: Duration) {
-    let definitions = match machines.list() {
-        Ok(definitions) => definitions,
-        Err(e) => {
-            tracing::warn!("cannot list the machines to stop them: {e}");
-            return;
-        }
-    };
+    let definitions = machines.list_readable();
     let stops = definitions.iter().map(|definition| async move {
         let name = definition.name.as_str();
         match stop(conn, machines, name, timeout).await {
@@ -928,12 +922,13 @@ pub async fn remove_when_stopped(conn: Connection, machines: Machines, name: Str
 
 /// After berthd starts: removes ephemeral machines that stopped while it was away, and
 /// watches the running ones.
-pub async fn adopt(conn: &Connection, machines: &Machines) {
-    let Ok(definitions) = machines.list() else {
-        return;
-    };
-    for d in definitions.into_iter().filter(|d| d.ephemeral) {
-        tokio::spawn(remove_when_stopped(conn.clone(), machines.clone(), d.name));
+pub fn adopt(conn: &Connection, machines: &Machines, definitions: &[Definition]) {
+    for d in definitions.iter().filter(|d| d.ephemeral) {
+        tokio::spawn(remove_when_stopped(
+            conn.clone(),
+            machines.clone(),
+            d.name.clone(),
+        ));
     }
 }
 
@@ -942,13 +937,10 @@ pub async fn adopt(conn: &Connection, machines: &Machines) {
 /// spawn helper while it is exiting (it exits when berthd dies): the kernel then moves nothing
 /// and reports success, the scope runs empty, and systemd, never told that it emptied, keeps
 /// it. Its unit name would refuse the machine's next start.
-pub async fn stop_empty_scopes(conn: &Connection, machines: &Machines) {
-    let Ok(definitions) = machines.list() else {
-        return;
-    };
+pub async fn stop_empty_scopes(conn: &Connection, definitions: &[Definition]) {
     for definition in definitions {
-        let name = definition.name;
-        let unit = unit_name::machine_scope(&name);
+        let name = &definition.name;
+        let unit = unit_name::machine_scope(name);
         let cgroup = scope_cgroup(&unit);
         if !cgroup.exists() || scope_populated(&cgroup) {
             continue;

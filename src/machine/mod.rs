@@ -537,7 +537,19 @@ impl Machines {
         let tmp = self
             .definitions
             .join(format!(".{}.machine.tmp", definition.name));
-        fs::write(&tmp, definition.to_ini())
+        let text = definition.to_ini();
+        // What is written must read back as itself: a value that holds a line break would
+        // otherwise add keys of its own (all values are checked before; this is the last wall).
+        let reads_back =
+            Definition::from_ini(&definition.name, &text).is_ok_and(|back| back.to_ini() == text);
+        if !reads_back {
+            return Err(MachineError::InvalidArgument(format!(
+                "machine '{}' can't be stored: one of its settings holds a line break or \
+                 another character that a definition file can't hold; give it without",
+                definition.name
+            )));
+        }
+        fs::write(&tmp, text)
             .and_then(|()| fs::rename(&tmp, self.definition_path(&definition.name)))
             .map_err(io_error)
     }
@@ -564,6 +576,35 @@ impl Machines {
 
     /// All machines, by name. A definition that doesn't parse is an error naming its file.
     pub fn list(&self) -> Result<Vec<Definition>, MachineError> {
+        let mut machines = self
+            .read_all()?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        machines.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(machines)
+    }
+
+    /// Every definition that can be read, for berthd's own rounds over all machines (at its
+    /// start, at the host's shutdown): a file it can't read (an admin's typo) is logged and
+    /// skipped, and doesn't keep the other machines from being adopted or powered off.
+    pub fn list_readable(&self) -> Vec<Definition> {
+        let all = self.read_all().unwrap_or_else(|e| {
+            tracing::warn!("cannot list the machines: {e}");
+            Vec::new()
+        });
+        let mut machines: Vec<Definition> = all
+            .into_iter()
+            .filter_map(|read| {
+                read.inspect_err(|e| tracing::warn!("skipping a machine: {e}"))
+                    .ok()
+            })
+            .collect();
+        machines.sort_by(|a, b| a.name.cmp(&b.name));
+        machines
+    }
+
+    /// Each definition file's contents, or why it can't be read.
+    fn read_all(&self) -> Result<Vec<Result<Definition, MachineError>>, MachineError> {
         let entries = match fs::read_dir(&self.definitions) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -586,12 +627,10 @@ impl Machines {
             // A machine removed between read_dir and here (a concurrent `berth rm`) is gone,
             // not an error: listing must not fail because another client is at work.
             match self.get(name) {
-                Ok(definition) => machines.push(definition),
                 Err(MachineError::NotFound(_)) => {}
-                Err(e) => return Err(e),
+                read => machines.push(read),
             }
         }
-        machines.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(machines)
     }
 

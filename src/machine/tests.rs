@@ -87,6 +87,46 @@ fn create_writes_identity_and_a_definition() {
 }
 
 #[test]
+fn a_value_with_a_line_break_adds_no_keys_to_a_definition() {
+    let f = fixture();
+    let (mut def, _) = f.machines.create(&request("web")).expect("create");
+    let mut req = request("inj");
+    req.binds = vec!["/tmp:/mnt\n[Machine]\nVolume=/etc/shadow".into()];
+    let err = f.machines.create(&req).expect_err("bind with a line break");
+    assert!(err.to_string().contains("is not SRC:DST"), "{err}");
+    assert!(matches!(
+        f.machines.get("inj"),
+        Err(MachineError::NotFound(_))
+    ));
+    // The last wall: a value that came in some other way is refused when written.
+    def.binds = vec![Bind {
+        source: "/tmp".into(),
+        destination: "/mnt\n[Machine]\nVolume=/etc/shadow".into(),
+        read_only: false,
+    }];
+    let err = f.machines.write_definition(&def).expect_err("injected");
+    assert!(err.to_string().contains("line break"), "{err}");
+    assert_eq!(f.machines.get("web").expect("get").volume, None);
+}
+
+#[test]
+fn berthds_own_rounds_skip_a_definition_they_cant_read() {
+    let f = fixture();
+    let (def, _) = f.machines.create(&request("web")).expect("create");
+    fs::write(
+        f.root.join("defs/typo.machine"),
+        "[Machine]\nImage=deb\nBogus=1\n",
+    )
+    .expect("typo");
+    let err = f
+        .machines
+        .list()
+        .expect_err("a user's listing names the bad file");
+    assert!(err.to_string().contains("Bogus"), "{err}");
+    assert_eq!(f.machines.list_readable(), vec![def]);
+}
+
+#[test]
 fn a_definition_removed_while_listing_is_skipped_not_an_error() {
     let f = fixture();
     let (def, _) = f.machines.create(&request("web")).expect("create");
