@@ -223,6 +223,11 @@ async fn running_private<'a>(
 /// At berthd's start: berth's table rewritten from the private machines that run now, so
 /// nothing of machines that went away while berthd was down stays behind.
 pub async fn restore(conn: &Connection, machines: &Machines, definitions: &[Definition]) {
+    // No private machine, no table of berth's to mind (their definitions outlive them, so
+    // one that ended while berthd was down is still listed here).
+    if !definitions.iter().any(|d| d.network == Network::Private) {
+        return;
+    }
     let mut running: Vec<nft::MachineRules> = Vec::new();
     let mut relays = Vec::new();
     let private = running_private(conn, definitions).await;
