@@ -61,8 +61,13 @@ async fn prepare_host(machines: &Machines) -> Result<(), MachineError> {
                 "allowing forwards from localhost (route_localnet)",
             ))?;
             nft_blocking(nft::ensure_table).await?;
+            // DNS names are case-insensitive (queries come lowercased); machine names are
+            // not, so `Web` is found as `web` too.
             let resolver: dns::Resolver = Arc::new(move |name: &str| {
-                let definition = machines.get(name).ok()?;
+                let definition = machines.get(name).ok().or_else(|| {
+                    let all = machines.list().ok()?;
+                    all.into_iter().find(|d| d.name.eq_ignore_ascii_case(name))
+                })?;
                 addresses(&definition).map(|a| (a.ipv4, a.ipv6))
             });
             dns::spawn(resolver).await;

@@ -111,8 +111,14 @@ pub fn answer(
     resolver: &(dyn Fn(&str) -> Option<(Ipv4Addr, Ipv6Addr)> + Send + Sync),
 ) -> Option<Vec<u8>> {
     let (name, qtype, end) = question(packet)?;
-    let machine = name.strip_suffix(".berth").unwrap_or(&name);
-    if machine.is_empty() || machine.contains('.') {
+    // A bare name with dots is the outside world's; under `.berth` a machine's name may have
+    // them (machine names are hostnames).
+    let machine = match name.strip_suffix(".berth") {
+        Some(machine) => machine,
+        None if name.contains('.') => return None,
+        None => &name,
+    };
+    if machine.is_empty() {
         return None;
     }
     let (ipv4, ipv6) = resolver(machine)?;
@@ -243,6 +249,10 @@ mod tests {
             u16::from_be_bytes([reply[reply.len() - 18], reply[reply.len() - 17]]),
             16
         );
+        // A machine named with dots, under .berth only.
+        let dotted = |name: &str| web(&name.replace("db.prod", "web"));
+        assert!(answer(&query("db.prod.berth", TYPE_A), &dotted).is_some());
+        assert!(answer(&query("db.prod", TYPE_A), &dotted).is_none());
         // Another type of a machine's name: no records, but not forwarded either.
         let reply = answer(&query("web", 15), &web).expect("answered");
         assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), 0);

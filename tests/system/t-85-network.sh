@@ -216,6 +216,13 @@ test_86_private_networks_keep_closed_what_they_should() {
     out=$(ip netns exec lan "$here/udp-probe" dns 10.89.0.1 pc)
     [[ $out == "no answer" ]] || fail "berthd's DNS answered another host: $out"
 
+    # Machine names are found whatever their case (DNS ignores it), and with dots under .berth.
+    expect_ok berth create Db.prod --image deb --network private -- sleep infinity
+    expect_ok berth start Db.prod
+    [[ $("$here/udp-probe" dns 10.89.0.1 db.prod.berth) == "answers: 1" ]] || fail "Db.prod.berth was not answered"
+    [[ $("$here/udp-probe" dns 10.89.0.1 PC) == "answers: 1" ]] || fail "PC (machine pc) was not answered"
+    expect_ok berth rm --force Db.prod
+
     # A frame from inside pc to 127.0.0.1, through berth0's MAC: dropped. The same frame to the
     # bridge's own address arrives (so the probe itself works).
     gw_mac=$(cat /sys/class/net/berth0/address)
