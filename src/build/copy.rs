@@ -10,28 +10,25 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 
 use crate::image::{self, tree::TreePath, tree::TreeWriter};
+use crate::runtime::guest_etc;
 use crate::runtime::login::User;
 
 /// Opens `path` (as the Containerfile names it, relative or absolute) inside `root`:
 /// symlinks and `..` resolve inside it, never out of it.
 pub(super) fn open_in_root(root: &Path, path: &str) -> Result<OwnedFd, io::Error> {
-    let root = rustix::fs::open(
+    let relative = path.trim_start_matches('/');
+    let relative = if relative.is_empty() { "." } else { relative };
+    guest_etc::open_in_root(&root_directory(root)?, relative)
+}
+
+fn root_directory(root: &Path) -> Result<OwnedFd, io::Error> {
+    Ok(rustix::fs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-    )?;
-    let relative = path.trim_start_matches('/');
-    let relative = if relative.is_empty() { "." } else { relative };
-    Ok(rustix::fs::openat2(
-        &root,
-        relative,
-        // NONBLOCK: a FIFO the running build machine put there must not hang the build.
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )?)
 }
 
@@ -43,21 +40,11 @@ pub(super) fn tree_path(path: &str) -> Result<TreePath, String> {
 /// The UID and GID of COPY --chown's `USER[:GROUP]`, looked up in the root's own /etc/passwd
 /// and /etc/group (numbers need not be there).
 pub(super) fn owner(root: &Path, spec: &str) -> Result<(u32, u32), String> {
-    // The guest's own files: only a regular file is read, and at most 4 MiB of it.
     let read = |path: &str| {
-        open_in_root(root, path)
-            .and_then(|fd| {
-                let regular = rustix::fs::fstat(&fd)
-                    .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
-                let mut text = String::new();
-                if regular {
-                    io::Read::read_to_string(
-                        &mut io::Read::take(File::from(fd), 4 << 20),
-                        &mut text,
-                    )?;
-                }
-                Ok(text)
-            })
+        root_directory(root)
+            .and_then(|dir| guest_etc::read_in_root(&dir, path, 4 << 20))
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
             .unwrap_or_default()
     };
     let user = User::find_spec(&read("etc/passwd"), &read("etc/group"), spec)

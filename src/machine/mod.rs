@@ -576,12 +576,7 @@ impl Machines {
 
     /// All machines, by name. A definition that doesn't parse is an error naming its file.
     pub fn list(&self) -> Result<Vec<Definition>, MachineError> {
-        let mut machines = self
-            .read_all()?
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
-        machines.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(machines)
+        self.read_all()?.into_iter().collect()
     }
 
     /// Every definition that can be read, for berthd's own rounds over all machines (at its
@@ -592,18 +587,15 @@ impl Machines {
             tracing::warn!("cannot list the machines: {e}");
             Vec::new()
         });
-        let mut machines: Vec<Definition> = all
-            .into_iter()
+        all.into_iter()
             .filter_map(|read| {
                 read.inspect_err(|e| tracing::warn!("skipping a machine: {e}"))
                     .ok()
             })
-            .collect();
-        machines.sort_by(|a, b| a.name.cmp(&b.name));
-        machines
+            .collect()
     }
 
-    /// Each definition file's contents, or why it can't be read.
+    /// Each definition file's contents, or why it can't be read, by name.
     fn read_all(&self) -> Result<Vec<Result<Definition, MachineError>>, MachineError> {
         let entries = match fs::read_dir(&self.definitions) {
             Ok(entries) => entries,
@@ -615,23 +607,24 @@ impl Machines {
                 });
             }
         };
-        let mut machines = Vec::new();
-        for entry in entries.flatten() {
-            let file = entry.file_name();
-            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".machine")) else {
-                continue;
-            };
-            if name::validate_machine(name).is_err() {
-                continue;
-            }
-            // A machine removed between read_dir and here (a concurrent `berth rm`) is gone,
-            // not an error: listing must not fail because another client is at work.
-            match self.get(name) {
-                Err(MachineError::NotFound(_)) => {}
-                read => machines.push(read),
-            }
-        }
-        Ok(machines)
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let file = entry.file_name();
+                let name = file.to_str()?.strip_suffix(".machine")?;
+                name::validate_machine(name)
+                    .is_ok()
+                    .then(|| name.to_owned())
+            })
+            .collect();
+        names.sort();
+        // A machine removed between read_dir and here (a concurrent `berth rm`) is gone, not
+        // an error: listing must not fail because another client is at work.
+        Ok(names
+            .iter()
+            .map(|name| self.get(name))
+            .filter(|read| !matches!(read, Err(MachineError::NotFound(_))))
+            .collect())
     }
 
     /// Records `properties` in machine `name`'s definition (`berth set`).

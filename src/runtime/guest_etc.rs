@@ -197,22 +197,28 @@ fn normalized_locale(locale: &str) -> String {
 }
 
 /// Opens `path` of the guest for reading, symlinks resolved inside the root as the guest
-/// would resolve them.
-fn open_in_root(root: &impl AsFd, path: &str) -> io::Result<OwnedFd> {
+/// would resolve them; never waiting on a FIFO the guest put there (NONBLOCK).
+pub(crate) fn open_in_root(root: &impl AsFd, path: &str) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat2(
         root,
         path,
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )?)
 }
 
-fn read_in_root(root: &impl AsFd, path: &str, limit: u64) -> io::Result<Vec<u8>> {
+/// At most `limit` bytes of the guest's regular file `path` (anything else is an error).
+pub(crate) fn read_in_root(root: &impl AsFd, path: &str, limit: u64) -> io::Result<Vec<u8>> {
+    let file = fs::File::from(open_in_root(root, path)?);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the guest's {path} is not a regular file"),
+        ));
+    }
     let mut content = Vec::new();
-    fs::File::from(open_in_root(root, path)?)
-        .take(limit)
-        .read_to_end(&mut content)?;
+    file.take(limit).read_to_end(&mut content)?;
     Ok(content)
 }
 
